@@ -129,6 +129,11 @@ class Run(models.Model):
     noise_sd = models.FloatField(null=True, blank=True)
     best_val_bpb = models.FloatField(null=True, blank=True)
     best_iteration = models.IntegerField(null=True, blank=True)
+    proposals_done = models.PositiveIntegerField(default=0, help_text="Proposal iterations recorded (of T).")
+    # Each enqueued step carries the run's current ticket; a task with an older ticket is stale
+    # (superseded by the reaper) and does nothing. So at most one step chain exists per run.
+    step_ticket = models.PositiveIntegerField(default=0)
+    last_enqueued_at = models.DateTimeField(null=True, blank=True)
     # Live progress of the training in flight (for clients that connect mid-iteration).
     live_progress = models.JSONField(default=dict, blank=True)
 
@@ -174,7 +179,10 @@ class Iteration(models.Model):
     config = models.JSONField(default=dict, blank=True)
     hypothesis = models.TextField(blank=True)
     proposal_source = models.CharField(max_length=120, blank=True, help_text="agent, random, or mechanism:<name>")
-    val_bpb = models.FloatField(null=True, blank=True)
+    val_bpb = models.FloatField(null=True, blank=True, help_text="Mean of `evaluations` when re-evaluated.")
+    evaluations = models.JSONField(default=list, blank=True, help_text="Every val_bpb measured for this config.")
+    best_before = models.FloatField(null=True, blank=True, help_text="The incumbent's val_bpb when decided.")
+    decision_reason = models.TextField(blank=True)
     status = models.CharField(max_length=20, choices=IterationStatus.choices)
     failure_class = models.CharField(max_length=32, blank=True)
     error = models.TextField(blank=True)

@@ -1,0 +1,80 @@
+"""Creating, starting, pausing, resuming and cancelling runs (used by views, the API and commands).
+
+Every transition is a conditional UPDATE, so concurrent clicks and a worker finishing a step
+cannot interleave into an impossible state.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .events import publish_run_event
+from .models import GROUP_LEVELS, Experiment, Run, RunStatus
+
+
+class TransitionError(Exception):
+    """The run is not in a state that allows this action."""
+
+
+def create_runs(experiment: Experiment) -> list[Run]:
+    """groups × repeats runs; repeat r of every group shares seed_base + r (paired seeds)."""
+    runs = []
+    for group in experiment.groups:
+        level_strategy, level_research = GROUP_LEVELS[group]
+        for repeat in range(1, experiment.repeats + 1):
+            runs.append(
+                Run.objects.create(
+                    experiment=experiment,
+                    group=group,
+                    repeat=repeat,
+                    seed=experiment.seed_base + repeat,
+                    level_strategy=level_strategy,
+                    level_research=level_research,
+                    random_control=group == "R",
+                )
+            )
+    return runs
+
+
+def enqueue_step(run_id: int) -> None:
+    """Issue a new step ticket and queue a step task carrying it (older tickets become no-ops)."""
+    from .tasks import run_step
+
+    Run.objects.filter(pk=run_id).update(step_ticket=F("step_ticket") + 1, last_enqueued_at=timezone.now())
+    ticket = Run.objects.values_list("step_ticket", flat=True).get(pk=run_id)
+    transaction.on_commit(lambda: run_step.delay(run_id, ticket))
+
+
+def start_experiment(experiment: Experiment) -> None:
+    for run in experiment.runs.filter(status=RunStatus.QUEUED):
+        enqueue_step(run.pk)
+
+
+def _transition(run: Run, allowed: tuple[str, ...], target: str, detail: str) -> None:
+    updated = Run.objects.filter(pk=run.pk, status__in=allowed).update(status=target, status_detail=detail)
+    if not updated:
+        run.refresh_from_db(fields=["status"])
+        raise TransitionError(f"run {run.pk} is {run.status}; cannot go to {target}")
+    run.refresh_from_db()
+    publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": target, "detail": detail})
+
+
+def pause_run(run: Run) -> None:
+    """The iteration in flight finishes and is recorded; no further step is started."""
+    _transition(run, (RunStatus.QUEUED, RunStatus.RUNNING), RunStatus.PAUSED, "paused by a user")
+
+
+def resume_run(run: Run) -> None:
+    with transaction.atomic():
+        _transition(run, (RunStatus.PAUSED,), RunStatus.QUEUED, "resumed")
+        enqueue_step(run.pk)
+
+
+def cancel_run(run: Run) -> None:
+    """Stops the run; a training in flight is killed and its iteration is not recorded."""
+    _transition(
+        run, (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED), RunStatus.CANCELLED, "cancelled by a user"
+    )
+    Run.objects.filter(pk=run.pk, finished_at__isnull=True).update(finished_at=timezone.now())
