@@ -1,0 +1,282 @@
+"""MechanismRuntime: the search engine's side of the active mechanisms, with attribution.
+
+Design requirement 1: a mechanism is active only when it demonstrably fired. Every hook call
+is counted (``hook_calls``) and every decision a mechanism changed is recorded (``effects``).
+Requirement 2: nothing fails silently. A hook that raises, times out or returns an ill-typed
+value deactivates its mechanism for the run (``deactivated``) and the iteration goes on
+without it; if the host process died, it is restarted with the remaining mechanisms, which
+are rebuilt by replaying the trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypedDict
+
+from mechanisms.protocol import (
+    DEFAULT_CALL_TIMEOUT_SECONDS,
+    AcceptOverride,
+    FilterRejection,
+    HookReturnError,
+    MechanismSource,
+    Proposal,
+    Result,
+    State,
+    TraceRecord,
+    check_hook_return,
+)
+from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
+
+EFFECTS = ("prompt_added", "restricted", "proposal_replaced", "proposal_rejected", "acceptance_overridden")
+DETAIL_CHARS = 300
+
+
+class Effect(TypedDict):
+    mechanism: str
+    hook: str
+    effect: str
+    detail: str
+    iteration: int | None
+
+
+class Deactivation(TypedDict):
+    mechanism: str
+    hook: str
+    reason: str
+    iteration: int | None
+
+
+class Warning_(TypedDict):
+    mechanism: str
+    hook: str
+    detail: str
+    iteration: int | None
+
+
+class _HookFailed(Exception):
+    """Internal: the hook call failed and its mechanism has been deactivated."""
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 3] + "..."
+
+
+class MechanismRuntime:
+    """Calls the active mechanisms' hooks in activation order and records what they changed."""
+
+    def __init__(self, host: MechanismHost, mechanisms: Sequence[MechanismSource], *,
+                 trace: Iterable[TraceRecord] = (), state: State | None = None,
+                 host_factory: Callable[[], MechanismHost] | None = None) -> None:
+        """Load ``mechanisms`` (activation order) into the fresh ``host`` and replay ``trace`` through them.
+
+        ``host_factory`` makes a replacement host when this one dies (default: same time limit).
+        """
+        self.host = host
+        self.sources = {m["name"]: m for m in mechanisms}
+        self.active: list[str] = [m["name"] for m in mechanisms]
+        self.hooks: dict[str, list[str]] = {}
+        self.trace: list[TraceRecord] = list(trace)
+        self.last_state = state
+        self.host_factory = host_factory or (lambda: MechanismHost(time_limit_per_call=host.time_limit_per_call))
+        self.hook_calls: dict[str, dict[str, int]] = {m["name"]: {} for m in mechanisms}
+        self.effects: list[Effect] = []
+        self.deactivated: list[Deactivation] = []
+        self.warnings: list[Warning_] = []
+        self.host_restarts = 0
+        self._load_and_replay(restart=False)
+
+    @classmethod
+    def start(cls, mechanisms: Sequence[MechanismSource], trace: Sequence[TraceRecord], state: State, *,
+              time_limit_per_call: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+              host_factory: Callable[[], MechanismHost] | None = None) -> MechanismRuntime:
+        """Start a host, load the mechanisms and rebuild their state by replaying the trace."""
+        factory = host_factory or (lambda: MechanismHost(time_limit_per_call=time_limit_per_call))
+        return cls(factory(), mechanisms, trace=trace, state=state, host_factory=factory)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.host.close()
+
+    def __enter__(self) -> MechanismRuntime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def fired(self) -> set[str]:
+        """Mechanisms that changed at least one decision so far."""
+        return {effect["mechanism"] for effect in self.effects}
+
+    def deactivate(self, name: str, hook: str, reason: str) -> None:
+        """Remove a mechanism for the rest of the run (also the engine's kill switch)."""
+        if name in self.active:
+            self.active.remove(name)
+            iteration = self.last_state["iteration"] if self.last_state else None
+            self.deactivated.append({"mechanism": name, "hook": hook, "reason": reason, "iteration": iteration})
+
+    def _load_and_replay(self, *, restart: bool) -> None:
+        """(Re)build the mechanisms in the current host; a mechanism that breaks it is deactivated."""
+        for _attempt in range(len(self.active) + 2):
+            if restart:
+                self.host.close()
+                self.host = self.host_factory()
+                self.host_restarts += 1
+            restart = True
+            try:
+                report = self.host.load([self.sources[name] for name in self.active])
+                for name, error in report["errors"].items():
+                    self.deactivate(name, "load", f"failed to load: {error}")
+                self.hooks = dict(report["loaded"])
+                replayable = [n for n in self.active if "on_result" in self.hooks.get(n, [])]
+                if self.trace and replayable:
+                    replay = self.host.replay(self.trace, self._replay_state(), replayable)
+                    for name in replayable:
+                        failure = replay["errors"].get(name)
+                        self._count(name, "on_result", len(self.trace) if failure is None else failure["index"] + 1)
+                        if failure is not None:
+                            self.deactivate(name, "on_result", f"replay failed at record {failure['index']}: "
+                                                               f"{failure['kind']}: {failure['error']}")
+                return
+            except HostError as error:
+                culprit = error.mechanism if error.mechanism in self.active else None
+                if culprit is None:
+                    raise
+                self.deactivate(culprit, error.hook or "load", f"host {error.kind}: {error}")
+        raise HostError("crashed", "the mechanism host could not be rebuilt")
+
+    def _replay_state(self) -> State:
+        if self.last_state is not None:
+            return self.last_state
+        return {"iteration": len(self.trace), "search_space": [], "frozen": [], "guidance": "", "config": {},
+                "best": {"val_bpb": None, "iteration": None}, "baseline": {"val_bpb": None, "noise_sd": None},
+                "trace": list(self.trace)}
+
+    # -- one hook call ---------------------------------------------------------------------------
+
+    def _count(self, name: str, hook: str, times: int = 1) -> None:
+        per_hook = self.hook_calls.setdefault(name, {})
+        per_hook[hook] = per_hook.get(hook, 0) + times
+
+    def _with_hook(self, hook: str) -> list[str]:
+        return [name for name in self.active if hook in self.hooks.get(name, [])]
+
+    def _call(self, name: str, hook: str, *args: Any) -> Any:
+        """Call a hook and return its normalized value; on any failure deactivate and raise _HookFailed."""
+        self._count(name, hook)
+        try:
+            return check_hook_return(hook, self.host.call(name, hook, *args))
+        except MechanismCallError as error:
+            self.deactivate(name, hook, f"{error.kind}: {error}")
+        except HookReturnError as error:
+            self.deactivate(name, hook, f"bad_return: {error}")
+        except HostError as error:
+            self.deactivate(name, hook, f"host {error.kind}: {error}")
+            self._load_and_replay(restart=True)
+        raise _HookFailed(name)
+
+    def _record(self, name: str, hook: str, effect: str, detail: Any, state: State) -> None:
+        self.effects.append({"mechanism": name, "hook": hook, "effect": effect, "detail": _short(detail),
+                             "iteration": state.get("iteration")})
+
+    def _warn(self, name: str, hook: str, detail: str, state: State) -> None:
+        self.warnings.append({"mechanism": name, "hook": hook, "detail": detail, "iteration": state.get("iteration")})
+
+    # -- the iteration's hook points -------------------------------------------------------------
+
+    def prompt_sections(self, state: State) -> list[str]:
+        self.last_state = state
+        sections: list[str] = []
+        for name in self._with_hook("prompt_sections"):
+            try:
+                added: list[str] = self._call(name, "prompt_sections", state)
+            except _HookFailed:
+                continue
+            if added:
+                sections += added
+                self._record(name, "prompt_sections", "prompt_added", "\n".join(added), state)
+        return sections
+
+    def restrict(self, state: State, all_params: Iterable[str]) -> set[str] | None:
+        """The parameters that may change now, or None when no mechanism narrowed the set."""
+        self.last_state = state
+        allowed = set(all_params)
+        narrowed = False
+        for name in self._with_hook("restrict"):
+            try:
+                names: list[str] | None = self._call(name, "restrict", state)
+            except _HookFailed:
+                continue
+            if names is None:
+                continue
+            unknown = sorted(set(names) - allowed)
+            kept = allowed & set(names)
+            if not kept:
+                self._warn(name, "restrict", f"restriction {sorted(names)} leaves no parameter to change "
+                                             f"(allowed now: {sorted(allowed)}); ignored", state)
+                continue
+            if unknown:
+                self._warn(name, "restrict", f"names not changeable now were ignored: {unknown}", state)
+            if kept != allowed:
+                narrowed = True
+                self._record(name, "restrict", "restricted", sorted(kept), state)
+                allowed = kept
+        return allowed if narrowed else None
+
+    def propose(self, state: State) -> tuple[Proposal | None, str | None]:
+        """The first mechanism (in activation order) that proposes replaces the agent's proposal."""
+        self.last_state = state
+        for name in self._with_hook("propose"):
+            try:
+                proposal: Proposal | None = self._call(name, "propose", state)
+            except _HookFailed:
+                continue
+            if proposal is not None:
+                self._record(name, "propose", "proposal_replaced", proposal, state)
+                return proposal, name
+        return None, None
+
+    def filter(self, proposal: Proposal, state: State) -> tuple[bool, str | None, str | None]:
+        """(accepted, rejection reason, rejecting mechanism): the first rejection wins."""
+        self.last_state = state
+        for name in self._with_hook("filter"):
+            try:
+                verdict: FilterRejection | None = self._call(name, "filter", proposal, state)
+            except _HookFailed:
+                continue
+            if verdict is not None:
+                self._record(name, "filter", "proposal_rejected", verdict["reject"], state)
+                return False, verdict["reject"], name
+        return True, None, None
+
+    def accept(self, result: Result, default_keep: bool, state: State) -> tuple[bool, str | None, str]:
+        """(keep, overriding mechanism, reason): the first override that differs from the default wins."""
+        self.last_state = state
+        for name in self._with_hook("accept"):
+            try:
+                override: AcceptOverride | None = self._call(name, "accept", result, state)
+            except _HookFailed:
+                continue
+            if override is None or override["keep"] == default_keep:
+                continue
+            if override["keep"] and result.get("val_bpb") is None:
+                self._warn(name, "accept", "asked to keep a result without val_bpb (a crash); ignored", state)
+                continue
+            self._record(name, "accept", "acceptance_overridden",
+                         f"keep={override['keep']} (default {default_keep}): {override['reason']}", state)
+            return override["keep"], name, override["reason"]
+        return default_keep, None, ""
+
+    def observe(self, record: TraceRecord, state: State) -> None:
+        """Show a finished iteration to every mechanism (state: as before the record)."""
+        self.last_state = state
+        self.trace.append(record)
+        restarts_before = self.host_restarts
+        for name in self._with_hook("on_result"):
+            try:
+                self._call(name, "on_result", record, state)
+            except _HookFailed:
+                if self.host_restarts != restarts_before:
+                    return  # the restarted host replayed the whole trace, this record included

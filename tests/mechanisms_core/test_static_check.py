@@ -1,0 +1,64 @@
+"""The static check (a lint feeding repair rounds): precise findings with line numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from mechanisms.static_check import static_check
+
+GOOD = '''"""A fine mechanism."""
+import math
+from collections import Counter
+
+WINDOW = 5
+LIMITS = frozenset({"DEPTH"})
+SCALE = math.log(2)
+
+
+def helper(values):
+    return Counter(values)
+
+
+class Tabu:
+    def __init__(self, window=WINDOW):
+        self.window = window
+
+    def filter(self, proposal, state):
+        return None
+'''
+
+
+def test_good_code_passes() -> None:
+    assert static_check(GOOD, "Tabu") == []
+    assert static_check(GOOD, None) == []
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    ("class A:\n    def filter(self, p, s)\n        return None\n", "line 2: syntax error"),
+    ("import os\nclass A:\n    def filter(self, p, s):\n        return None\n", "line 1: import of 'os'"),
+    ("from subprocess import run\nclass A:\n    def filter(self, p, s):\n        return None\n",
+     "import of 'subprocess'"),
+    ("from . import x\nclass A:\n    def filter(self, p, s):\n        return None\n", "relative import"),
+    ("import importlib.util\nclass A:\n    def filter(self, p, s):\n        return None\n", "'importlib.util'"),
+    ("class A:\n    def filter(self, p, s):\n        return eval('1')\n", "line 3: call to eval()"),
+    ("class A:\n    def filter(self, p, s):\n        return open('/etc/passwd').read()\n", "call to open()"),
+    ("class A:\n    def filter(self, p, s):\n        return ().__class__.__bases__[0].__subclasses__()\n",
+     "dunder attribute '__class__'"),
+    ("class A:\n    def filter(self, p, s):\n        return getattr(p, '__class__')\n", "string '__class__'"),
+    ("class A:\n    def filter(self, p, s):\n        return getattr(p, 'a' + 'b')\n", "computed attribute"),
+    ("class A:\n    def filter(self, p, s):\n        return __builtins__\n", "dunder name '__builtins__'"),
+    ("print('hi')\nclass A:\n    def filter(self, p, s):\n        return None\n", "line 1: module-level Expr"),
+    ("X = open('f')\nclass A:\n    def filter(self, p, s):\n        return None\n", "constant expression"),
+    ("class A:\n    pass\n", "defines none of the hooks"),
+    ("class A:\n    def filter(self, p):\n        return None\n", "filter() takes 2 positional"),
+    ("class A:\n    def __init__(self, seed):\n        pass\n    def filter(self, p, s):\n        return None\n",
+     "__init__ must be callable with no arguments"),
+    ("class A:\n    def filter(self, p, s):\n        return None\nclass B:\n    pass\n", "exactly one top-level class"),
+])
+def test_findings(code: str, expected: str) -> None:
+    problems = static_check(code, "A")
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_class_name_must_match_spec() -> None:
+    assert static_check(GOOD, "Bandit") == ["line 14: the class is named 'Tabu' but the spec names 'Bandit'"]
