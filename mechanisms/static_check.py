@@ -8,7 +8,9 @@ with messages precise enough (line numbers, names) for a model to fix them.
 from __future__ import annotations
 
 import ast
+import importlib
 import re
+from types import ModuleType
 
 from mechanisms.protocol import ALLOWED_IMPORTS, HOOK_NAMES
 
@@ -31,6 +33,24 @@ def _is_dunder(name: str) -> bool:
     return bool(_DUNDER.match(name))
 
 
+def _reached_module(module_name: str, attribute: str) -> str | None:
+    """The name of a module reachable as ``module_name.attribute`` that is not itself allowed, if any.
+
+    Allowed modules hold references to others (``random._os``, ``dataclasses.sys``); following
+    them is how code reaches os or sys without importing them. Only allow-listed (pure standard
+    library) modules are imported here.
+    """
+    if module_name.partition(".")[0] not in ALLOWED_IMPORTS:
+        return None
+    try:
+        value = getattr(importlib.import_module(module_name), attribute, None)
+    except ImportError:
+        return None
+    if isinstance(value, ModuleType) and value.__name__.partition(".")[0] not in ALLOWED_IMPORTS:
+        return value.__name__
+    return None
+
+
 def static_check(code: str, class_name: str | None = None) -> list[str]:
     """Problems found in a mechanism's source (empty list = passes the lint)."""
     try:
@@ -51,6 +71,11 @@ def _check_import(node: ast.Import | ast.ImportFrom) -> list[str]:
         modules = [node.module or ""]
         if any(alias.name == "*" for alias in node.names):
             return [f"line {node.lineno}: 'from {node.module} import *' is not allowed; import names explicitly"]
+        for alias in node.names:
+            reached = _reached_module(node.module or "", alias.name)
+            if alias.name.startswith("_") or reached:
+                return [f"line {node.lineno}: 'from {node.module} import {alias.name}' reaches "
+                        f"{reached or 'a private name'}, which is not allowed"]
     else:
         modules = [alias.name for alias in node.names]
     return [
@@ -95,8 +120,59 @@ def _check_module_level(tree: ast.Module) -> list[str]:
     return problems
 
 
+def _module_aliases(tree: ast.Module) -> dict[str, str]:
+    """Local name -> module name, for `import x` / `import x as y` anywhere in the module."""
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name.partition(".")[0]] = alias.name if alias.asname else \
+                    alias.name.partition(".")[0]
+    return aliases
+
+
+def _check_attribute(node: ast.Attribute, aliases: dict[str, str]) -> list[str]:
+    line = node.lineno
+    if _is_dunder(node.attr):
+        if node.attr in ALLOWED_DUNDER_ATTRIBUTES:
+            return []
+        return [f"line {line}: access to dunder attribute '{node.attr}' is not allowed"]
+    owner = node.value.id if isinstance(node.value, ast.Name) else None
+    if node.attr.startswith("_") and owner not in ("self", "cls"):
+        return [f"line {line}: access to private attribute '{node.attr}' of another object is not allowed"]
+    reached = _reached_module(aliases[owner], node.attr) if owner in aliases else None
+    if reached:
+        return [f"line {line}: '{owner}.{node.attr}' reaches module '{reached}', which is not allowed"]
+    return []
+
+
+def _is_non_finite_literal(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+        node.value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+
+
+def _never_ends(loop: ast.While) -> bool:
+    """`while True:` whose body (outside nested loops and functions) has no break, return or raise."""
+    if not (isinstance(loop.test, ast.Constant) and loop.test.value):
+        return False
+    pending: list[ast.AST] = list(loop.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Break, ast.Return, ast.Raise)):
+            return False
+        if isinstance(node, (ast.While, ast.For, ast.FunctionDef, ast.Lambda, ast.ClassDef)):
+            # A break in a nested loop ends only that loop; a return in a nested def ends nothing here.
+            if isinstance(node, (ast.While, ast.For)):
+                pending += [n for n in node.body if isinstance(n, (ast.Return, ast.Raise))]
+                pending += node.orelse
+            continue
+        pending += list(ast.iter_child_nodes(node))
+    return True
+
+
 def _check_nodes(tree: ast.Module) -> list[str]:
     problems: list[str] = []
+    aliases = _module_aliases(tree)
     for node in ast.walk(tree):
         line = getattr(node, "lineno", "?")
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -105,16 +181,24 @@ def _check_nodes(tree: ast.Module) -> list[str]:
             name = node.func.id
             if name in FORBIDDEN_CALLS:
                 problems.append(f"line {line}: call to {name}() is not allowed")
+            elif name == "print":
+                problems.append(f"line {line}: print() output is discarded; return text from prompt_sections")
+            elif name == "float" and node.args and _is_non_finite_literal(node.args[0]):
+                problems.append(f"line {line}: NaN and infinity are not JSON; use None or a large finite number")
             elif name in ("getattr", "hasattr") and len(node.args) >= 2:
                 attribute = node.args[1]
                 if not (isinstance(attribute, ast.Constant) and isinstance(attribute.value, str)):
                     problems.append(f"line {line}: {name}() with a computed attribute name is not allowed")
-        elif isinstance(node, ast.Attribute) and _is_dunder(node.attr) and node.attr not in ALLOWED_DUNDER_ATTRIBUTES:
-            problems.append(f"line {line}: access to dunder attribute '{node.attr}' is not allowed")
+        elif isinstance(node, ast.Attribute):
+            problems += _check_attribute(node, aliases)
         elif isinstance(node, ast.Name) and _is_dunder(node.id):
             problems.append(f"line {line}: use of dunder name '{node.id}' is not allowed")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _is_dunder(node.value):
             problems.append(f"line {line}: string '{node.value}' names a dunder attribute, which is not allowed")
+        elif isinstance(node, ast.While) and _never_ends(node):
+            problems.append(f"line {line}: 'while True' loop has no break, return or raise; it cannot end")
+        elif isinstance(node, ast.Return) and isinstance(node.value, (ast.Set, ast.SetComp)):
+            problems.append(f"line {line}: returns a set, which is not JSON; return a sorted list")
         elif isinstance(node, (ast.AsyncFunctionDef, ast.AsyncWith, ast.AsyncFor)):
             problems.append(f"line {line}: async code is not allowed")
         elif isinstance(node, (ast.Global, ast.Nonlocal)):

@@ -62,3 +62,22 @@ def test_findings(code: str, expected: str) -> None:
 
 def test_class_name_must_match_spec() -> None:
     assert static_check(GOOD, "Bandit") == ["line 14: the class is named 'Tabu' but the spec names 'Bandit'"]
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    ("import random\nclass A:\n    def filter(self, p, s):\n        return random._os\n", "private attribute '_os'"),
+    ("import dataclasses\nclass A:\n    def filter(self, p, s):\n        return dataclasses.sys\n",
+     "'dataclasses.sys' reaches module 'sys'"),
+    ("import typing as t\nclass A:\n    def filter(self, p, s):\n        return t.sys\n", "reaches module 'sys'"),
+    ("from dataclasses import inspect\nclass A:\n    def filter(self, p, s):\n        return None\n",
+     "reaches inspect"),
+])
+def test_module_graph_walks_are_flagged(code: str, expected: str) -> None:
+    problems = static_check(code, "A")
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_private_state_on_self_is_fine() -> None:
+    code = "import collections\nclass A:\n    def __init__(self):\n        self._seen = collections.abc.Mapping\n" \
+           "    def filter(self, p, s):\n        return None\n"
+    assert static_check(code, "A") == []
