@@ -1,0 +1,104 @@
+"""The comparison page, its JSON/CSV/HTML reports: numbers match the database, few queries, fast."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+import time
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from runs import stats
+from runs.models import Run
+from tests.stats.factories import make_experiment
+
+pytestmark = pytest.mark.django_db
+
+
+def _deltas(experiment_id: int, group: str) -> list[float]:
+    runs = Run.objects.filter(experiment_id=experiment_id, group=group)
+    return [r.best_val_bpb - r.baseline_val_bpb for r in runs]  # type: ignore[operator]
+
+
+def test_summary_numbers_match_the_database(client: Client, users: Any) -> None:
+    experiment = make_experiment()
+    client.force_login(users.plain)
+    response = client.get(f"/experiments/{experiment.pk}/summary.json")
+    assert response.status_code == 200
+    data = response.json()
+    groups = {g["key"]: g for g in data["groups"]}
+    for group in ("A", "C", "R"):
+        deltas = _deltas(experiment.pk, group)
+        assert groups[group]["n"] == 3
+        assert groups[group]["delta"]["mean"] == pytest.approx(statistics.mean(deltas), abs=1e-12)
+        assert groups[group]["delta"]["sd"] == pytest.approx(statistics.stdev(deltas), abs=1e-12)
+    pair = next(p for p in data["pairs"] if (p["first"], p["second"]) == ("R", "A"))
+    welch = stats.welch_t_test(_deltas(experiment.pk, "R"), _deltas(experiment.pk, "A"))
+    assert welch is not None
+    assert (pair["t"], pair["df"], pair["p_value"]) == pytest.approx((welch.t, welch.df, welch.p_value))
+    assert pair["ci_low"] <= pair["difference"] <= pair["ci_high"]
+
+
+def test_compare_page_renders_the_table(client: Client, users: Any) -> None:
+    experiment = make_experiment(llm_calls=True)
+    client.force_login(users.plain)
+    response = client.get(f"/experiments/{experiment.pk}/compare/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    deltas = _deltas(experiment.pk, "C")
+    row = re.search(r'<tr data-group="C">(.*?)</tr>', html, re.S)
+    assert row is not None
+    assert f"{statistics.mean(deltas):+.5f}" in row.group(1)
+    assert "negative is better" in html
+    assert 'id="compare-data"' in html and "compare.js" in html
+    assert "tokens in" in html and ">300<" in html  # 3 runs × 100 tokens in for each group's level 1
+
+
+def test_budget_excludes_runs_that_have_not_reached_it(client: Client, users: Any) -> None:
+    experiment = make_experiment(groups=("A", "R"), iterations=6)
+    Run.objects.filter(experiment=experiment, group="A", repeat=3).update(status="running")
+    # Drop the last two proposals of A3: it has only reached 4 proposals.
+    run = Run.objects.get(experiment=experiment, group="A", repeat=3)
+    run.iteration_set.filter(index__gt=4).delete()
+    client.force_login(users.plain)
+    data = client.get(f"/experiments/{experiment.pk}/summary.json").json()
+    a = next(g for g in data["groups"] if g["key"] == "A")
+    assert a["n"] == 2 and a["excluded"][0]["proposals"] == 4
+    early = client.get(f"/experiments/{experiment.pk}/summary.json?budget=4").json()
+    assert next(g for g in early["groups"] if g["key"] == "A")["n"] == 3
+
+
+def test_csv_and_report(client: Client, users: Any) -> None:
+    experiment = make_experiment(groups=("A", "R"))
+    client.force_login(users.plain)
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/experiments/{experiment.pk}/summary.csv").content.decode())))
+    assert len(rows) == 6
+    for row in rows:
+        run = Run.objects.get(pk=row["run"])
+        assert float(row["delta"]) == pytest.approx(run.best_val_bpb - run.baseline_val_bpb)  # type: ignore[operator]
+    report = client.get(f"/experiments/{experiment.pk}/report.html").content.decode()
+    assert "<svg" in report and "<script" not in report and "<link" not in report
+    assert "Table 2 style" in report
+
+
+def test_query_count_and_time_for_40_runs_of_30_iterations(
+    client: Client, users: Any, django_assert_max_num_queries: Any
+) -> None:
+    experiment = make_experiment(groups=("R", "A", "B", "C", "D"), repeats=8, iterations=30, llm_calls=True)
+    client.force_login(users.plain)
+    client.get(f"/experiments/{experiment.pk}/compare/")  # warm caches (templates, t quantiles)
+    with django_assert_max_num_queries(12):
+        started = time.perf_counter()
+        response = client.get(f"/experiments/{experiment.pk}/compare/")
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    print(f"compare page, 40 runs x 30 iterations: {elapsed * 1000:.0f} ms")
+    assert elapsed < 1.0
+    chart = json.loads(re.search(r'id="compare-data" type="application/json">(.*?)</script>',
+                                 response.content.decode(), re.S).group(1))  # type: ignore[union-attr]
+    assert len(chart["groups"]) == 5 and len(chart["groups"][0]["runs"][0]["absolute"]) == 31
