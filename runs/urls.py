@@ -5,6 +5,15 @@ from . import views_compare as compare
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("experiments/new/", views.experiment_new, name="experiment_new"),
+    path("experiments/<int:experiment_id>/", views.experiment_detail, name="experiment_detail"),
+    path("experiments/<int:experiment_id>/iterations/", views.experiment_iterations, name="experiment_iterations"),
+    path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
+    path("runs/<int:run_id>/snapshot.json", views.run_snapshot_json, name="run_snapshot"),
+    path("runs/<int:run_id>/iterations/", views.run_iterations, name="run_iterations"),
+    path("runs/<int:run_id>/pause/", views.run_action, {"action": "pause"}, name="run_pause"),
+    path("runs/<int:run_id>/resume/", views.run_action, {"action": "resume"}, name="run_resume"),
+    path("runs/<int:run_id>/cancel/", views.run_action, {"action": "cancel"}, name="run_cancel"),
     path("experiments/<int:experiment_id>/compare/", compare.experiment_compare, name="experiment_compare"),
     path("experiments/<int:experiment_id>/report.html", compare.report_html, name="experiment_report"),
     path("experiments/<int:experiment_id>/summary.json", compare.summary_json, name="experiment_summary_json"),

@@ -1,0 +1,60 @@
+"""Formatting of run and iteration values in templates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from ..iteration_table import changes_text as _changes_text
+from ..iteration_table import mechanism_names as _mechanism_names
+from ..models import Iteration
+
+register = template.Library()
+
+
+@register.filter
+def bpb(value: float | None) -> str:
+    """val_bpb with four decimals (run-to-run noise is ~0.002), or an en dash when missing."""
+    return "–" if value is None else f"{value:.4f}"
+
+
+@register.filter
+def signed_bpb(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
+
+
+@register.filter
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    if value >= 120:
+        return f"{value / 60:.1f} min"
+    return f"{value:.1f} s"
+
+
+@register.filter
+def changes_text(changes: Any) -> str:
+    return _changes_text(changes)
+
+
+@register.filter
+def mechanism_names(iteration: Iteration) -> list[str]:
+    return _mechanism_names(iteration)
+
+
+@register.simple_tag
+def next_sort(current: str, field: str) -> str:
+    """The sort a column header links to: ascending first, then descending."""
+    return f"-{field}" if current == field else field
+
+
+@register.simple_tag
+def sort_arrow(current: str, field: str) -> str:
+    if current == field:
+        return "↑"
+    if current == f"-{field}":
+        return "↓"
+    return ""

@@ -1,0 +1,412 @@
+// The live run page: draws the run from a JSON snapshot, then applies WebSocket events.
+// On every (re)connect it fetches a fresh snapshot, so nothing missed while offline is lost.
+// Every stored string (hypotheses, guidance, notes) goes into the page as textContent.
+"use strict";
+
+(function () {
+  const COLORS = { keep: "#1f9d55", discard: "#9aa4b1", crash: "#d64545", baseline: "#2f6fd6", best: "#18202b", band: "rgba(47,111,214,0.12)" };
+  const DS = { keep: 0, discard: 1, baseline: 2, failed: 3, best: 4, baseLine: 5, bandHigh: 6, bandLow: 7 };
+  const CONTROL_WHEN = "[data-when]";
+
+  function byId(id) { return document.getElementById(id); }
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function fmt(value, digits) {
+    return value === null || value === undefined ? "–" : Number(value).toFixed(digits === undefined ? 4 : digits);
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+    const s = Math.max(0, Math.round(seconds));
+    if (s >= 3600) return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
+    if (s >= 60) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    return s + " s";
+  }
+
+  function truncate(text, length) {
+    text = text || "";
+    return text.length > length ? text.slice(0, length - 1) + "…" : text;
+  }
+
+  function RunPage(config, snapshot) {
+    this.config = config;
+    this.run = {};
+    this.iterations = new Map();   // index -> iteration dict
+    this.cycles = new Map();       // index -> outer cycle dict
+    this.attachments = new Map();  // id -> attachment dict
+    this.live = {};                // the training in flight: {iteration, points, ...}
+    this.lastCurve = {};
+    this.snapshotTimer = null;
+    this.tableTimer = null;
+    this.chart = this.makeChart();
+    this.curveChart = this.makeCurveChart();
+    this.applySnapshot(snapshot);
+  }
+
+  RunPage.prototype.makeChart = function () {
+    const point = function (label, color, style) {
+      return { label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: 4, pointStyle: style || "circle", showLine: false };
+    };
+    const failed = point("crash / invalid", COLORS.crash, "crossRot");
+    failed.yAxisID = "flags";
+    failed.pointRadius = 7;
+    failed.borderWidth = 2;
+    return new Chart(byId("bpb-chart"), {
+      type: "scatter",
+      data: {
+        datasets: [
+          point("keep", COLORS.keep),
+          point("discard", COLORS.discard),
+          point("baseline", COLORS.baseline, "rectRot"),
+          failed,
+          { label: "running best", data: [], borderColor: COLORS.best, backgroundColor: COLORS.best, showLine: true, stepped: true, pointRadius: 0, borderWidth: 2 },
+          { label: "baseline", data: [], borderColor: COLORS.baseline, borderDash: [6, 4], showLine: true, pointRadius: 0, borderWidth: 1 },
+          { label: "baseline ± noise sd", data: [], borderColor: "transparent", backgroundColor: COLORS.band, showLine: true, pointRadius: 0, fill: false },
+          { label: "baseline − noise sd", data: [], borderColor: "transparent", backgroundColor: COLORS.band, showLine: true, pointRadius: 0, fill: "-1" },
+        ],
+      },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        scales: {
+          x: { type: "linear", title: { display: true, text: "iteration" }, ticks: { precision: 0 } },
+          y: { title: { display: true, text: "val_bpb (lower is better)" } },
+          flags: { type: "linear", display: false, min: 0, max: 1 },
+        },
+        plugins: {
+          legend: { labels: { filter: function (item) { return item.text !== "baseline − noise sd"; } } },
+          tooltip: {
+            callbacks: {
+              label: function (ctx) {
+                const it = ctx.raw && ctx.raw.it;
+                if (!it) return ctx.dataset.label + ": " + fmt(ctx.parsed.y);
+                const head = "#" + it.index + " " + it.status + (it.val_bpb === null ? "" : " " + fmt(it.val_bpb));
+                return [head, truncate(it.hypothesis, 90)];
+              },
+            },
+          },
+        },
+      },
+    });
+  };
+
+  RunPage.prototype.makeCurveChart = function () {
+    return new Chart(byId("curve-chart"), {
+      type: "scatter",
+      data: { datasets: [{ label: "train loss", data: [], borderColor: COLORS.baseline, showLine: true, pointRadius: 0, borderWidth: 1.5 }] },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "train loss" } } },
+        plugins: { legend: { display: false } },
+      },
+    });
+  };
+
+  // --- state ------------------------------------------------------------------------------
+
+  RunPage.prototype.applySnapshot = function (snapshot) {
+    this.run = snapshot.run || {};
+    // Merge, never drop: an event may have arrived after the snapshot was read.
+    (snapshot.iterations || []).forEach((it) => this.iterations.set(it.index, it));
+    (snapshot.outer_cycles || []).forEach((c) => this.cycles.set(c.index, c));
+    (snapshot.attachments || []).forEach((a) => this.attachments.set(a.id, a));
+    this.live = snapshot.live_progress || {};
+    this.lastCurve = snapshot.last_curve || {};
+    this.renderAll();
+  };
+
+  RunPage.prototype.refreshSnapshot = function (delay) {
+    clearTimeout(this.snapshotTimer);
+    this.snapshotTimer = setTimeout(() => {
+      fetch(this.config.snapshotUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then((response) => { if (!response.ok) throw new Error("snapshot " + response.status); return response.json(); })
+        .then((snapshot) => this.applySnapshot(snapshot))
+        .catch((error) => { byId("live-indicator").textContent = "could not load the run: " + error.message; });
+    }, delay || 0);
+  };
+
+  RunPage.prototype.refreshTable = function () {
+    const container = byId("iteration-table");
+    if (!container || !window.htmx) return;
+    clearTimeout(this.tableTimer);
+    this.tableTimer = setTimeout(() => {
+      const inner = container.querySelector(".iteration-table");
+      const query = inner ? inner.dataset.query : "";
+      window.htmx.ajax("GET", this.config.tableUrl + (query ? "?" + query : ""), { target: "#iteration-table", swap: "innerHTML" });
+    }, 150);
+  };
+
+  RunPage.prototype.onEvent = function (event) {
+    if (!event || event.run !== this.config.run) return;
+    switch (event.type) {
+      case "progress":
+        if (this.live.iteration !== event.iteration) this.live = { iteration: event.iteration, points: [] };
+        this.live.points = this.live.points || [];
+        if (event.train_loss !== null && event.train_loss !== undefined) this.live.points.push([event.step, event.train_loss]);
+        this.live.step = event.step;
+        this.live.budget_fraction = event.budget_fraction;
+        this.live.elapsed = event.elapsed;
+        if (this.run.status === "queued") this.run.status = "running";
+        this.renderCurve();
+        this.renderProgress();
+        break;
+      case "iteration": {
+        const it = event.iteration;
+        this.iterations.set(it.index, it);
+        if (this.live.iteration === it.index) this.live = {};
+        this.renderChart();
+        this.renderProgress();
+        this.renderLatest();
+        this.refreshTable();
+        this.refreshSnapshot(300);  // run summary (best, noise sd), the recorded curve
+        break;
+      }
+      case "status":
+        this.run.status = event.status;
+        this.run.status_detail = event.detail || "";
+        this.run.status_display = event.status.charAt(0).toUpperCase() + event.status.slice(1);
+        this.renderStatus();
+        this.refreshSnapshot(300);
+        break;
+      case "outer_cycle":
+        this.cycles.set(event.cycle.index, event.cycle);
+        this.renderCycles();
+        break;
+      case "mechanism": {
+        const known = this.attachments.get(event.attachment);
+        if (known) {
+          known.status = event.status;
+          known.status_display = event.status;
+          known.status_detail = event.note || known.status_detail;
+          this.renderAttachments();
+        }
+        this.refreshSnapshot(300);  // counts and names come from the database
+        break;
+      }
+      default:
+        break;
+    }
+  };
+
+  // --- rendering ----------------------------------------------------------------------------
+
+  RunPage.prototype.renderAll = function () {
+    this.renderStatus();
+    this.renderChart();
+    this.renderCurve();
+    this.renderProgress();
+    this.renderLatest();
+    this.renderCycles();
+    this.renderAttachments();
+  };
+
+  RunPage.prototype.sortedIterations = function () {
+    return Array.from(this.iterations.values()).sort((a, b) => a.index - b.index);
+  };
+
+  RunPage.prototype.renderStatus = function () {
+    const badge = byId("run-status");
+    const status = this.run.status || "";
+    badge.textContent = this.run.status_display || status;
+    badge.className = "status status-" + status;
+    byId("run-status-detail").textContent = this.run.status_detail || "";
+    document.querySelectorAll("#run-controls " + CONTROL_WHEN).forEach((button) => {
+      button.hidden = button.dataset.when.split(" ").indexOf(status) === -1;
+    });
+  };
+
+  RunPage.prototype.renderChart = function () {
+    const sets = this.chart.data.datasets;
+    [DS.keep, DS.discard, DS.baseline, DS.failed, DS.best, DS.baseLine, DS.bandHigh, DS.bandLow].forEach((i) => { sets[i].data = []; });
+    let best = null;
+    let failed = 0;
+    let maxIndex = Math.max(1, this.run.iterations_planned || 1);
+    const baselineValues = [];
+    this.sortedIterations().forEach((it) => {
+      maxIndex = Math.max(maxIndex, it.index);
+      const p = { x: it.index, y: it.val_bpb, it: it };
+      if (it.status === "crash" || it.status === "invalid_proposal" || it.val_bpb === null) {
+        failed += 1;
+        sets[DS.failed].data.push({ x: it.index, y: 0.96, it: it });
+        return;
+      }
+      if (it.status === "keep") sets[DS.keep].data.push(p);
+      else if (it.status === "baseline") { sets[DS.baseline].data.push(p); baselineValues.push(it.val_bpb); }
+      else sets[DS.discard].data.push(p);
+      if ((it.status === "keep" || it.status === "baseline") && (best === null || it.val_bpb < best)) best = it.val_bpb;
+      if (best !== null) sets[DS.best].data.push({ x: it.index, y: best });
+    });
+    let baseline = this.run.baseline_val_bpb;
+    if (baseline === null || baseline === undefined) {
+      baseline = baselineValues.length ? baselineValues.reduce((a, b) => a + b, 0) / baselineValues.length : null;
+    }
+    if (baseline !== null) {
+      sets[DS.baseLine].data = [{ x: 0, y: baseline }, { x: maxIndex, y: baseline }];
+      const sd = this.run.noise_sd;
+      if (sd) {
+        sets[DS.bandHigh].data = [{ x: 0, y: baseline + sd }, { x: maxIndex, y: baseline + sd }];
+        sets[DS.bandLow].data = [{ x: 0, y: baseline - sd }, { x: maxIndex, y: baseline - sd }];
+      }
+    }
+    this.chart.options.scales.x.max = maxIndex;
+    this.chart.options.scales.x.min = 0;
+    this.chart.update();
+    const notes = [];
+    if (failed) notes.push(failed + " crashed or invalid iteration" + (failed === 1 ? "" : "s") + " (× at the top; no val_bpb)");
+    if (baseline !== null) notes.push("baseline " + fmt(baseline) + (this.run.noise_sd ? " ± " + fmt(this.run.noise_sd) + " (noise sd)" : " (noise sd not measured)"));
+    if (best !== null) notes.push("best " + fmt(best));
+    byId("chart-note").textContent = notes.join(" · ");
+  };
+
+  RunPage.prototype.renderCurve = function () {
+    const training = this.live && this.live.points && this.live.points.length;
+    const source = training ? this.live : this.lastCurve;
+    const points = (source && source.points) || [];
+    this.curveChart.data.datasets[0].data = points.map((p) => ({ x: p[0], y: p[1] }));
+    this.curveChart.update();
+    const title = byId("curve-title");
+    if (training) title.textContent = "Training curve · iteration #" + this.live.iteration + " (live)";
+    else if (points.length) title.textContent = "Training curve · iteration #" + source.iteration + " (last recorded)";
+    else title.textContent = "Training curve";
+  };
+
+  RunPage.prototype.renderProgress = function () {
+    const planned = this.run.iterations_planned || 0;
+    let done = 0;
+    let proposalSeconds = 0;
+    this.iterations.forEach((it) => {
+      if (it.kind === "proposal") { done += 1; proposalSeconds += it.wall_seconds || 0; }
+    });
+    done = Math.max(done, this.run.proposals_done || 0);
+    byId("progress-proposals-text").textContent = done + " of " + planned;
+    byId("progress-proposals").style.width = (planned ? Math.min(100, (100 * done) / planned) : 0) + "%";
+
+    const live = this.live || {};
+    const fraction = live.budget_fraction;
+    const bar = byId("progress-training");
+    const text = byId("progress-training-text");
+    const timeText = [];
+    if (live.iteration !== undefined && fraction !== undefined && fraction !== null) {
+      bar.style.width = Math.min(100, 100 * fraction) + "%";
+      text.textContent = "iteration #" + live.iteration + " · step " + (live.step === undefined ? "–" : live.step) + " · " + Math.round(100 * fraction) + "% of budget";
+      timeText.push("elapsed " + duration(live.elapsed));
+      if (fraction > 0.02 && live.elapsed) timeText.push("this training ≈ " + duration((live.elapsed * (1 - fraction)) / fraction) + " left");
+    } else {
+      bar.style.width = "0%";
+      text.textContent = this.run.status === "running" ? "proposing / evaluating" : "idle";
+    }
+    if (done && planned > done && !this.run.is_finished && this.run.status !== "cancelled") {
+      timeText.push("run ≈ " + duration((proposalSeconds / done) * (planned - done)) + " left");
+    }
+    byId("progress-time").textContent = timeText.join(" · ") || "–";
+  };
+
+  RunPage.prototype.renderLatest = function () {
+    const all = this.sortedIterations();
+    const target = byId("latest-iteration");
+    if (!all.length) { target.textContent = "–"; return; }
+    const it = all[all.length - 1];
+    target.textContent = "#" + it.index + " " + it.status + (it.val_bpb === null ? "" : " · " + fmt(it.val_bpb)) + (it.hypothesis ? " · " + it.hypothesis : "");
+  };
+
+  function chips(cell, names, className) {
+    (names || []).forEach((name) => { cell.appendChild(el("span", name, "chip " + (className || ""))); cell.appendChild(document.createTextNode(" ")); });
+  }
+
+  RunPage.prototype.renderCycles = function () {
+    const body = byId("outer-cycles");
+    if (!body) return;
+    const cycles = Array.from(this.cycles.values()).sort((a, b) => a.index - b.index);
+    if (!cycles.length) return;
+    body.replaceChildren();
+    cycles.forEach((c) => {
+      const row = el("tr");
+      row.appendChild(el("td", c.index));
+      row.appendChild(el("td", c.after_iteration));
+      const frozen = el("td"); chips(frozen, c.frozen); row.appendChild(frozen);
+      const added = el("td"); chips(added, c.newly_frozen, "added"); row.appendChild(added);
+      const removed = el("td"); chips(removed, c.unfrozen, "removed"); row.appendChild(removed);
+      const guidance = el("td", c.guidance, "guidance");
+      if (c.strategy) guidance.appendChild(el("div", c.strategy, "muted small"));
+      row.appendChild(guidance);
+      const reasons = el("td");
+      const list = el("ul", null, "plain small");
+      Object.entries(c.reasons || {}).forEach(([key, value]) => {
+        const item = el("li");
+        item.appendChild(el("strong", key + ": "));
+        item.appendChild(document.createTextNode(typeof value === "string" ? value : JSON.stringify(value)));
+        list.appendChild(item);
+      });
+      reasons.appendChild(list);
+      row.appendChild(reasons);
+      body.appendChild(row);
+    });
+  };
+
+  RunPage.prototype.renderAttachments = function () {
+    const body = byId("attachments");
+    const items = Array.from(this.attachments.values());
+    if (!items.length) return;
+    body.replaceChildren();
+    items.forEach((a) => {
+      const row = el("tr");
+      row.dataset.attachment = a.id;
+      const name = el("td");
+      const link = el("a", a.name);
+      link.href = a.review_url;
+      name.appendChild(link);
+      if (a.origin) name.appendChild(el("span", " " + a.origin, "muted small"));
+      row.appendChild(name);
+      const status = el("td");
+      status.appendChild(el("span", a.status_display || a.status, "status status-" + a.status));
+      if (a.inert) status.appendChild(el("span", "inert", "tag inert"));
+      row.appendChild(status);
+      const calls = Object.entries(a.hook_calls || {}).map(([hook, n]) => hook + " " + n).join(", ");
+      row.appendChild(el("td", calls || "none"));
+      row.appendChild(el("td", a.decisions_changed, "num"));
+      row.appendChild(el("td", a.activated_at_iteration === null || a.activated_at_iteration === undefined ? "–" : "#" + a.activated_at_iteration));
+      row.appendChild(el("td", a.status_detail || "", "muted small"));
+      body.appendChild(row);
+    });
+  };
+
+  function start() {
+    const config = JSON.parse(byId("run-config").textContent);
+    const snapshot = JSON.parse(byId("run-snapshot").textContent);
+    const page = new RunPage(config, snapshot);
+    window.bilevelRunPage = page;
+    const indicator = byId("live-indicator");
+    page.socket = window.bilevel.liveSocket(config.socketPath, {
+      onOpen: function () {
+        indicator.textContent = "live";
+        indicator.className = "live on";
+        page.refreshSnapshot(0);  // catch up with whatever happened while not connected
+        page.refreshTable();
+      },
+      onClose: function (event) {
+        indicator.className = "live off";
+        indicator.textContent = event.code === 4401 ? "not logged in: reload the page" : "reconnecting…";
+      },
+      onEvent: function (event) { page.onEvent(event); },
+    });
+    // A pause/resume/cancel answer carries the run's new status: show it at once.
+    document.body.addEventListener("htmx:afterSettle", function (event) {
+      const controls = event.target;
+      if (controls.id === "run-controls" && controls.dataset.status) {
+        page.run.status = controls.dataset.status;
+        page.run.status_display = controls.dataset.statusDisplay;
+        page.renderStatus();
+      }
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
