@@ -1,0 +1,122 @@
+"""``python -m trainer``: one training run, JSON lines on stdout, exit code = failure class.
+
+    python -m trainer --config config.json --preset cpu-tiny --budget-kind flops --budget 1.5e12 \\
+        --seed 0 --threads 2 [--workdir DIR]
+
+stdout carries only JSON lines: ``{"type": "progress", ...}`` while training and exactly one
+``{"type": "summary", ...}`` at the end (also written to ``DIR/summary.json``). Exit codes are
+``trainer.outcomes.EXIT_CODES``. The config is validated before torch is imported, so an invalid
+config fails in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.data import CORPUS_VERSION
+from trainer.outcomes import CORPUS_PACKAGE, EXIT_CODES
+from trainer.schema import DEFAULT_PRESET, PRESETS, ConfigError, config_to_json, validate_config
+
+# Test-only fault injection (never set in production): "hang" spawns a grandchild in the same
+# process group and then blocks forever, so tests can check the launcher's group kill;
+# "exit-without-summary" dies like a segfaulting process would, leaving only stderr behind.
+TEST_HOOK_ENV = "BILEVEL_TRAINER_TEST_HOOK"
+HANG_PID_FILE = "hang_grandchild.pid"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="JSON file with the knob values")
+    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET)
+    parser.add_argument("--budget-kind", choices=("flops", "seconds"), default="flops")
+    parser.add_argument("--budget", type=float, required=True, help="FLOPs or seconds of training")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None, help="if given, summary.json is also written there")
+    return parser.parse_args(argv)
+
+
+def emit(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line, allow_nan=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def run_test_hook(hook: str, workdir: Path) -> None:
+    if hook == "hang":
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        (workdir / HANG_PID_FILE).write_text(str(grandchild.pid))
+        emit(
+            {
+                "type": "progress",
+                "step": 0,
+                "tokens": 0,
+                "train_loss": None,
+                "lr": 0.0,
+                "elapsed": 0.0,
+                "budget_fraction": 0.0,
+                "test_hook": "hang",
+            }
+        )
+        time.sleep(3600)
+    if hook == "exit-without-summary":
+        sys.stderr.write("simulated fatal error: the process died without a summary\n")
+        sys.stderr.flush()
+        os._exit(EXIT_CODES["crashed"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir: Path | None = args.workdir
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+    base: dict[str, Any] = {
+        "type": "summary",
+        "objective": "trainer",
+        "corpus": f"{CORPUS_PACKAGE}=={CORPUS_VERSION}",
+        "preset": args.preset,
+        "budget_kind": args.budget_kind,
+        "budget_value": args.budget,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
+    if hook := os.environ.get(TEST_HOOK_ENV):
+        run_test_hook(hook, workdir or Path.cwd())
+
+    summary: dict[str, Any]
+    try:
+        raw = json.loads(Path(args.config).read_text())
+        config = validate_config(raw, preset=args.preset)
+        if args.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {args.threads}")
+    except (OSError, json.JSONDecodeError, ConfigError) as exc:
+        summary = base | {"val_bpb": None, "failure_class": "invalid_config", "error": str(exc)}
+    else:
+        from trainer.train import run  # imports torch: only once the config is known to be valid
+
+        base["config"] = config_to_json(config)
+        summary = base | run(
+            config,
+            preset=args.preset,
+            budget_kind=args.budget_kind,
+            budget_value=args.budget,
+            seed=args.seed,
+            threads=args.threads,
+            emit=emit,
+        )
+    emit(summary)
+    if workdir is not None:
+        try:
+            (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        except OSError as exc:
+            sys.stderr.write(f"could not write summary.json: {exc}\n")
+    return EXIT_CODES[summary["failure_class"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
