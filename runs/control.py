@@ -48,6 +48,8 @@ def enqueue_step(run_id: int) -> None:
 
 
 def start_experiment(experiment: Experiment) -> None:
+    if experiment.is_reference:
+        raise TransitionError("a reference experiment (imported published runs) cannot be started")
     for run in experiment.runs.filter(status=RunStatus.QUEUED):
         enqueue_step(run.pk)
 
@@ -78,3 +80,10 @@ def cancel_run(run: Run) -> None:
         run, (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED), RunStatus.CANCELLED, "cancelled by a user"
     )
     Run.objects.filter(pk=run.pk, finished_at__isnull=True).update(finished_at=timezone.now())
+
+
+def start_run(run: Run) -> None:
+    """Queue a queued run's next step (e.g. one created without starting, or after a restart)."""
+    if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        raise TransitionError(f"run {run.pk} is {run.status}; only queued or running runs can be started")
+    enqueue_step(run.pk)

@@ -219,7 +219,9 @@ class Iteration(models.Model):
             "iteration": self.index,
             "kind": self.kind,
             "changes": self.changes,
+            "config": self.config,
             "val_bpb": self.val_bpb,
+            "best_before": self.best_before,
             "status": self.status,
             "failure_class": self.failure_class,
             "hypothesis": self.hypothesis,
@@ -245,6 +247,9 @@ class OuterCycle(models.Model):
         ordering = ["run_id", "index"]
         constraints = [models.UniqueConstraint(fields=["run", "index"], name="unique_outer_cycle_per_run")]
 
+    def __str__(self) -> str:
+        return f"run {self.run_id} outer cycle {self.index}"
+
 
 class LLMCall(models.Model):
     run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="llm_calls")
@@ -252,7 +257,9 @@ class LLMCall(models.Model):
         "mechanisms.ResearchSession", null=True, blank=True, on_delete=models.CASCADE, related_name="llm_calls"
     )
     level = models.CharField(max_length=8, help_text="1, 1.5 or 2")
-    purpose = models.CharField(max_length=40, help_text="propose, strategy, explore, critique, specify, generate, repair")
+    purpose = models.CharField(
+        max_length=40, help_text="propose, strategy, explore, critique, specify, generate, repair"
+    )
     backend = models.CharField(max_length=16, choices=AgentBackend.choices)
     model = models.CharField(max_length=200, blank=True)
     prompt = models.TextField()
@@ -267,6 +274,9 @@ class LLMCall(models.Model):
         ordering = ["created_at"]
         indexes = [models.Index(fields=["run", "level"])]
 
+    def __str__(self) -> str:
+        return f"{self.backend} {self.purpose} (level {self.level})"
+
 
 class WorkerHeartbeat(models.Model):
     """Which workers are alive and on which queues (written by a task the worker runs)."""
@@ -274,3 +284,6 @@ class WorkerHeartbeat(models.Model):
     hostname = models.CharField(max_length=200, unique=True)
     queues = models.JSONField(default=list)
     last_seen = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.hostname

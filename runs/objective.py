@@ -1,0 +1,39 @@
+"""What a proposal is evaluated on: the real trainer (a subprocess) or the fitted surrogate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainer.launch import default_timeout, run_training
+from trainer.outcomes import TrainingSummary
+
+from .models import Experiment, Objective
+
+
+def evaluate(
+    config: dict[str, Any],
+    *,
+    experiment: Experiment,
+    seed: int,
+    workdir: Path,
+    on_progress: Callable[[dict[str, Any]], None],
+) -> TrainingSummary:
+    if experiment.objective == Objective.SURROGATE:
+        from trainer.surrogate import surrogate_evaluate
+
+        return surrogate_evaluate(
+            config, budget_kind=experiment.budget_kind, budget_value=experiment.budget_value, seed=seed
+        )
+    return run_training(
+        config,
+        preset=experiment.preset,
+        budget_kind=experiment.budget_kind,
+        budget_value=experiment.budget_value,
+        seed=seed,
+        threads=experiment.threads,
+        workdir=workdir,
+        timeout_seconds=default_timeout(experiment.budget_kind, experiment.budget_value, preset=experiment.preset),
+        on_progress=on_progress,
+    )
