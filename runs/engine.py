@@ -292,7 +292,7 @@ class Step:
                     proposed=proposed,
                     runtime=runtime,
                 )
-                return "invalid-proposal"
+                return str(IterationStatus.INVALID_PROPOSAL)
             summary = self._evaluate(proposed.config, self.run_obj.seed)
             status, reason, evaluations, summary = self._decide(proposed, summary, runtime)
             self._record(

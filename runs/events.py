@@ -27,5 +27,5 @@ def publish_run_event(run_id: int, event: dict[str, Any]) -> None:
         return
     try:
         async_to_sync(layer.group_send)(run_group_name(run_id), {"type": "run.event", "event": event})
-    except Exception:
+    except Exception:  # a live-update hiccup must not fail training: the database is the record
         logger.warning("could not publish %s event for run %s", event.get("type"), run_id, exc_info=True)

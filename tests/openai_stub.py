@@ -1,0 +1,77 @@
+"""A real HTTP server speaking the OpenAI chat-completions protocol, with scripted replies.
+
+Each scripted reply is one of: {"content": "..."} (a normal completion), {"status": 429} (or
+any error status, with an optional "body"), {"hang": seconds} (answers after the client gave
+up), or {"close": True} (drops the connection). Requests are recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ScriptedOpenAI:
+    def __init__(self) -> None:
+        self.script: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append(body)
+                step = stub.script.pop(0) if stub.script else {"status": 500, "body": {"error": "script exhausted"}}
+                if step.get("close"):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if "hang" in step:
+                    stub.release.wait(step["hang"])
+                if "status" in step:
+                    self._send(step["status"], step.get("body", {"error": {"message": "scripted error"}}))
+                    return
+                if step.get("reject_response_format") and "response_format" in body:
+                    self._send(400, {"error": {"message": "response_format is not supported", "type": "invalid"}})
+                    return
+                self._send(200, {
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": step.get("content")}}],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+                })
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def scripted_openai() -> Iterator[ScriptedOpenAI]:
+    stub = ScriptedOpenAI()
+    yield stub
+    stub.close()
