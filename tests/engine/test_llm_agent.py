@@ -32,16 +32,33 @@ def stub() -> Iterator[ScriptedOpenAI]:
 @pytest.fixture
 def llm_run(stub: ScriptedOpenAI) -> Run:
     experiment = Experiment.objects.create(
-        name="llm", groups=["A"], iterations=5, agent_backend="llm", llm_base_url=stub.base_url,
-        llm_model="test-model", llm_api_key="sk-test",
+        name="llm",
+        groups=["A"],
+        iterations=5,
+        agent_backend="llm",
+        llm_base_url=stub.base_url,
+        llm_model="test-model",
+        llm_api_key="sk-test",
     )
     run = create_runs(experiment)[0]
     config = config_to_json(default_config("cpu-tiny"))
-    run.iteration_set.create(index=0, kind=IterationKind.BASELINE, status=IterationStatus.BASELINE,
-                             config=config, val_bpb=2.5, evaluations=[2.5])
+    run.iteration_set.create(
+        index=0,
+        kind=IterationKind.BASELINE,
+        status=IterationStatus.BASELINE,
+        config=config,
+        val_bpb=2.5,
+        evaluations=[2.5],
+    )
     changed = {**config, "MATRIX_LR": 0.04}
-    run.iteration_set.create(index=1, kind=IterationKind.PROPOSAL, status=IterationStatus.DISCARD, config=changed,
-                             changes={"MATRIX_LR": {"old": 0.02, "new": 0.04}}, val_bpb=2.6)
+    run.iteration_set.create(
+        index=1,
+        kind=IterationKind.PROPOSAL,
+        status=IterationStatus.DISCARD,
+        config=changed,
+        changes={"MATRIX_LR": {"old": 0.02, "new": 0.04}},
+        val_bpb=2.6,
+    )
     Run.objects.filter(pk=run.pk).update(baseline_val_bpb=2.5, best_val_bpb=2.5)
     run.refresh_from_db()
     return run
@@ -60,7 +77,10 @@ fast_llm = override_settings(LLM_RETRY_BACKOFF_SECONDS=0.01, LLM_TIMEOUT_SECONDS
 def test_valid_json_reply_becomes_a_typed_proposal_and_every_call_is_stored(llm_run: Run, stub: ScriptedOpenAI) -> None:
     stub.script = [reply({"TOTAL_BATCH_SIZE": 2048, "WARMDOWN_RATIO": "0.3"})]
     proposed = propose(llm_run)
-    assert proposed.changes == {"TOTAL_BATCH_SIZE": {"old": 4096, "new": 2048}, "WARMDOWN_RATIO": {"old": 0.5, "new": 0.3}}
+    assert proposed.changes == {
+        "TOTAL_BATCH_SIZE": {"old": 4096, "new": 2048},
+        "WARMDOWN_RATIO": {"old": 0.5, "new": 0.3},
+    }
     assert proposed.hypothesis == "it should help"
     assert stub.requests[0]["response_format"] == {"type": "json_object"}
     assert stub.requests[0]["model"] == "test-model"
