@@ -1,17 +1,260 @@
-"""Mechanism review pages."""
+"""Mechanism review: the queue, one attachment's review page (artifacts, diff, ladder, dry run,
+history, approve / reject / kill) and the library of validated mechanisms.
+
+Everything generated (code, LLM text) is shown escaped: code goes through pygments (which
+escapes), everything else through Django's autoescaping. Only holders of
+`mechanisms.review_mechanism` see the buttons; a POST from anyone else gets a 403 page that
+says why, and the attachment is unchanged.
+"""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import difflib
+import json
+from typing import Any
 
-from .models import AttachmentStatus, MechanismAttachment
+from django.contrib import messages
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
+from django.views.decorators.http import require_GET, require_POST
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import DiffLexer, PythonLexer
+
+from runs.models import Experiment
+
+from . import lifecycle
+from .models import AttachmentStatus, Mechanism, MechanismAttachment
+
+ROUNDS = (("explore", "Explore"), ("critique", "Critique"), ("spec", "Specify"), ("code", "Generate code"))
+MAX_COMMENT_CHARS = 5_000
+_FORMATTER = HtmlFormatter(nowrap=False, cssclass="highlight", linenos="table")
 
 
+def highlight_python(code: str) -> SafeString:
+    # pygments escapes the source it formats, so its output is safe to insert.
+    return mark_safe(highlight(code, PythonLexer(), _FORMATTER))
+
+
+def highlight_diff(diff: str) -> SafeString:
+    return mark_safe(highlight(diff, DiffLexer(), HtmlFormatter(cssclass="highlight")))
+
+
+def pretty_json(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def can_review(user: Any) -> bool:
+    return bool(user.has_perm(lifecycle.REVIEW_PERMISSION))
+
+
+def ladder_summary(ladder: list[dict[str, Any]]) -> str:
+    if not ladder:
+        return "not run"
+    failed = next((step for step in ladder if not step.get("ok")), None)
+    if failed:
+        return f"failed at {failed.get('step', '?')}"
+    return f"passed {len(ladder)} step{'s' if len(ladder) != 1 else ''}"
+
+
+def previous_attachment(attachment: MechanismAttachment) -> MechanismAttachment | None:
+    """The previous version: same name, other code, created earlier — in this run first, else anywhere."""
+    earlier = (
+        MechanismAttachment.objects.filter(
+            mechanism__name=attachment.mechanism.name, created_at__lt=attachment.created_at
+        )
+        .exclude(mechanism_id=attachment.mechanism_id)
+        .select_related("mechanism")
+        .order_by("-created_at")
+    )
+    return earlier.filter(run_id=attachment.run_id).first() or earlier.first()
+
+
+def code_diff(old: str, new: str, old_label: str, new_label: str) -> str:
+    return "".join(
+        difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True), old_label, new_label)
+    )
+
+
+def round_artifacts(artifacts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The four rounds in order, each with prompt / reply / parsed / error / seconds when present."""
+    out = []
+    for key, title in ROUNDS:
+        raw = artifacts.get(key)
+        entry: dict[str, Any] = {"key": key, "title": title, "present": raw is not None}
+        if isinstance(raw, dict):
+            entry.update({
+                "prompt": raw.get("prompt") or "",
+                "reply": raw.get("reply") or "",
+                "parsed": pretty_json(raw["parsed"]) if raw.get("parsed") not in (None, "", {}) else "",
+                "error": raw.get("error") or "",
+                "seconds": raw.get("seconds"),
+            })
+        elif raw is not None:
+            entry.update({"prompt": "", "reply": "", "parsed": pretty_json(raw), "error": "", "seconds": None})
+        out.append(entry)
+    return out
+
+
+@require_GET
 def review_queue(request: HttpRequest) -> HttpResponse:
-    pending = (
+    pending = list(
         MechanismAttachment.objects.filter(status=AttachmentStatus.PENDING)
         .select_related("mechanism", "run__experiment")
         .order_by("created_at")
     )
-    return render(request, "mechanisms/review_queue.html", {"pending": pending})
+    now = timezone.now()
+    for attachment in pending:
+        attachment.age = now - attachment.created_at  # type: ignore[attr-defined]
+        attachment.ladder_text = ladder_summary(attachment.ladder)  # type: ignore[attr-defined]
+    recent = (
+        MechanismAttachment.objects.filter(reviewed_at__isnull=False)
+        .select_related("mechanism", "run__experiment", "reviewed_by")
+        .order_by("-reviewed_at")[:10]
+    )
+    return render(request, "mechanisms/review_queue.html",
+                  {"pending": pending, "recent": recent, "can_review": can_review(request.user)})
+
+
+@require_GET
+def attachment_detail(request: HttpRequest, attachment_id: int) -> HttpResponse:
+    attachment = get_object_or_404(
+        MechanismAttachment.objects.select_related("mechanism", "run__experiment", "session", "reviewed_by"),
+        pk=attachment_id,
+    )
+    return render(request, "mechanisms/review.html", _detail_context(request, attachment))
+
+
+def _detail_context(request: HttpRequest, attachment: MechanismAttachment, error: str = "") -> dict[str, Any]:
+    mechanism = attachment.mechanism
+    previous = previous_attachment(attachment)
+    diff = ""
+    if previous is not None:
+        diff = code_diff(previous.mechanism.code, mechanism.code,
+                         f"{previous.mechanism.name} ({previous.mechanism.code_hash[:8]}, run {previous.run_id})",
+                         f"{mechanism.name} ({mechanism.code_hash[:8]}, run {attachment.run_id})")
+    session = attachment.session
+    llm_calls = list(session.llm_calls.order_by("created_at")) if session is not None else []
+    report = attachment.dry_run_report or {}
+    read_only = attachment.run.experiment.is_reference
+    reviewer = can_review(request.user) and not read_only
+    return {
+        "attachment": attachment,
+        "mechanism": mechanism,
+        "run": attachment.run,
+        "experiment": attachment.run.experiment,
+        "code_html": highlight_python(mechanism.code),
+        "spec_json": pretty_json(mechanism.spec),
+        "previous": previous,
+        "diff_html": highlight_diff(diff) if diff else None,
+        "identical_to_previous": previous is not None and not diff,
+        "rounds": round_artifacts(session.artifacts if session is not None else {}),
+        "session": session,
+        "llm_calls": llm_calls,
+        "ladder": attachment.ladder,
+        "ladder_text": ladder_summary(attachment.ladder),
+        "dry_run": report,
+        "dry_run_traces": report.get("traces", []) if isinstance(report, dict) else [],
+        "dry_run_json": pretty_json(report),
+        "events": attachment.events.select_related("actor").order_by("created_at"),
+        "can_review": reviewer,
+        "show_review_buttons": reviewer and attachment.status == AttachmentStatus.PENDING,
+        "show_kill": reviewer and attachment.status in (AttachmentStatus.ACTIVE, AttachmentStatus.APPROVED),
+        "read_only_reason": "reference experiments are read-only" if read_only else "",
+        "pygments_css": HtmlFormatter(cssclass="highlight").get_style_defs(".highlight"),
+        "error": error,
+    }
+
+
+def _forbidden(request: HttpRequest, attachment: MechanismAttachment, message: str) -> HttpResponse:
+    context = _detail_context(request, attachment, error=message)
+    return render(request, "mechanisms/review.html", context, status=403)
+
+
+@require_POST
+def attachment_action(request: HttpRequest, attachment_id: int, action: str) -> HttpResponse:
+    attachment = get_object_or_404(
+        MechanismAttachment.objects.select_related("mechanism", "run__experiment", "session"), pk=attachment_id
+    )
+    if attachment.run.experiment.is_reference:
+        return _forbidden(request, attachment, "This mechanism belongs to a reference experiment, which is read-only.")
+    if not can_review(request.user):
+        return _forbidden(
+            request, attachment,
+            "You do not have permission to review mechanisms (mechanisms.review_mechanism); nothing was changed.",
+        )
+    comment = request.POST.get("comment", "").strip()
+    if len(comment) > MAX_COMMENT_CHARS:
+        return _bad_request(request, attachment, f"The comment is longer than {MAX_COMMENT_CHARS} characters.")
+    try:
+        if action == "approve":
+            lifecycle.approve(attachment, request.user, comment)
+            messages.success(
+                request, f"Approved {attachment.mechanism.name}: it activates at the run's next iteration."
+            )
+        elif action == "reject":
+            lifecycle.reject(attachment, request.user, comment)
+            messages.success(request, f"Rejected {attachment.mechanism.name}.")
+        else:
+            lifecycle.kill(attachment, request.user, comment)
+            messages.success(request, f"Deactivated {attachment.mechanism.name} (kill switch).")
+    except lifecycle.ReviewError as error:
+        return _bad_request(request, attachment, str(error).capitalize() + ".")
+    if request.headers.get("HX-Request"):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("mechanism_review", args=[attachment.pk])
+        return response
+    return redirect("mechanism_review", attachment_id=attachment.pk)
+
+
+def _bad_request(request: HttpRequest, attachment: MechanismAttachment, message: str) -> HttpResponse:
+    attachment.refresh_from_db()
+    return render(request, "mechanisms/review.html", _detail_context(request, attachment, error=message), status=400)
+
+
+@require_GET
+def library(request: HttpRequest) -> HttpResponse:
+    mechanisms = (
+        Mechanism.objects.filter(passed_ladder=True)
+        .annotate(
+            runs_using=Count("attachments__run", distinct=True,
+                             filter=Q(attachments__status__in=[AttachmentStatus.ACTIVE, AttachmentStatus.DEACTIVATED])),
+            attachments_total=Count("attachments", distinct=True),
+            experiments_count=Count("experiments", distinct=True),
+        )
+        .order_by("name", "-created_at")
+    )
+    experiments = Experiment.objects.filter(is_reference=False).order_by("-created_at")[:100]
+    return render(request, "mechanisms/library.html", {
+        "mechanisms": mechanisms, "experiments": experiments, "can_attach": can_review(request.user),
+    })
+
+
+@require_POST
+def library_attach(request: HttpRequest, mechanism_id: int) -> HttpResponse:
+    """Add a validated mechanism to an experiment's library set (its runs load it at their next step)."""
+    mechanism = get_object_or_404(Mechanism, pk=mechanism_id)
+    if not can_review(request.user):
+        return HttpResponse(
+            "You do not have permission to attach mechanisms (mechanisms.review_mechanism); nothing was changed.",
+            status=403, content_type="text/plain; charset=utf-8",
+        )
+    if not mechanism.passed_ladder:
+        messages.error(request, f"{mechanism.name} has not passed the validation ladder; it cannot be attached.")
+        return HttpResponseRedirect(reverse("mechanism_library"))
+    raw = request.POST.get("experiment", "")
+    experiment = Experiment.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
+    if experiment is None:
+        messages.error(request, "Choose an experiment.")
+    elif experiment.is_reference:
+        messages.error(request, f"{experiment.name} is a reference experiment (read-only).")
+    else:
+        experiment.library_mechanisms.add(mechanism)
+        messages.success(request, f"{mechanism.name} is now part of experiment {experiment.name}.")
+    return HttpResponseRedirect(reverse("mechanism_library"))
