@@ -1,0 +1,302 @@
+"""The Level 2 research session as a pure function over a responder, and the built-in responder.
+
+``run_session`` drives the four rounds (explore, critique, specify, generate). Each reply is
+parsed and checked; a failed step gets at most ``max_repairs`` repair rounds carrying the error
+text; the session ends with an explicit status: "produced" (spec + code + a passing ladder
+report) or "failed" (with the reason). Nothing falls back silently.
+
+``builtin_responder`` answers the same prompts without an LLM or network: it diagnoses the trace
+(repeated changes, fixation on one parameter, stagnation, crashes, noisy near-ties) and drafts
+the fitting mechanism from the project's catalogue. It is labelled as what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from mechanisms import research_prompts
+from mechanisms.catalogue import CatalogueEntry, catalogue_entries
+from mechanisms.ladder import LadderReport, TraceFixture, check_spec, default_fixtures, validate_mechanism
+from mechanisms.protocol import State, TraceRecord, protocol_description
+
+BUILTIN_LABEL = "built-in heuristic (no LLM)"
+STAGNATION_WINDOW = 6
+FIXATION_WINDOW = 8
+
+Responder = Callable[[str, str], str]
+Validator = Callable[..., LadderReport]
+
+
+@dataclass
+class ResearchContext:
+    trace: list[TraceRecord]
+    state: State
+    runner_source: str = ""
+    level15_history: list[Any] = field(default_factory=list)
+    active_mechanisms: list[str] = field(default_factory=list)
+    # Traces for the ladder's dry run besides this run's own; None = the recorded fixtures.
+    fixtures: list[TraceFixture] | None = None
+    time_limit_per_call: float = 1.0
+
+
+class RoundRecord(TypedDict):
+    round: str
+    attempt: int  # 0 = first ask, 1.. = repair rounds
+    prompt: str
+    reply: str
+    parsed: Any
+    error: str | None
+    seconds: float
+
+
+@dataclass
+class SessionResult:
+    status: str  # "produced" | "failed"
+    reason: str
+    rounds: list[RoundRecord] = field(default_factory=list)
+    spec: dict[str, Any] | None = None
+    code: str | None = None
+    ladder: LadderReport | None = None
+
+    @property
+    def repair_rounds(self) -> int:
+        return sum(1 for r in self.rounds if r["attempt"] > 0)
+
+    def artifacts(self) -> dict[str, Any]:
+        """The session's artifacts by round (what the review page shows), JSON-serialisable."""
+        parsed = {r["round"]: r["parsed"] for r in self.rounds if r["error"] is None}
+        return {**parsed, "spec": self.spec, "code": self.code,
+                "ladder": self.ladder.to_json() if self.ladder else None}
+
+
+class _StepError(ValueError):
+    pass
+
+
+# -- reply parsing -----------------------------------------------------------------------------------
+
+
+def extract_json(reply: str) -> dict[str, Any]:
+    """The first JSON object in a reply (a ```json fence or surrounding prose is tolerated)."""
+    fenced = re.search(r"```(?:json)?\s*(\{.*?\})\s*```", reply, re.DOTALL)
+    text = fenced.group(1) if fenced else reply
+    start = text.find("{")
+    if start < 0:
+        raise _StepError("the reply contains no JSON object")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+    except ValueError as exc:
+        raise _StepError(f"the reply is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise _StepError("the reply must be a JSON object")
+    return value
+
+
+def extract_code(reply: str) -> str:
+    """The Python source in a reply: the first ```python fence, any fence, or the whole reply."""
+    fenced = re.search(r"```(?:python|py)?[ \t]*\n(.*?)```", reply, re.DOTALL)
+    code = fenced.group(1) if fenced else reply
+    if "class " not in code:
+        raise _StepError("the reply contains no Python class")
+    return code.strip() + "\n"
+
+
+def _parse_explore(reply: str) -> dict[str, Any]:
+    value = extract_json(reply)
+    candidates = value.get("candidates")
+    if not isinstance(value.get("diagnosis"), str) or not value["diagnosis"].strip():
+        raise _StepError("'diagnosis' must be a non-empty string")
+    if not isinstance(candidates, list) or not 3 <= len(candidates) <= 4:
+        raise _StepError("'candidates' must be a list of 3 or 4 mechanisms")
+    for candidate in candidates:
+        if not (isinstance(candidate, dict) and isinstance(candidate.get("name"), str)
+                and isinstance(candidate.get("idea"), str)):
+            raise _StepError("each candidate needs a 'name' and an 'idea' (strings)")
+    return value
+
+
+def _parse_critique(reply: str, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    value = extract_json(reply)
+    names = [c["name"] for c in candidates]
+    if value.get("selected") not in names:
+        raise _StepError(f"'selected' must be one of {names}")
+    if not isinstance(value.get("scores"), list):
+        raise _StepError("'scores' must be a list of {name, score, reason}")
+    return value
+
+
+def _parse_spec(reply: str) -> dict[str, Any]:
+    spec, problems = check_spec(extract_json(reply))
+    if spec is None:
+        raise _StepError("; ".join(problems))
+    return spec
+
+
+# -- the session ---------------------------------------------------------------------------------------
+
+
+def run_session(context: ResearchContext, respond: Responder, validate: Validator = validate_mechanism,
+                max_repairs: int = 2) -> SessionResult:
+    """Run explore -> critique -> specify -> generate (+ ladder) with bounded repair rounds."""
+    result = SessionResult(status="failed", reason="")
+    protocol = protocol_description()
+
+    def ask(round_name: str, prompt: str, parse: Callable[[str], Any]) -> Any:
+        current = prompt
+        for attempt in range(max_repairs + 1):
+            started = time.monotonic()
+            reply = ""
+            try:
+                reply = respond(round_name, current)
+                parsed = parse(reply)
+            except _StepError as error:
+                result.rounds.append({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
+                                      "parsed": None, "error": str(error),
+                                      "seconds": round(time.monotonic() - started, 4)})
+                current = research_prompts.repair_prompt(round_name, prompt, reply, str(error))
+                continue
+            result.rounds.append({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
+                                  "parsed": parsed, "error": None, "seconds": round(time.monotonic() - started, 4)})
+            return parsed
+        raise _StepError(f"{round_name} failed after {max_repairs} repair rounds: {result.rounds[-1]['error']}")
+
+    traces: list[TraceFixture | list[TraceRecord]] = list(default_fixtures() if context.fixtures is None
+                                                          else context.fixtures)
+    if context.trace:
+        traces.insert(0, TraceFixture("this_run", context.trace, context.state))
+
+    def generate_and_validate(reply: str) -> str:
+        code = extract_code(reply)
+        report = validate(spec, code, traces, time_limit_per_call=context.time_limit_per_call)
+        result.ladder = report
+        failed = report.failed_step
+        if failed is not None:
+            raise _StepError(f"validation ladder failed at step '{failed['step']}': {failed['detail']}")
+        return code
+
+    try:
+        explore = ask("explore", research_prompts.explore_prompt(
+            protocol, context.runner_source, context.trace, context.level15_history, context.active_mechanisms),
+            _parse_explore)
+        critique = ask("critique", research_prompts.critique_prompt(explore),
+                       lambda reply: _parse_critique(reply, explore["candidates"]))
+        selected = next(c for c in explore["candidates"] if c["name"] == critique["selected"])
+        spec = ask("specify", research_prompts.specify_prompt(explore, selected), _parse_spec)
+        code = ask("generate", research_prompts.generate_prompt(protocol, spec), generate_and_validate)
+    except _StepError as error:
+        result.reason = str(error)
+        return result
+    result.status, result.spec, result.code = "produced", spec, code
+    result.reason = f"mechanism {spec['name']!r} passed the validation ladder"
+    return result
+
+
+# -- the built-in responder ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Symptom:
+    name: str  # "repetition" | "fixation" | "stagnation" | "crashes" | "noise"
+    strength: float  # 0..1
+    evidence: str
+
+
+def diagnose(trace: Sequence[TraceRecord], noise_sd: float | None) -> list[Symptom]:
+    """The search's failure modes visible in a trace, strongest first."""
+    proposals = [r for r in trace if r.get("kind") == "proposal"]
+    symptoms: list[Symptom] = []
+    seen: set[str] = set()
+    repeats = []
+    for record in proposals:
+        for name, change in record.get("changes", {}).items():
+            move = f"{name}={json.dumps(change.get('new'), sort_keys=True)}"
+            if move in seen:
+                repeats.append(f"{move} (iteration {record['iteration']})")
+            seen.add(move)
+    if repeats:
+        symptoms.append(Symptom("repetition", min(1.0, len(repeats) / max(1, len(proposals)) * 3),
+                                f"{len(repeats)} repeated moves: {', '.join(repeats[:5])}"))
+    recent = [name for r in proposals[-FIXATION_WINDOW:] for name in r.get("changes", {})]
+    if recent:
+        top, count = Counter(recent).most_common(1)[0]
+        share = count / len(proposals[-FIXATION_WINDOW:])
+        if share >= 0.5:
+            symptoms.append(Symptom("fixation", share, f"{count} of the last {len(proposals[-FIXATION_WINDOW:])} "
+                                                       f"proposals changed {top}"))
+    since_keep = 0
+    for record in reversed(proposals):
+        if record.get("status") == "keep":
+            break
+        since_keep += 1
+    if since_keep >= STAGNATION_WINDOW:
+        symptoms.append(Symptom("stagnation", min(1.0, since_keep / (2 * STAGNATION_WINDOW)),
+                                f"no kept change in the last {since_keep} proposals"))
+    crashes = [r for r in proposals if r.get("status") == "crash"]
+    if crashes:
+        symptoms.append(Symptom("crashes", min(1.0, 2 * len(crashes) / len(proposals)),
+                                f"{len(crashes)} of {len(proposals)} proposals crashed "
+                                f"({', '.join(sorted({str(r.get('failure_class')) for r in crashes}))})"))
+    if noise_sd:
+        best: float | None = None
+        near_ties = []
+        for record in trace:
+            value = record.get("val_bpb")
+            if value is None or record.get("status") not in ("baseline", "keep"):
+                continue
+            if best is not None and record.get("status") == "keep" and best - value < noise_sd:
+                near_ties.append(f"iteration {record['iteration']} (gain {best - value:.4f})")
+            best = value if best is None else min(best, value)
+        if near_ties:
+            symptoms.append(Symptom("noise", min(1.0, len(near_ties) / 2),
+                                    f"{len(near_ties)} keeps gained less than the noise sd {noise_sd:g}: "
+                                    + ", ".join(near_ties[:5])))
+    return sorted(symptoms, key=lambda s: -s.strength)
+
+
+def _rank(entries: list[CatalogueEntry], symptoms: list[Symptom], rng: random.Random) -> list[tuple[float, str]]:
+    strength = {s.name: s.strength for s in symptoms}
+    # The random tie-breaker keeps equally fitting mechanisms from always winning in schema order.
+    scored = [(sum(strength.get(d, 0.0) for d in entry.diagnosis), rng.random(), entry.name) for entry in entries]
+    scored.sort(reverse=True)
+    return [(score, name) for score, _, name in scored]
+
+
+def builtin_responder(context: ResearchContext, seed: int = 0) -> Responder:
+    """A responder that answers each round from the trace diagnosis and the catalogue (no LLM)."""
+    symptoms = diagnose(context.trace, context.state.get("baseline", {}).get("noise_sd"))
+    entries = {e.name: e for e in catalogue_entries()}
+    ranking = _rank(list(entries.values()), symptoms, random.Random(seed))
+    available = [name for _, name in ranking if name not in context.active_mechanisms]
+    chosen = entries[available[0]] if available else None
+    diagnosis_text = "; ".join(f"{s.name}: {s.evidence}" for s in symptoms) or "no clear failure mode"
+
+    def idea(name: str) -> str:
+        active = " (already active in this run)" if name in context.active_mechanisms else ""
+        return entries[name].spec["expected_effect"] + active
+
+    def respond(round_name: str, prompt: str) -> str:
+        if chosen is None:
+            return "The built-in catalogue has no mechanism left that is not already active."
+        if round_name == "explore":
+            return json.dumps({"diagnosis": f"[{BUILTIN_LABEL}] {diagnosis_text}", "candidates": [
+                {"name": name, "field": entries[name].spec["rationale"].split(":")[0],
+                 "idea": idea(name), "hooks": entries[name].spec["hooks"]}
+                for _, name in ranking]})
+        if round_name == "critique":
+            return json.dumps({"scores": [
+                {"name": name, "score": round(min(10.0, 10 * score), 1),
+                 "reason": f"answers {', '.join(entries[name].diagnosis)}; observed: "
+                           f"{', '.join(s.name for s in symptoms if s.name in entries[name].diagnosis) or 'none'}"}
+                for score, name in ranking], "selected": chosen.name})
+        if round_name == "specify":
+            return json.dumps(chosen.spec)
+        return f"```python\n{chosen.code}```\n"
+
+    return respond

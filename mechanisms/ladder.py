@@ -1,0 +1,334 @@
+"""The validation ladder: spec -> static check -> sandboxed import -> sandboxed dry run.
+
+Every step is recorded with its outcome, detail and duration, and the ladder stops at the first
+failed step. The dry run replays recorded traces through the hooks under the sandbox's limits;
+the mechanism must return well-typed values AND change at least one decision, or it is inert and
+rejected (design requirement 1: a mechanism that never fires is not a mechanism).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+from mechanisms.protocol import (
+    HOOK_NAMES,
+    HookReturnError,
+    State,
+    TraceRecord,
+    check_hook_return,
+    proposal_of,
+    result_of,
+    state_before,
+)
+from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
+from mechanisms.static_check import static_check
+
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+# In a checkout the shared data sits beside the repository (in CI the clone has shared/ next to it).
+PAPER_RUNS_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_runs"
+SPEC_TEXT_FIELDS = ("rationale", "state_kept", "expected_effect")
+MAX_EXAMPLES_PER_TRACE = 5
+
+
+class LadderStep(TypedDict):
+    step: str  # "spec" | "static" | "import" | "dry_run"
+    ok: bool
+    detail: str
+    seconds: float
+
+
+@dataclass
+class TraceFixture:
+    """A trace with the state it was recorded under (search space, incumbent config, noise)."""
+
+    name: str
+    trace: list[TraceRecord]
+    state: State
+
+
+@dataclass
+class LadderReport:
+    steps: list[LadderStep] = field(default_factory=list)
+    ok: bool = False
+    spec: dict[str, Any] | None = None
+    dry_run_report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed_step(self) -> LadderStep | None:
+        return next((step for step in self.steps if not step["ok"]), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- traces --------------------------------------------------------------------------------------
+
+
+def default_search_space() -> list[dict[str, Any]]:
+    data: dict[str, Any] = json.loads((FIXTURES_DIR / "search_space.json").read_text())
+    return list(data["search_space"])
+
+
+def state_for_trace(trace: list[TraceRecord], search_space: list[dict[str, Any]] | None = None,
+                    noise_sd: float | None = None) -> State:
+    """The final state of a recorded trace: the incumbent config replays the kept changes."""
+    space = search_space if search_space is not None else default_search_space()
+    config = {param["name"]: param.get("default") for param in space}
+    baseline = next((r["val_bpb"] for r in trace if r.get("kind") == "baseline"), None)
+    for record in trace:
+        if record.get("status") == "keep":
+            config.update({name: change.get("new") for name, change in record.get("changes", {}).items()})
+    final = state_before({"iteration": 0, "search_space": space, "frozen": [], "guidance": "",  # type: ignore[typeddict-item]
+                          "config": config, "best": {"val_bpb": None, "iteration": None},
+                          "baseline": {"val_bpb": baseline, "noise_sd": noise_sd}, "trace": []},
+                         trace, len(trace))
+    return final
+
+
+def recorded_fixtures() -> list[TraceFixture]:
+    """The project's recorded traces in mechanisms/fixtures/ (realistic failure modes)."""
+    fixtures = []
+    for path in sorted(FIXTURES_DIR.glob("*.json")):
+        if path.name == "search_space.json":
+            continue
+        data = json.loads(path.read_text())
+        fixtures.append(TraceFixture(path.stem, data["trace"], state_for_trace(data["trace"],
+                                                                                noise_sd=data.get("noise_sd"))))
+    return fixtures
+
+
+def paper_run_trace(data: dict[str, Any]) -> list[TraceRecord]:
+    """Convert a published paper run (prose only, no changes) to trace records.
+
+    Group C/D traces restart iteration numbers at each batch and re-measure a baseline at its
+    start; iterations are renumbered in order and those later baselines become baseline repeats.
+    Crashes carry bpb 0, which means "no value".
+    """
+    source = f"paper:{data.get('group', '?')}{data.get('repeat', '?')}"
+    trace: list[TraceRecord] = []
+    for position, row in enumerate(data.get("trace", [])):
+        is_baseline = str(row.get("desc", "")).strip().lower() == "baseline"
+        crashed = row.get("status") == "crash" or not row.get("bpb")
+        kind = ("baseline" if position == 0 else "baseline_repeat") if is_baseline else "proposal"
+        status = "baseline" if is_baseline else ("crash" if crashed else str(row.get("status", "discard")))
+        trace.append({
+            "iteration": position, "kind": kind, "changes": {}, "val_bpb": None if crashed else float(row["bpb"]),
+            "status": status, "failure_class": "crashed" if crashed else "ok",
+            "hypothesis": str(row.get("desc", "")), "proposal_source": source, "training_seconds": 0.0,
+        })
+    return trace
+
+
+def paper_run_fixtures(directory: Path = PAPER_RUNS_DIR) -> list[TraceFixture]:
+    """The paper's published runs, when the shared fixtures are present (skipped otherwise)."""
+    if not directory.is_dir():
+        return []
+    fixtures = []
+    for path in sorted(directory.glob("*.json")):
+        trace = paper_run_trace(json.loads(path.read_text()))
+        fixtures.append(TraceFixture(f"paper_{path.stem}", trace, state_for_trace(trace)))
+    return fixtures
+
+
+def default_fixtures() -> list[TraceFixture]:
+    return recorded_fixtures() + paper_run_fixtures()
+
+
+def _as_fixture(index: int, item: TraceFixture | list[TraceRecord]) -> TraceFixture:
+    if isinstance(item, TraceFixture):
+        return item
+    return TraceFixture(f"trace_{index}", item, state_for_trace(item))
+
+
+# -- the steps -------------------------------------------------------------------------------------
+
+
+def check_spec(spec: dict[str, Any] | str) -> tuple[dict[str, Any] | None, list[str]]:
+    """Parse and check a spec; returns (spec or None, problems)."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError as exc:
+            return None, [f"spec is not valid JSON: {exc}"]
+    if not isinstance(spec, dict):
+        return None, ["spec must be a JSON object"]
+    problems = []
+    for key in ("name", "class_name"):
+        if not (isinstance(spec.get(key), str) and spec[key].isidentifier()):
+            problems.append(f"spec['{key}'] must be a Python identifier")
+    hooks = spec.get("hooks")
+    if not (isinstance(hooks, list) and hooks and all(isinstance(h, str) for h in hooks)):
+        problems.append(f"spec['hooks'] must be a non-empty list of hook names ({', '.join(HOOK_NAMES)})")
+    else:
+        unknown = [h for h in hooks if h not in HOOK_NAMES]
+        if unknown:
+            problems.append(f"spec['hooks'] names unknown hooks {unknown} (known: {', '.join(HOOK_NAMES)})")
+    for key in SPEC_TEXT_FIELDS:
+        if not (isinstance(spec.get(key), str) and spec[key].strip()):
+            problems.append(f"spec['{key}'] must be a non-empty string")
+    return (spec if not problems else None), problems
+
+
+def defined_hooks(code: str, class_name: str) -> list[str]:
+    tree = ast.parse(code)
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+            return [hook for hook in HOOK_NAMES if hook in methods]
+    return []
+
+
+def _hooks_mismatch(spec_hooks: list[str], actual: list[str]) -> str | None:
+    if set(spec_hooks) == set(actual):
+        return None
+    return f"the spec lists hooks {sorted(spec_hooks)} but the class defines {sorted(actual)}"
+
+
+class _DryRunFailure(Exception):
+    pass
+
+
+def _tunable(state: State) -> set[str]:
+    frozen = set(state.get("frozen", []))
+    return {p["name"] for p in state["search_space"] if not p.get("locked") and p["name"] not in frozen}
+
+
+def _dry_run_trace(host: MechanismHost, name: str, hooks: list[str], fixture: TraceFixture) -> dict[str, Any]:
+    """Walk one trace: before each record, the decision hooks; after it, on_result."""
+    changed: dict[str, int] = {"prompt_added": 0, "restricted": 0, "proposal_replaced": 0, "proposal_rejected": 0,
+                               "acceptance_overridden": 0}
+    calls: dict[str, int] = {}
+    max_seconds: dict[str, float] = {}
+    examples: list[dict[str, Any]] = []
+
+    def call(hook: str, *args: Any) -> Any:
+        started = time.monotonic()
+        calls[hook] = calls.get(hook, 0) + 1
+        try:
+            raw = host.call(name, hook, *args)
+        except MechanismCallError as error:
+            raise _DryRunFailure(f"{hook}() {error.kind} at iteration {args[-1]['iteration']}: {error}") from error
+        except HostError as error:
+            raise _DryRunFailure(f"{hook}() {error.kind} at iteration {args[-1]['iteration']}: {error}") from error
+        finally:
+            max_seconds[hook] = max(max_seconds.get(hook, 0.0), round(time.monotonic() - started, 4))
+        try:
+            return check_hook_return(hook, raw)
+        except HookReturnError as error:
+            raise _DryRunFailure(f"type error at iteration {args[-1]['iteration']}: {error}") from error
+
+    def note(effect: str, iteration: int, detail: Any) -> None:
+        changed[effect] += 1
+        if len(examples) < MAX_EXAMPLES_PER_TRACE:
+            examples.append({"iteration": iteration, "effect": effect, "detail": str(detail)[:300]})
+
+    for index, record in enumerate(fixture.trace):
+        state = state_before(fixture.state, fixture.trace, index)
+        iteration = state["iteration"]
+        is_proposal = record.get("kind") == "proposal"
+        if is_proposal and "prompt_sections" in hooks and (sections := call("prompt_sections", state)):
+            note("prompt_added", iteration, sections[0])
+        if is_proposal and "restrict" in hooks:
+            allowed = call("restrict", state)
+            tunable = _tunable(state)
+            if allowed is not None and set(allowed) & tunable and set(allowed) & tunable != tunable:
+                note("restricted", iteration, sorted(set(allowed) & tunable))
+        if is_proposal and "propose" in hooks and (proposal := call("propose", state)) is not None:
+            note("proposal_replaced", iteration, proposal)
+        if is_proposal and record.get("changes") and "filter" in hooks:
+            verdict = call("filter", proposal_of(record), state)
+            if verdict is not None:
+                note("proposal_rejected", iteration, verdict["reject"])
+        if is_proposal and "accept" in hooks:
+            result = result_of(record, state["best"]["val_bpb"], fixture.state["baseline"]["noise_sd"])
+            override = call("accept", result, state)
+            if override is not None and override["keep"] != (record.get("status") == "keep"):
+                note("acceptance_overridden", iteration, override)
+        if "on_result" in hooks:
+            call("on_result", record, state)
+    return {"trace": fixture.name, "records": len(fixture.trace), "changed": changed,
+            "changed_total": sum(changed.values()), "hook_calls": calls, "max_seconds": max_seconds,
+            "examples": examples}
+
+
+def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: list[TraceFixture],
+             time_limit_per_call: float) -> tuple[bool, str, dict[str, Any]]:
+    per_trace: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for fixture in fixtures:
+        # A fresh host per trace: the mechanism must start from nothing, as after a replay.
+        with MechanismHost(time_limit_per_call=time_limit_per_call) as host:
+            try:
+                report = host.load([{"name": name, "class_name": class_name, "code": code}])
+                if name in report["errors"]:
+                    raise _DryRunFailure(f"load failed: {report['errors'][name]}")
+                per_trace.append(_dry_run_trace(host, name, hooks, fixture))
+            except (_DryRunFailure, HostError) as error:
+                errors.append(f"{fixture.name}: {error}")
+                per_trace.append({"trace": fixture.name, "records": len(fixture.trace), "error": str(error)})
+    total = sum(t.get("changed_total", 0) for t in per_trace)
+    report_data = {"traces": per_trace, "changed_decisions": total, "inert": total == 0, "type_errors": errors}
+    if errors:
+        return False, "hook errors: " + " | ".join(errors)[:2000], report_data
+    if not fixtures:
+        return False, "no traces to dry-run on", report_data
+    if total == 0:
+        return False, (f"inert: the mechanism changed no decision on {len(fixtures)} traces "
+                       f"({sum(len(f.trace) for f in fixtures)} records)"), report_data
+    summary = ", ".join(f"{t['trace']}: {t['changed_total']}" for t in per_trace)
+    return True, f"changed {total} decisions ({summary})", report_data
+
+
+def validate_mechanism(spec: dict[str, Any] | str, code: str,
+                       traces: Sequence[list[TraceRecord] | TraceFixture] | None = None, *,
+                       time_limit_per_call: float = 1.0) -> LadderReport:
+    """Run the ladder; ``traces`` defaults to the recorded fixtures plus the paper runs."""
+    report = LadderReport()
+    fixtures = [_as_fixture(i, t) for i, t in enumerate(traces)] if traces is not None else default_fixtures()
+
+    def record(step: str, started: float, problems: list[str], success_detail: str) -> bool:
+        ok = not problems
+        report.steps.append({"step": step, "ok": ok, "detail": success_detail if ok else "; ".join(problems),
+                             "seconds": round(time.monotonic() - started, 4)})
+        return ok
+
+    started = time.monotonic()
+    parsed, problems = check_spec(spec)
+    if not record("spec", started, problems, "spec parses and names its hooks"):
+        return report
+    assert parsed is not None
+    report.spec = parsed
+    name, class_name, spec_hooks = parsed["name"], parsed["class_name"], parsed["hooks"]
+
+    started = time.monotonic()
+    problems = static_check(code, class_name)
+    if not problems and (mismatch := _hooks_mismatch(spec_hooks, defined_hooks(code, class_name))):
+        problems = [mismatch]
+    if not record("static", started, problems, "no findings"):
+        return report
+
+    started = time.monotonic()
+    try:
+        with MechanismHost(time_limit_per_call=time_limit_per_call) as host:
+            loaded = host.load([{"name": name, "class_name": class_name, "code": code}])
+            isolation = ", ".join(host.isolation)
+    except HostError as error:
+        loaded, isolation = {"loaded": {}, "errors": {name: f"{error.kind}: {error}"}}, ""
+    problems = [f"import failed: {loaded['errors'][name]}"] if name in loaded["errors"] else []
+    hooks = loaded["loaded"].get(name, [])
+    if not problems and (mismatch := _hooks_mismatch(spec_hooks, hooks)):
+        problems = [mismatch]
+    if not record("import", started, problems, f"imported in the sandbox ({isolation}); hooks: {', '.join(hooks)}"):
+        return report
+
+    started = time.monotonic()
+    ok, detail, report.dry_run_report = _dry_run(name, class_name, code, hooks, fixtures, time_limit_per_call)
+    record("dry_run", started, [] if ok else [detail], detail)
+    report.ok = ok
+    return report

@@ -1,0 +1,107 @@
+"""The validation ladder on the catalogue (each passes) and on broken code (fails at the right step)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from mechanisms.catalogue import catalogue_entries
+from mechanisms.ladder import (
+    PAPER_RUNS_DIR,
+    TraceFixture,
+    paper_run_fixtures,
+    paper_run_trace,
+    recorded_fixtures,
+    validate_mechanism,
+)
+from mechanisms.protocol import proposal_of, state_before
+from mechanisms.sandbox import MechanismHost
+
+SPEC: dict[str, Any] = {"name": "probe", "class_name": "Probe", "hooks": ["filter"], "rationale": "r",
+                        "state_kept": "nothing", "expected_effect": "rejects depth changes"}
+GOOD = "class Probe:\n    def filter(self, proposal, state):\n        return {'reject': 'no'}\n"
+
+
+@pytest.fixture(scope="module")
+def fixtures() -> list[TraceFixture]:
+    return recorded_fixtures()
+
+
+@pytest.mark.parametrize("entry", catalogue_entries(), ids=lambda e: e.name)
+def test_catalogue_mechanism_passes(entry: Any, fixtures: list[TraceFixture]) -> None:
+    report = validate_mechanism(entry.spec, entry.code, fixtures)
+    assert report.ok, report.steps
+    assert [s["step"] for s in report.steps] == ["spec", "static", "import", "dry_run"]
+    assert report.dry_run_report["changed_decisions"] > 0
+    for trace_report in report.dry_run_report["traces"]:
+        assert set(trace_report["max_seconds"]) <= set(entry.spec["hooks"])
+
+
+def test_tabu_rejects_exactly_the_repeated_moves(fixtures: list[TraceFixture]) -> None:
+    tabu = next(e for e in catalogue_entries() if e.name == "tabu")
+    repeated = next(f for f in fixtures if f.name == "repeated_proposals")
+    rejected = []
+    with MechanismHost() as host:
+        host.load([{"name": "tabu", "class_name": tabu.class_name, "code": tabu.code}])
+        for index, record in enumerate(repeated.trace):
+            state = state_before(repeated.state, repeated.trace, index)
+            if record["changes"] and host.call("tabu", "filter", proposal_of(record), state) is not None:
+                rejected.append(record["iteration"])
+            host.call("tabu", "on_result", record, state)
+    # WINDOW_PATTERN=SSSS at 3, 5, 9 and EMBEDDING_LR=0.3 at 7, 11 repeat moves within the tenure;
+    # WEIGHT_DECAY=0.2 (6) and 0.05 (8) are new values; WEIGHT_DECAY=0.1 (10) was kept 9 iterations ago.
+    assert rejected == [3, 5, 7, 9, 11]
+    report = validate_mechanism(tabu.spec, tabu.code, [repeated])
+    assert report.dry_run_report["traces"][0]["changed"]["proposal_rejected"] == 5
+
+
+@pytest.mark.parametrize(("spec", "code", "step", "message"), [
+    ("{not json", GOOD, "spec", "spec is not valid JSON"),
+    ({**SPEC, "hooks": ["reject_everything"]}, GOOD, "spec", "unknown hooks"),
+    ({**SPEC, "rationale": ""}, GOOD, "spec", "spec['rationale'] must be a non-empty string"),
+    (SPEC, "import os\n" + GOOD, "static", "import of 'os' is not allowed"),
+    (SPEC, GOOD.replace("Probe", "Other"), "static", "the spec names 'Probe'"),
+    ({**SPEC, "hooks": ["filter", "accept"]}, GOOD, "static", "the class defines ['filter']"),
+    (SPEC, "X = 1 // 1\nY = [0][X]\n" + GOOD, "import", "IndexError"),
+    (SPEC, GOOD.replace("{'reject': 'no'}", "{'reject': 1}"), "dry_run", "reject reason must be a string"),
+    (SPEC, GOOD.replace("{'reject': 'no'}", "None"), "dry_run", "inert"),
+    (SPEC, GOOD.replace("return {'reject': 'no'}", "return {'reject': str(1 / 0)}"), "dry_run",
+     "ZeroDivisionError"),
+])
+def test_broken_code_fails_at_the_right_step(spec: Any, code: str, step: str, message: str,
+                                             fixtures: list[TraceFixture]) -> None:
+    report = validate_mechanism(spec, code, fixtures[:1])
+    failed = report.failed_step
+    assert not report.ok and failed is not None
+    assert failed["step"] == step, report.steps
+    assert message in failed["detail"], failed["detail"]
+
+
+def test_hanging_hook_fails_the_dry_run_with_a_timeout(fixtures: list[TraceFixture]) -> None:
+    code = GOOD.replace("return {'reject': 'no'}", "while len(state) > 0:\n            pass")
+    report = validate_mechanism(SPEC, code, fixtures[:1], time_limit_per_call=0.3)
+    failed = report.failed_step
+    assert failed is not None and failed["step"] == "dry_run" and "timeout" in failed["detail"]
+
+
+def test_paper_run_conversion() -> None:
+    data = {"group": "C", "repeat": 1, "trace": [
+        {"iter": 0, "bpb": 1.11, "status": "keep", "desc": "baseline"},
+        {"iter": 1, "bpb": 0, "status": "crash", "desc": "bigger batch"},
+        {"iter": 2, "bpb": 1.10, "status": "keep", "desc": "lower wd"},
+        {"iter": 0, "bpb": 1.10, "status": "keep", "desc": "baseline"},
+        {"iter": 1, "bpb": 1.12, "status": "discard", "desc": "x"}]}
+    trace = paper_run_trace(data)
+    assert [r["iteration"] for r in trace] == [0, 1, 2, 3, 4]
+    assert [r["kind"] for r in trace] == ["baseline", "proposal", "proposal", "baseline_repeat", "proposal"]
+    assert [r["status"] for r in trace] == ["baseline", "crash", "keep", "baseline", "discard"]
+    assert trace[1]["val_bpb"] is None and trace[1]["changes"] == {}
+    assert json.loads(json.dumps(trace)) == trace
+
+
+@pytest.mark.skipif(not PAPER_RUNS_DIR.is_dir(), reason="shared paper runs are not beside this checkout")
+def test_shared_paper_runs_load() -> None:
+    loaded = paper_run_fixtures()
+    assert loaded and all(f.trace and f.trace[0]["kind"] == "baseline" for f in loaded)
