@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,11 @@ def execute_research_session(session_id: int) -> str:
         return f"session {session_id} already {session.status}"
     run = session.run
     context = build_context(run)
+    respond: Callable[[str, str], str]
     if run.experiment.agent_backend == AgentBackend.LLM:
         agent = build_llm_agent(run, research_session_id=session.pk)
 
-        def respond(round_name: str, prompt: str) -> str:
+        def respond_with_llm(round_name: str, prompt: str) -> str:
             return agent.complete(
                 level="2",
                 purpose=round_name,
@@ -85,6 +87,8 @@ def execute_research_session(session_id: int) -> str:
                 prompt=prompt,
                 json_reply=round_name != "generate",
             )
+
+        respond = respond_with_llm
     else:
         respond = builtin_responder(context, seed=run.seed * 1000 + session.outer_cycle_index)
     try:
