@@ -175,3 +175,12 @@ def test_result_of_uses_recorded_status() -> None:
     step = record(3, {"DEPTH": (4, 3)}, 2.5, "keep")
     assert result_of(step, 2.6, 0.01) == {"val_bpb": 2.5, "status": "keep", "changes": {"DEPTH": 3},
                                           "best_val_bpb": 2.6, "noise_sd": 0.01}
+
+
+def test_hang_at_import_time_deactivates_only_that_mechanism() -> None:
+    hang = "while len('x') == 1:\n    pass\nclass Mechanism:\n    def propose(self, state):\n        return None\n"
+    with _runtime(source(hang, "hangs_on_load"), source(NARROW, "narrow"), time_limit=0.5) as runtime:
+        assert runtime.active == ["narrow"]
+        assert runtime.deactivated[0]["mechanism"] == "hangs_on_load"
+        assert runtime.deactivated[0]["hook"] == "load" and "timeout" in runtime.deactivated[0]["reason"]
+        assert runtime.restrict(state_for(runtime.trace), PARAMS) == {"MATRIX_LR", "DEPTH"}
