@@ -2,6 +2,9 @@
 
 Design requirement 1: a mechanism is active only when it demonstrably fired. Every hook call
 is counted (``hook_calls``) and every decision a mechanism changed is recorded (``effects``).
+``hook_calls`` counts live calls made through the methods below; the on_result calls of a
+replay (which happens at every start and restart) are counted apart in ``replay_calls``, so a
+runtime rebuilt for every step does not inflate a mechanism's totals.
 Requirement 2: nothing fails silently. A hook that raises, times out or returns an ill-typed
 value deactivates its mechanism for the run (``deactivated``) and the iteration goes on
 without it; if the host process died, it is restarted with the remaining mechanisms, which
@@ -80,6 +83,7 @@ class MechanismRuntime:
         self.last_state = state
         self.host_factory = host_factory or (lambda: MechanismHost(time_limit_per_call=host.time_limit_per_call))
         self.hook_calls: dict[str, dict[str, int]] = {m["name"]: {} for m in mechanisms}
+        self.replay_calls: dict[str, int] = {m["name"]: 0 for m in mechanisms}
         self.effects: list[Effect] = []
         self.deactivated: list[Deactivation] = []
         self.warnings: list[Warning_] = []
@@ -135,7 +139,8 @@ class MechanismRuntime:
                     replay = self.host.replay(self.trace, self._replay_state(), replayable)
                     for name in replayable:
                         failure = replay["errors"].get(name)
-                        self._count(name, "on_result", len(self.trace) if failure is None else failure["index"] + 1)
+                        replayed = len(self.trace) if failure is None else failure["index"] + 1
+                        self.replay_calls[name] = self.replay_calls.get(name, 0) + replayed
                         if failure is not None:
                             self.deactivate(name, "on_result", f"replay failed at record {failure['index']}: "
                                                                f"{failure['kind']}: {failure['error']}")
@@ -156,9 +161,9 @@ class MechanismRuntime:
 
     # -- one hook call ---------------------------------------------------------------------------
 
-    def _count(self, name: str, hook: str, times: int = 1) -> None:
+    def _count(self, name: str, hook: str) -> None:
         per_hook = self.hook_calls.setdefault(name, {})
-        per_hook[hook] = per_hook.get(hook, 0) + times
+        per_hook[hook] = per_hook.get(hook, 0) + 1
 
     def _with_hook(self, hook: str) -> list[str]:
         return [name for name in self.active if hook in self.hooks.get(name, [])]

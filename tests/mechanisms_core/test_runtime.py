@@ -184,3 +184,11 @@ def test_hang_at_import_time_deactivates_only_that_mechanism() -> None:
         assert runtime.deactivated[0]["mechanism"] == "hangs_on_load"
         assert runtime.deactivated[0]["hook"] == "load" and "timeout" in runtime.deactivated[0]["reason"]
         assert runtime.restrict(state_for(runtime.trace), PARAMS) == {"MATRIX_LR", "DEPTH"}
+
+
+def test_replay_calls_are_counted_apart_from_live_calls() -> None:
+    with _runtime(source(STATEFUL, "good")) as runtime:
+        assert runtime.replay_calls == {"good": len(runtime.trace)}
+        assert runtime.hook_calls == {"good": {}}
+        runtime.observe(record(8, {"DEPTH": (4, 5)}, 2.7, "discard"), state_for(runtime.trace))
+        assert runtime.hook_calls == {"good": {"on_result": 1}}
