@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from trainer.budget import BUDGET_KINDS, check_budget
 from trainer.data import CORPUS_VERSION
 from trainer.outcomes import CORPUS_PACKAGE, EXIT_CODES
 from trainer.schema import DEFAULT_PRESET, PRESETS, ConfigError, config_to_json, validate_config
@@ -31,11 +32,18 @@ TEST_HOOK_ENV = "BILEVEL_TRAINER_TEST_HOOK"
 HANG_PID_FILE = "hang_grandchild.pid"
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports command-line errors as an invalid_config summary instead of argparse's exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"bad command line: {message}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n\n")[0])
+    parser = _ArgumentParser(prog="python -m trainer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="JSON file with the knob values")
-    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET)
-    parser.add_argument("--budget-kind", choices=("flops", "seconds"), default="flops")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument("--budget-kind", default="flops", help=f"one of {', '.join(BUDGET_KINDS)}")
     parser.add_argument("--budget", type=float, required=True, help="FLOPs or seconds of training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -72,7 +80,19 @@ def run_test_hook(hook: str, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:
+        emit(
+            {
+                "type": "summary",
+                "objective": "trainer",
+                "val_bpb": None,
+                "failure_class": "invalid_config",
+                "error": str(exc),
+            }
+        )
+        return EXIT_CODES["invalid_config"]
     workdir: Path | None = args.workdir
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
     base: dict[str, Any] = {
@@ -92,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raw = json.loads(Path(args.config).read_text())
         config = validate_config(raw, preset=args.preset)
+        check_budget(config, args.preset, args.budget_kind, args.budget)
         if args.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {args.threads}")
     except (OSError, json.JSONDecodeError, ConfigError) as exc:

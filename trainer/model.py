@@ -173,15 +173,7 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6 x (matmul parameters) + attention scores and values.
-
-        The 6N term counts forward (2N) and backward (4N) of every matmul weight; the embedding
-        lookup is not a matmul and is excluded (as in nanochat). Attention adds, per layer,
-        QK^T and AV: 2 matmuls x 2 FLOPs x width x span forward, x3 with backward = 12 x width x span,
-        where span is the layer's window (full layers: the context length; an upper bound for
-        causal attention, as in the PaLM/nanochat formula). Norms, rotary and softmax are ignored.
-        """
-        matmul_params = self.num_params() - self.wte.weight.numel()
-        norm_params = sum(p.numel() for p in self.parameters() if p.ndim < 2)
+        """Training FLOPs per token, counted from the actual parameters (formula: ``trainer.flops``)."""
+        matmul_params = sum(p.numel() for p in self.parameters() if p.ndim == 2) - self.wte.weight.numel()
         attention = sum(12 * self.config.width * window for window in self.config.layer_windows())
-        return 6.0 * (matmul_params - norm_params) + attention
+        return 6.0 * matmul_params + attention

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.budget import check_budget
 from trainer.data import VOCAB_SIZE, load_corpus
 from trainer.model import GPT, GPTConfig
 from trainer.optim import build_optimizer, lr_multiplier
 from trainer.schema import PRESET_SETTINGS, ConfigError, model_width
 
-BUDGET_KINDS = ("flops", "seconds")
 PROGRESS_INTERVAL_SECONDS = 0.5
 DIVERGENCE_FACTOR = 2.0  # a loss above twice the first step's loss (after warmup) counts as divergence
 EVAL_SEQUENCES_PER_BATCH = 64
@@ -163,10 +163,7 @@ def train(
     emit: Emit,
 ) -> float:
     """Train ``config`` (already validated) under the budget; returns val_bpb. Updates ``progress`` as it goes."""
-    if budget_kind not in BUDGET_KINDS:
-        raise ConfigError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}, got {budget_kind!r}")
-    if not (math.isfinite(budget_value) and budget_value > 0):
-        raise ConfigError(f"budget must be a positive number, got {budget_value!r}")
+    planned_steps = check_budget(config, preset, budget_kind, budget_value)
     settings = PRESET_SETTINGS[preset]
     device = select_device()
     progress.device = str(device)
@@ -184,14 +181,6 @@ def train(
     micro_batch = min(int(config["DEVICE_BATCH_SIZE"]), total_batch // context)
     accumulation = total_batch // (micro_batch * context)
     flops_per_step = model.flops_per_token() * total_batch
-    planned_steps: int | None = None
-    if budget_kind == "flops":
-        planned_steps = int(budget_value // flops_per_step)
-        if planned_steps < 1:
-            raise ConfigError(
-                f"a FLOP budget of {budget_value:.3g} is less than one optimizer step "
-                f"({flops_per_step:.3g} FLOPs at TOTAL_BATCH_SIZE={total_batch})"
-            )
     progress.details.update(
         micro_batch=micro_batch,
         grad_accumulation=accumulation,

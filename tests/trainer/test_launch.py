@@ -99,10 +99,30 @@ def test_launcher_reports_invalid_config(tmp_path: Path) -> None:
     assert "WINDOW_PATTERN may only contain" in (summary.error or "")
 
 
-def test_budget_smaller_than_one_step_is_an_invalid_config(tmp_path: Path) -> None:
-    summary = launch(default_config(), tmp_path, budget_value=1e9)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"budget_value": 1e9}, "a FLOP budget of 1e+09 is less than one optimizer step"),
+        ({"budget_value": -5.0, "budget_kind": "seconds"}, "budget must be a positive number"),
+        ({"budget_kind": "steps"}, "budget kind must be one of flops, seconds, got 'steps'"),
+        ({"preset": "tpu"}, "unknown preset 'tpu'"),
+        ({"threads": 0}, "threads must be at least 1"),
+    ],
+)
+def test_bad_budgets_and_settings_are_invalid_configs(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
+    summary = launch(default_config(), tmp_path, **overrides)
     assert summary.failure_class == "invalid_config"
-    assert "less than one optimizer step" in (summary.error or "")
+    assert message in (summary.error or "")
+    assert summary.wall_seconds < 10  # rejected before torch is even imported
+
+
+def test_command_line_errors_are_invalid_configs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "--budget", "lots"], capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
+    assert result.returncode == EXIT_CODES["invalid_config"]
+    summary = json.loads(result.stdout)
+    assert summary["failure_class"] == "invalid_config" and "bad command line" in summary["error"]
 
 
 def test_divergence_is_detected_early(tmp_path: Path) -> None:

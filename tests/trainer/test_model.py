@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from trainer.data import VALIDATION_PLAYS, VOCAB_SIZE, decode, encode, load_corpus
+from trainer.flops import flops_per_token
 from trainer.optim import build_optimizer, lr_multiplier, orthogonalize
 from trainer.schema import default_config
 from trainer.train import build_model, evaluate_bpb, is_out_of_memory, sample_batch
@@ -55,11 +56,16 @@ def test_short_window_attention_ignores_tokens_beyond_the_window() -> None:
     assert torch.equal(before[0, 100], after[0, 100])  # 100 tokens later: outside it
 
 
-def test_flops_per_token_matches_the_documented_formula() -> None:
-    model = build_model(default_config(), "cpu-tiny")
-    width, depth = 128, 4
+@pytest.mark.parametrize(
+    "changes", [{}, {"WINDOW_PATTERN": "L"}, {"WINDOW_PATTERN": "SL", "HEAD_DIM": 64}, {"ASPECT_RATIO": 20}]
+)
+def test_flops_per_token_matches_the_documented_formula(changes: dict[str, object]) -> None:
+    config = default_config() | changes
+    model = build_model(config, "cpu-tiny")
+    assert model.flops_per_token() == flops_per_token(config, "cpu-tiny")
+    width, depth = model.config.width, 4
     matmul_params = depth * (4 * width * width + 2 * 4 * width * width) + width * VOCAB_SIZE
-    attention = 12 * width * (64 + 64 + 64 + 256)
+    attention = 12 * width * sum(model.config.layer_windows())
     assert model.flops_per_token() == 6 * matmul_params + attention
 
 
