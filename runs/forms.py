@@ -126,6 +126,8 @@ class ExperimentForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Read before validation copies submitted values onto the instance.
+        self.stored_key_is_set = bool(self.instance.llm_api_key)
         self.fields["groups"].initial = ["A", "B", "C"]
         for name, choices in (
             ("objective", Objective.choices),
@@ -137,10 +139,6 @@ class ExperimentForm(forms.ModelForm):
             field = self.fields[name]
             assert isinstance(field, forms.ChoiceField)
             field.choices = choices
-
-    @property
-    def api_key_is_set(self) -> bool:
-        return bool(self.instance.llm_api_key)
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()

@@ -35,6 +35,16 @@ def make_iteration(run: Run, index: int, **fields: Any) -> Iteration:
     return Iteration.objects.create(run=run, index=index, **defaults)
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(request: pytest.FixtureRequest, settings: Any) -> None:
+    """The shared `users` fixture hashes three passwords; in-process tests need no real cost.
+
+    Browser tests log in through a server subprocess that only knows the real hashers.
+    """
+    if request.node.get_closest_marker("browser") is None:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def populated(users: Any) -> dict[str, Any]:
     """Two runs (groups A and B) with a baseline and a mix of keep/discard/crash proposals."""
