@@ -124,14 +124,21 @@ class MechanismHost:
         self.scratch_dir = Path(tempfile.mkdtemp(prefix="mechanism-host-"))
         # Unlinked file for the child's fd 2 (start-up failures); RLIMIT_FSIZE caps it. Closed in close().
         self._stderr_log = tempfile.TemporaryFile()  # noqa: SIM115
-        self._process = self._spawn(use_bwrap)
+        try:
+            self._process = self._spawn(use_bwrap)
+        except HostError:
+            self._stderr_log.close()
+            raise
         self.pid = self._process.pid
         self.pgid = self._process.pid  # start_new_session: the child leads its own group
         self.alive = True
-        hello = self._read_reply(0, START_TIMEOUT_SECONDS, context=(None, None))
-        if not hello.get("ok"):
-            self._kill()
-            raise HostError("start", f"host did not start: {hello}")
+        try:
+            hello = self._read_reply(0, START_TIMEOUT_SECONDS, context=(None, None))
+            if not hello.get("ok"):
+                raise HostError("start", f"host did not start: {hello}")
+        except HostError:
+            self.close()
+            raise
         if hello["value"].get("dropped_privileges"):
             self.isolation.append("setuid-nobody")
         if hello["value"].get("audit_hook"):
