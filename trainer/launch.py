@@ -8,6 +8,7 @@ anything it spawned: the group is always SIGKILLed in a ``finally``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import queue
@@ -33,6 +34,19 @@ STARTUP_AND_EVAL_SECONDS = 120.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel SIGKILLs the trainer if the process that launched it dies.
+
+    The trainer runs in its own session (so a timeout can kill its whole group), which also
+    means a SIGKILLed worker would otherwise leave it running as an orphan.
+    """
+    parent = os.getppid()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def parse_line(line: str | bytes) -> dict[str, Any] | None:
@@ -159,6 +173,7 @@ def run_training(
             stdout=subprocess.PIPE,
             stderr=stderr_file,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         assert process.stdout is not None
         lines: queue.Queue[bytes | None] = queue.Queue()
