@@ -199,7 +199,7 @@ KNOBS: dict[str, Knob] = _knobs(
         "MATRIX_LR",
         "float",
         "Muon learning rate of the 2-D weight matrices in attention and MLP",
-        defaults={"cpu-tiny": 0.02, "gpu": 0.04},
+        defaults={"cpu-tiny": 0.01, "gpu": 0.04},
         min=1e-3,
         max=1.0,
         log=True,

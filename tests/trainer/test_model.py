@@ -74,9 +74,9 @@ def test_every_parameter_is_in_exactly_one_optimizer_group() -> None:
     optimizer = build_optimizer(model, default_config())
     seen = [id(p) for opt in optimizer.optimizers for group in opt.param_groups for p in group["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
-    assert optimizer.current_lrs() == {"embedding": 0.6, "unembedding": 0.004, "scalar": 0.5, "matrix": 0.02}
+    assert optimizer.current_lrs() == {"embedding": 0.6, "unembedding": 0.004, "scalar": 0.5, "matrix": 0.01}
     optimizer.set_lr_multiplier(0.5)
-    assert optimizer.current_lrs()["matrix"] == pytest.approx(0.01)
+    assert optimizer.current_lrs()["matrix"] == pytest.approx(0.005)
 
 
 def test_lr_schedule_warmup_constant_warmdown() -> None:

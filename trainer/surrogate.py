@@ -1,0 +1,443 @@
+"""A surrogate objective: val_bpb predicted from the config by a model fitted to real measurements.
+
+For fast method research and tests: milliseconds per call instead of a minute of training. It is
+fitted to ``trainer/data/surrogate_measurements.json`` (real runs of this trainer on the cpu-tiny
+preset under a FLOP budget; see that file's header and ``bench/trainer_collect_measurements.py``)
+and every summary it returns says ``"objective": "surrogate"``.
+
+The model, and why it is this simple:
+- features: log2 batch, log learning rates, log(1 - beta), weight decay, schedule ratios, the
+  fraction of full-context layers and log2 head size, standardised; DEVICE_BATCH_SIZE is left out
+  because it does not change the maths;
+- val_bpb of successful runs: ridge regression on those features, their squares and pairwise
+  products (a smooth bowl with tilts and couplings such as batch x learning rate), with the ridge
+  strength chosen by cross-validation; predictions are clipped to the measured range
+  (minus a margin) and to 8 bits (a uniform byte model);
+- divergence: L2-regularised logistic regression on the features and their squares; a config is
+  reported ``diverged`` when the fitted probability exceeds 1/2;
+- seed noise: Gaussian with the sd of the default config's seed replicates, drawn from a
+  generator seeded by (config, seed), so the same call always returns the same value;
+- budget: val_bpb shifts by ``budget_slope x ln(FLOPs / fitted FLOPs)`` (slope fitted to the
+  default config measured at other budgets), and a wall-clock budget is turned into FLOPs with
+  a fitted seconds-per-step model (``a + b x FLOPs per step``), so smaller batches buy more
+  steps per second as with the real trainer.
+
+``surrogate_fit_report()`` gives k-fold held-out Spearman correlation, MAE and RMSE.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.budget import check_budget
+from trainer.flops import VOCAB_SIZE, flops_per_step, flops_per_token, layer_windows
+from trainer.outcomes import TrainingSummary
+from trainer.schema import PRESET_SETTINGS, ConfigError, config_to_json, model_width, validate_config
+
+PRESET = "cpu-tiny"
+MEASUREMENTS_PATH = Path(__file__).resolve().parent / "data" / "surrogate_measurements.json"
+RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+LOGISTIC_L2 = 1.0
+FOLDS = 5
+PREDICTION_MARGIN = 0.2  # how far below the best measured val_bpb a prediction may go
+UNIFORM_BPB = 8.0
+FEATURE_NAMES = (
+    "log2_batch",
+    "ln_matrix_lr",
+    "ln_embedding_lr",
+    "ln_unembedding_lr",
+    "ln_scalar_lr",
+    "weight_decay",
+    "ln_one_minus_beta1",
+    "ln_one_minus_beta2",
+    "warmup_ratio",
+    "warmdown_ratio",
+    "final_lr_frac",
+    "long_layer_fraction",
+    "log2_head_dim",
+)
+
+
+def config_features(config: Mapping[str, Any]) -> np.ndarray:
+    windows = layer_windows(str(config["WINDOW_PATTERN"]), int(config["DEPTH"]), PRESET)
+    context = PRESET_SETTINGS[PRESET].context_length
+    beta1, beta2 = config["ADAM_BETAS"]
+    return np.array(
+        [
+            math.log2(config["TOTAL_BATCH_SIZE"]),
+            math.log(config["MATRIX_LR"]),
+            math.log(config["EMBEDDING_LR"]),
+            math.log(config["UNEMBEDDING_LR"]),
+            math.log(config["SCALAR_LR"]),
+            config["WEIGHT_DECAY"],
+            math.log(1 - beta1),
+            math.log(1 - beta2),
+            config["WARMUP_RATIO"],
+            config["WARMDOWN_RATIO"],
+            config["FINAL_LR_FRAC"],
+            sum(window >= context for window in windows) / len(windows),
+            math.log2(config["HEAD_DIM"]),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Standardizer:
+        scale = x.std(axis=0)
+        return cls(x.mean(axis=0), np.where(scale > 1e-12, scale, 1.0))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.scale
+
+
+def quadratic_features(z: np.ndarray) -> np.ndarray:
+    """[z, z_i * z_j for i <= j]: linear terms, squares and pairwise products (no intercept column)."""
+    upper_i, upper_j = np.triu_indices(z.shape[1])
+    return np.hstack([z, z[:, upper_i] * z[:, upper_j]])
+
+
+def square_design(z: np.ndarray) -> np.ndarray:
+    return np.hstack([np.ones((z.shape[0], 1)), z, z**2])
+
+
+@dataclass(frozen=True)
+class RidgeSolver:
+    """Ridge regression with an unpenalised intercept, solved for every strength from one SVD.
+
+    Centring the design columns and the target removes the intercept from the penalty; the SVD
+    Zc = U S V^T then gives the weights V diag(s / (s^2 + l)) U^T yc and the exact leave-one-out
+    residuals (y - yhat) / (1 - h) for any strength l with a few small matrix products. (Few large
+    BLAS calls matter: on a loaded machine each multithreaded call can cost tens of milliseconds.)
+    """
+
+    u: np.ndarray
+    singular: np.ndarray
+    vt: np.ndarray
+    column_mean: np.ndarray
+    target_mean: float
+    projected: np.ndarray  # U^T yc
+    y: np.ndarray
+
+    @classmethod
+    def of(cls, features: np.ndarray, y: np.ndarray) -> RidgeSolver:
+        column_mean = features.mean(axis=0)
+        target_mean = float(y.mean())
+        u, singular, vt = np.linalg.svd(features - column_mean, full_matrices=False)
+        return cls(u, singular, vt, column_mean, target_mean, u.T @ (y - target_mean), y)
+
+    def loo_mse(self, strength: float) -> float:
+        shrink = self.singular**2 / (self.singular**2 + strength)
+        fitted = self.target_mean + self.u @ (shrink * self.projected)
+        leverage = (self.u**2) @ shrink + 1.0 / len(self.y)
+        return float((((self.y - fitted) / (1.0 - leverage)) ** 2).mean())
+
+    def weights(self, strength: float) -> tuple[float, np.ndarray]:
+        """(intercept, coefficients) for raw (uncentred) feature rows."""
+        coefficients = self.vt.T @ (self.singular / (self.singular**2 + strength) * self.projected)
+        return self.target_mean - float(self.column_mean @ coefficients), coefficients
+
+
+def fit_logistic(design: np.ndarray, labels: np.ndarray, strength: float = LOGISTIC_L2) -> np.ndarray:
+    """Newton's method on the L2-penalised log-likelihood (a few dozen features: exact and fast)."""
+    weights = np.zeros(design.shape[1])
+    penalty = strength * np.eye(design.shape[1])
+    penalty[0, 0] = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ weights, -30, 30)))
+        gradient = design.T @ (p - labels) + penalty @ weights
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(design.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        weights -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return weights
+
+
+def fold_indices(count: int, folds: int, seed: int = 0) -> list[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(count)
+    return [order[fold::folds] for fold in range(folds)]
+
+
+@dataclass(frozen=True)
+class BpbModel:
+    scaler: Standardizer
+    intercept: float
+    coefficients: np.ndarray
+    strength: float
+    floor: float
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray) -> BpbModel:
+        """Quadratic ridge fit; the strength minimises the exact leave-one-out error over RIDGE_GRID."""
+        scaler = Standardizer.fit(x)
+        solver = RidgeSolver.of(quadratic_features(scaler(x)), y)
+        strength = min(RIDGE_GRID, key=solver.loo_mse)
+        intercept, coefficients = solver.weights(strength)
+        return cls(scaler, intercept, coefficients, strength, float(y.min()) - PREDICTION_MARGIN)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        raw = self.intercept + quadratic_features(self.scaler(x)) @ self.coefficients
+        return np.clip(raw, self.floor, UNIFORM_BPB)
+
+
+@dataclass(frozen=True)
+class DivergenceModel:
+    scaler: Standardizer
+    weights: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, diverged: np.ndarray) -> DivergenceModel:
+        scaler = Standardizer.fit(x)
+        return cls(scaler, fit_logistic(square_design(scaler(x)), diverged.astype(float)))
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        logits = np.clip(square_design(self.scaler(x)) @ self.weights, -30, 30)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    bpb: BpbModel
+    divergence: DivergenceModel | None  # None when no measured run diverged
+    noise_sd: float
+    reference_flops: float
+    budget_slope: float
+    seconds_per_step: tuple[float, float]  # intercept, per FLOP
+    eval_seconds: float
+    startup_seconds: float
+    measurement_count: int
+    corpus: str
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    def ranks(values: Sequence[float]) -> np.ndarray:
+        array = np.asarray(values, dtype=float)
+        order = array.argsort()
+        result = np.empty(len(array))
+        result[order] = np.arange(len(array))
+        for value in np.unique(array):  # average ranks of ties
+            tied = array == value
+            result[tied] = result[tied].mean()
+        return result
+
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def load_measurements(path: Path = MEASUREMENTS_PATH) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"surrogate measurements not found at {path}; run bench/trainer_collect_measurements.py"
+        )
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _at_reference_budget(records: list[dict[str, Any]], reference_flops: float) -> list[dict[str, Any]]:
+    return [r for r in records if r["budget_kind"] == "flops" and math.isclose(r["budget_value"], reference_flops)]
+
+
+def fit_surrogate(data: Mapping[str, Any]) -> Surrogate:
+    header, records = data["header"], list(data["measurements"])
+    reference_flops = float(header["default_flops_budget"])
+    reference = _at_reference_budget(records, reference_flops)
+    learnable = [r for r in reference if r["failure_class"] in ("ok", "diverged")]
+    ok = [r for r in learnable if r["failure_class"] == "ok"]
+    x_ok = np.array([config_features(validate_config(r["config"], preset=PRESET)) for r in ok])
+    bpb = BpbModel.fit(x_ok, np.array([r["val_bpb"] for r in ok]))
+
+    x_all = np.array([config_features(validate_config(r["config"], preset=PRESET)) for r in learnable])
+    diverged = np.array([r["failure_class"] == "diverged" for r in learnable])
+    divergence = DivergenceModel.fit(x_all, diverged) if diverged.any() else None
+
+    default_json = header["default_config"]
+    replicates = [r["val_bpb"] for r in ok if r["config"] == default_json]
+    noise_sd = float(np.std(replicates, ddof=1)) if len(replicates) > 1 else 0.0
+
+    # Budget slope: each off-budget ok run against the mean of its config's runs at the reference budget.
+    pairs = []
+    for record in records:
+        if record["failure_class"] != "ok" or math.isclose(record["budget_value"], reference_flops):
+            continue
+        same = [r["val_bpb"] for r in ok if r["config"] == record["config"]]
+        if same:
+            pairs.append((math.log(record["budget_value"] / reference_flops), record["val_bpb"] - float(np.mean(same))))
+    log_ratio = np.array([p[0] for p in pairs])
+    budget_slope = float((log_ratio @ np.array([p[1] for p in pairs])) / (log_ratio @ log_ratio)) if pairs else 0.0
+
+    timed = [r for r in records if r["failure_class"] == "ok" and r["steps"] > 0]
+    step_flops = np.array([flops_per_step(validate_config(r["config"], preset=PRESET), PRESET) for r in timed])
+    step_seconds = np.array([r["training_seconds"] / r["steps"] for r in timed])
+    slope, intercept = np.polyfit(step_flops, step_seconds, 1)
+    return Surrogate(
+        bpb=bpb,
+        divergence=divergence,
+        noise_sd=noise_sd,
+        reference_flops=reference_flops,
+        budget_slope=budget_slope,
+        seconds_per_step=(max(float(intercept), 0.0), max(float(slope), 1e-15)),
+        eval_seconds=float(np.median([r["eval_seconds"] for r in timed])),
+        startup_seconds=2.0,
+        measurement_count=len(records),
+        corpus=str(header["corpus"]),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def default_surrogate() -> Surrogate:
+    return fit_surrogate(load_measurements())
+
+
+def parameter_count(config: Mapping[str, Any]) -> int:
+    """Parameters of the real model for ``config`` (embedding, blocks, norm gains, head)."""
+    width, depth = model_width(config), int(config["DEPTH"])
+    norms = (2 * depth + 2) * width
+    return VOCAB_SIZE * width + depth * 12 * width * width + norms + width * VOCAB_SIZE
+
+
+def _noise_generator(config: Mapping[str, Any], seed: int) -> np.random.Generator:
+    key = json.dumps({"config": config_to_json(dict(config)), "seed": seed}, sort_keys=True)
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+
+def surrogate_evaluate(
+    config: Mapping[str, Any],
+    *,
+    budget_kind: str,
+    budget_value: float,
+    seed: int,
+    surrogate: Surrogate | None = None,
+) -> TrainingSummary:
+    """A simulated training run of ``config`` on cpu-tiny: same fields as the real trainer's summary."""
+    started = time.perf_counter()
+    common: dict[str, Any] = {
+        "objective": "surrogate",
+        "preset": PRESET,
+        "budget_kind": budget_kind,
+        "budget_value": budget_value,
+        "seed": seed,
+        "threads": 1,
+        "device": "surrogate",
+    }
+    try:
+        typed = validate_config(config, preset=PRESET)
+        planned = check_budget(typed, PRESET, budget_kind, budget_value)
+    except ConfigError as exc:
+        return TrainingSummary(failure_class="invalid_config", error=str(exc), **common)
+    model = surrogate or default_surrogate()
+    common["corpus"] = model.corpus
+
+    step_flops = flops_per_step(typed, PRESET)
+    seconds_per_step = model.seconds_per_step[0] + model.seconds_per_step[1] * step_flops
+    steps = planned if planned is not None else max(1, math.ceil(budget_value / seconds_per_step))
+    flops = steps * step_flops
+    features = config_features(typed)[None]
+    p_diverge = float(model.divergence.probability(features)[0]) if model.divergence is not None else 0.0
+    mean = float(model.bpb.predict(features)[0]) + model.budget_slope * math.log(flops / model.reference_flops)
+    noise = model.noise_sd * float(_noise_generator(typed, seed).standard_normal())
+    extra = {
+        "config": config_to_json(typed),
+        "predicted_mean_val_bpb": mean,
+        "noise_sd": model.noise_sd,
+        "divergence_probability": p_diverge,
+        "flops_per_token": flops_per_token(typed, PRESET),
+        "planned_steps": planned,
+        "simulated": True,
+    }
+    tokens_per_step = int(typed["TOTAL_BATCH_SIZE"])
+    if p_diverge > 0.5:
+        # The real trainer stops within the first few steps of a blow-up.
+        stopped = min(steps, 5)
+        return TrainingSummary(
+            failure_class="diverged",
+            error=f"surrogate: predicted divergence (fitted probability {p_diverge:.2f})",
+            steps=stopped,
+            tokens=stopped * tokens_per_step,
+            flops=stopped * step_flops,
+            training_seconds=stopped * seconds_per_step,
+            wall_seconds=model.startup_seconds + stopped * seconds_per_step,
+            params=parameter_count(typed),
+            extra=extra | {"surrogate_call_seconds": time.perf_counter() - started},
+            **common,
+        )
+    training_seconds = steps * seconds_per_step
+    return TrainingSummary(
+        failure_class="ok",
+        val_bpb=float(np.clip(mean + noise, model.bpb.floor, UNIFORM_BPB)),
+        steps=steps,
+        tokens=steps * tokens_per_step,
+        flops=flops,
+        training_seconds=training_seconds,
+        eval_seconds=model.eval_seconds,
+        wall_seconds=model.startup_seconds + training_seconds + model.eval_seconds,
+        params=parameter_count(typed),
+        extra=extra | {"surrogate_call_seconds": time.perf_counter() - started},
+        **common,
+    )
+
+
+def cross_validate(data: Mapping[str, Any], folds: int = FOLDS) -> dict[str, Any]:
+    """k-fold held-out quality of the val_bpb and divergence models (all of it, ridge strength too, refit per fold)."""
+    header, records = data["header"], list(data["measurements"])
+    reference = _at_reference_budget(records, float(header["default_flops_budget"]))
+    learnable = [r for r in reference if r["failure_class"] in ("ok", "diverged")]
+    x = np.array([config_features(validate_config(r["config"], preset=PRESET)) for r in learnable])
+    y = np.array([r["val_bpb"] if r["val_bpb"] is not None else np.nan for r in learnable])
+    diverged = np.array([r["failure_class"] == "diverged" for r in learnable])
+    predicted = np.full(len(learnable), np.nan)
+    predicted_diverged = np.zeros(len(learnable), dtype=bool)
+    for held_out in fold_indices(len(learnable), folds):
+        train = np.setdiff1d(np.arange(len(learnable)), held_out)
+        ok_train = train[~diverged[train]]
+        predicted[held_out] = BpbModel.fit(x[ok_train], y[ok_train]).predict(x[held_out])
+        if diverged[train].any():
+            classifier = DivergenceModel.fit(x[train], diverged[train])
+            predicted_diverged[held_out] = classifier.probability(x[held_out]) > 0.5
+    ok_mask = ~diverged
+    errors = predicted[ok_mask] - y[ok_mask]
+    near = ok_mask & (y < np.quantile(y[ok_mask], 0.5))  # the better half: where a search spends its time
+    return {
+        "folds": folds,
+        "ok_runs": int(ok_mask.sum()),
+        "diverged_runs": int(diverged.sum()),
+        "spearman": spearman(predicted[ok_mask], y[ok_mask]),
+        "mae": float(np.abs(errors).mean()),
+        "rmse": float(np.sqrt((errors**2).mean())),
+        "spearman_better_half": spearman(predicted[near], y[near]),
+        "mae_better_half": float(np.abs(predicted[near] - y[near]).mean()),
+        "divergence_accuracy": float((predicted_diverged == diverged).mean()),
+        "divergence_recall": float(predicted_diverged[diverged].mean()) if diverged.any() else None,
+        "divergence_false_alarms": int((predicted_diverged & ~diverged).sum()),
+        "target_sd": float(y[ok_mask].std()),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def surrogate_fit_report() -> dict[str, Any]:
+    """How well the surrogate predicts held-out real measurements, plus the fitted constants."""
+    data = load_measurements()
+    model = default_surrogate()
+    return {
+        "measurements": model.measurement_count,
+        "measurement_header": data["header"],
+        "cross_validation": cross_validate(data),
+        "ridge_strength": model.bpb.strength,
+        "noise_sd": model.noise_sd,
+        "budget_slope_per_ln_flops": model.budget_slope,
+        "seconds_per_step": {"intercept": model.seconds_per_step[0], "per_flop": model.seconds_per_step[1]},
+        "features": list(FEATURE_NAMES),
+    }
