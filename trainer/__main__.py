@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,8 +52,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf: a diverged run's losses become null instead of breaking the summary line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
 def emit(line: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(line, allow_nan=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(finite_or_none(line), allow_nan=False, default=str) + "\n")
     sys.stdout.flush()
 
 
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     emit(summary)
     if workdir is not None:
         try:
-            (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            (workdir / "summary.json").write_text(json.dumps(finite_or_none(summary), indent=2, default=str) + "\n")
         except OSError as exc:
             sys.stderr.write(f"could not write summary.json: {exc}\n")
     return EXIT_CODES[summary["failure_class"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -68,6 +69,15 @@ def test_default_timeout() -> None:
 def test_exit_codes_are_distinct_and_cover_every_failure_class() -> None:
     assert set(EXIT_CODES) == set(FAILURE_CLASSES)
     assert EXIT_CODES["ok"] == 0 and len(set(EXIT_CODES.values())) == len(EXIT_CODES)
+
+
+def test_non_finite_numbers_become_null_in_json_lines() -> None:
+    from trainer.__main__ import finite_or_none
+
+    line = {"loss": math.nan, "nested": {"x": math.inf, "y": [1.0, -math.inf]}, "ok": 2.5}
+    assert json.dumps(finite_or_none(line), allow_nan=False) == (
+        '{"loss": null, "nested": {"x": null, "y": [1.0, null]}, "ok": 2.5}'
+    )
 
 
 # --- failure classes ----------------------------------------------------------------------------

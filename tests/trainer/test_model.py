@@ -118,3 +118,13 @@ def test_out_of_memory_errors_are_recognised() -> None:
     assert is_out_of_memory(MemoryError())
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_gpu_preset_model_builds_and_runs_a_short_sequence_on_cpu() -> None:
+    config = default_config("gpu")
+    model = build_model(config, "gpu")
+    assert model.config.width == 512 and model.config.num_heads == 4 and model.config.context_length == 2048
+    assert model.flops_per_token() == flops_per_token(config, "gpu")
+    with torch.no_grad():
+        logits = model(torch.randint(0, VOCAB_SIZE, (1, 64)))
+    assert logits.shape == (1, 64, VOCAB_SIZE)
