@@ -6,6 +6,7 @@ and `save_and_start` creates the experiment, its runs and their first steps in o
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -65,7 +66,16 @@ class ExperimentForm(forms.ModelForm):
     preset = forms.ChoiceField(choices=[(p, p) for p in PRESETS], initial=PRESETS[0])
     budget_value = forms.FloatField(
         label="Budget per training",
-        initial=PRESET_SETTINGS[PRESETS[0]].default_flops_budget,
+        initial=f"{PRESET_SETTINGS[PRESETS[0]].default_flops_budget:g}",
+        widget=forms.TextInput(
+            attrs={
+                "inputmode": "decimal",
+                "data-budget-defaults": json.dumps(
+                    {name: {"flops": p.default_flops_budget, "seconds": p.default_seconds_budget}
+                     for name, p in PRESET_SETTINGS.items()}
+                ),
+            }
+        ),
         help_text=f"FLOPs ({MIN_FLOPS:g}–{MAX_FLOPS:g}) or seconds ({MIN_SECONDS:g}–{MAX_SECONDS:g}).",
     )
     seed_base = forms.IntegerField(min_value=0, max_value=SEED_LIMIT, initial=0)
@@ -199,14 +209,16 @@ SORTS = {
     "-seconds": "-wall_seconds",
 }
 PER_PAGE_CHOICES = (25, 50, 100, 200)
+DEFAULT_PER_PAGE = 50
+CHECKBOXES = forms.CheckboxSelectMultiple
 
 
 class IterationFilterForm(forms.Form):
     """Query parameters of an iteration table (page, filters, sort); the same ones drive exports."""
 
-    status = forms.MultipleChoiceField(choices=IterationStatus.choices, required=False)
-    kind = forms.MultipleChoiceField(choices=IterationKind.choices, required=False)
-    group = forms.MultipleChoiceField(choices=Group.choices, required=False)
+    status = forms.MultipleChoiceField(choices=IterationStatus.choices, required=False, widget=CHECKBOXES)
+    kind = forms.MultipleChoiceField(choices=IterationKind.choices, required=False, widget=CHECKBOXES)
+    group = forms.MultipleChoiceField(choices=Group.choices, required=False, widget=CHECKBOXES)
     param = forms.ChoiceField(
         choices=[("", "any parameter"), *((name, name) for name in KNOBS)], required=False, label="Changed"
     )

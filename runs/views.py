@@ -29,7 +29,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from mechanisms.models import MechanismAttachment
 
 from . import control
-from .forms import GROUP_HELP, ExperimentForm, IterationFilterForm
+from .forms import DEFAULT_PER_PAGE, GROUP_HELP, ExperimentForm, IterationFilterForm
 from .iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
 from .models import AgentBackend, Experiment, Iteration, Run, RunStatus
 from .serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
@@ -128,10 +128,12 @@ def _last_curve(run: Run) -> dict[str, Any]:
 
 
 def _table_context(request: HttpRequest, base: QuerySet[Iteration], *, experiment_view: bool) -> dict[str, Any]:
-    form = IterationFilterForm(request.GET)
+    data = request.GET.copy()
+    data.setdefault("per_page", str(DEFAULT_PER_PAGE))  # so the select shows what the page uses
+    form = IterationFilterForm(data)
     filters = form.cleaned_data if form.is_valid() else {}
     rows = filtered_iterations(base, filters)
-    paginator = Paginator(rows, filters.get("per_page") or 50)
+    paginator = Paginator(rows, filters.get("per_page") or DEFAULT_PER_PAGE)
     page = paginator.get_page(filters.get("page") or 1)
     query = request.GET.copy()
     query.pop("page", None)

@@ -54,7 +54,13 @@ def next_sort(current: str, field: str) -> str:
 @register.simple_tag
 def sort_arrow(current: str, field: str) -> str:
     if current == field:
-        return "↑"
+        return "\u00a0↑"
     if current == f"-{field}":
-        return "↓"
+        return "\u00a0↓"
     return ""
+
+
+@register.filter
+def short_label(value: str) -> str:
+    """A choice's value as a compact label ("baseline_repeat" → "baseline repeat")."""
+    return str(value).replace("_", " ")

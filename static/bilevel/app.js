@@ -28,3 +28,18 @@ window.bilevel.liveSocket = function liveSocket(path, handlers) {
   connect();
   return { close: function () { closedByPage = true; if (socket) socket.close(); } };
 };
+
+// Experiment form: when the budget kind or preset changes and the budget still holds a default,
+// replace it with the default of the new choice (a FLOPs number is no valid seconds budget).
+document.addEventListener("change", function (event) {
+  const form = event.target.form;
+  if (!form || (event.target.name !== "budget_kind" && event.target.name !== "preset")) return;
+  const input = form.querySelector("[data-budget-defaults]");
+  if (!input) return;
+  const defaults = JSON.parse(input.dataset.budgetDefaults);
+  const current = parseFloat(input.value);
+  const isDefault = Object.values(defaults).some(function (d) { return d.flops === current || d.seconds === current; });
+  const preset = defaults[form.elements.preset.value];
+  const kind = form.querySelector("input[name=budget_kind]:checked");
+  if (preset && kind && (isDefault || input.value === "")) input.value = String(preset[kind.value]);
+});

@@ -51,7 +51,7 @@
 
   RunPage.prototype.makeChart = function () {
     const point = function (label, color, style) {
-      return { label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: 4, pointStyle: style || "circle", showLine: false };
+      return { label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: 4, pointStyle: style || "circle", showLine: false, clip: false };
     };
     const failed = point("crash / invalid", COLORS.crash, "crossRot");
     failed.yAxisID = "flags";
@@ -76,7 +76,7 @@
         maintainAspectRatio: false,
         scales: {
           x: { type: "linear", title: { display: true, text: "iteration" }, ticks: { precision: 0 } },
-          y: { title: { display: true, text: "val_bpb (lower is better)" } },
+          y: { title: { display: true, text: "val_bpb (lower is better)" }, grace: "5%" },
           flags: { type: "linear", display: false, min: 0, max: 1 },
         },
         plugins: {
@@ -160,7 +160,11 @@
       case "iteration": {
         const it = event.iteration;
         this.iterations.set(it.index, it);
-        if (this.live.iteration === it.index) this.live = {};
+        if (this.live.iteration === it.index) {
+          // Keep showing the finished training's curve until the next one starts.
+          if (this.live.points && this.live.points.length) this.lastCurve = { iteration: it.index, points: this.live.points };
+          this.live = {};
+        }
         this.renderChart();
         this.renderProgress();
         this.renderLatest();
