@@ -142,7 +142,7 @@ def experiment_compare(request: HttpRequest, experiment_id: int) -> HttpResponse
 # --- reports ---------------------------------------------------------------------------------
 
 
-def svg_chart(data: ComparisonData, mode: str = "delta", width: int = 720, height: int = 320) -> SafeString:
+def svg_chart(data: ComparisonData, mode: str = "delta", width: int = 900, height: int = 320) -> SafeString:
     """Running best (mean per group, thin lines per repeat) as inline SVG, drawn on the server."""
     key = "running_delta" if mode == "delta" else "running_best"
     lines: list[tuple[str, bool, list[float | None], float]] = []
@@ -153,7 +153,7 @@ def svg_chart(data: ComparisonData, mode: str = "delta", width: int = 720, heigh
         lines.append((colour(g["group"]), g["is_reference"], means, 1.0))
     values = [v for _, _, series, _ in lines for v in series if v is not None]
     longest = max((len(series) for _, _, series, _ in lines), default=0)
-    left, right, top, bottom = 70, 20, 16, 36
+    left, right, top, bottom = 70, 250, 16, 36  # the legend sits in the right margin
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
              f'height="{height}" role="img" aria-label="running best val_bpb by proposal">',
              f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>']
@@ -193,10 +193,12 @@ def svg_chart(data: ComparisonData, mode: str = "delta", width: int = 720, heigh
             width_px = 2.2 if opacity == 1.0 else 1
             parts.append(f'<polyline fill="none" stroke="{stroke}" stroke-width="{width_px}" '
                          f'stroke-opacity="{opacity}"{dash} points="{points}"/>')
-    legend_y = top + 4
+    legend_y, legend_x = top + 4, width - right + 14
     for g in data["groups"]:
-        parts.append(f'<rect x="{left + 10}" y="{legend_y}" width="10" height="10" fill="{colour(g["group"])}"/>'
-                     f'<text x="{left + 26}" y="{legend_y + 9}" font-size="11">{escape(g["label"])}</text>')
+        dash = ' stroke-dasharray="5 3"' if g["is_reference"] else ""
+        parts.append(f'<line x1="{legend_x}" x2="{legend_x + 16}" y1="{legend_y + 5}" y2="{legend_y + 5}" '
+                     f'stroke="{colour(g["group"])}" stroke-width="2.5"{dash}/>'
+                     f'<text x="{legend_x + 22}" y="{legend_y + 9}" font-size="11">{escape(g["label"][:34])}</text>')
         legend_y += 15
     return mark_safe("".join(parts) + "</svg>")  # numbers and escaped labels only
 
