@@ -54,6 +54,9 @@ class ResearchSession(models.Model):
             models.UniqueConstraint(fields=["run", "outer_cycle_index"], name="unique_session_per_cycle"),
         ]
 
+    def __str__(self) -> str:
+        return f"run {self.run_id} research session {self.outer_cycle_index} ({self.status})"
+
 
 class AttachmentStatus(models.TextChoices):
     VALIDATING = "validating", "Validating"
@@ -113,3 +116,6 @@ class MechanismEvent(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '-'} -> {self.to_status}"

@@ -177,7 +177,9 @@ class Step:
         if self.state.proposals_done >= self.experiment.iterations:
             self._finish(RunStatus.COMPLETED, f"{self.state.proposals_done} of {self.experiment.iterations} done")
             return "completed"
-        activate_approved_mechanisms(self.run_obj, self.state.next_index)
+        if not self.run_obj.random_control:
+            attach_library_mechanisms(self.run_obj)
+            activate_approved_mechanisms(self.run_obj, self.state.next_index)
         if self.state.baseline is None:
             return self._train_baseline(IterationKind.BASELINE, self.run_obj.seed)
         repeats_wanted = (
@@ -536,6 +538,32 @@ class Step:
             status=status, status_detail=detail, finished_at=timezone.now()
         )
         publish_run_event(self.run_id, {"type": "status", "run": self.run_id, "status": status, "detail": detail})
+
+
+def attach_library_mechanisms(run: Run) -> None:
+    """Mechanisms a reviewer added to the experiment from the library join each run at its next step."""
+    from mechanisms.lifecycle import transition
+
+    attached = MechanismAttachment.objects.filter(run=run).values_list("mechanism_id", flat=True)
+    for mechanism in run.experiment.library_mechanisms.filter(passed_ladder=True).exclude(pk__in=attached):
+        attachment = MechanismAttachment.objects.create(
+            run=run,
+            mechanism=mechanism,
+            ladder=[
+                {
+                    "step": "library",
+                    "ok": True,
+                    "seconds": 0.0,
+                    "detail": "passed the validation ladder when first produced; attached from the library",
+                }
+            ],
+        )
+        transition(
+            attachment,
+            (AttachmentStatus.VALIDATING,),
+            AttachmentStatus.APPROVED,
+            note="attached from the mechanism library by a reviewer",
+        )
 
 
 def activate_approved_mechanisms(run: Run, at_iteration: int) -> None:

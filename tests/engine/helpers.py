@@ -1,0 +1,43 @@
+"""Helpers for engine tests: make experiments and drive runs step by step or wait for workers."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from runs.control import create_runs
+from runs.engine import execute_step
+from runs.models import Experiment, Run
+
+
+def make_experiment(**fields: Any) -> Experiment:
+    defaults: dict[str, Any] = {
+        "name": "engine test", "groups": ["A"], "iterations": 4, "strategy_interval": 2, "objective": os.environ.get("ENGINE_TEST_OBJECTIVE", "surrogate"),
+        "budget_kind": "flops", "budget_value": 1.5e12, "review_gate": True,
+    }
+    defaults.update(fields)
+    experiment = Experiment.objects.create(**defaults)
+    create_runs(experiment)
+    return experiment
+
+
+def drive(run: Run, max_steps: int = 200) -> list[str]:
+    """Run a run's steps in this process until it finishes (what a worker would do, one step at a time)."""
+    outcomes = []
+    for _ in range(max_steps):
+        run.refresh_from_db()
+        if run.is_finished or run.status == "paused":
+            return outcomes
+        outcomes.append(execute_step(run.pk, run.step_ticket, "test"))
+    raise AssertionError(f"run {run.pk} did not finish in {max_steps} steps: {outcomes[-5:]}")
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    """Poll a database condition until it holds (workers run in other processes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)  # polling another process's progress through the database
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

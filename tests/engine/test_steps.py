@@ -1,0 +1,112 @@
+"""Step claiming, the step chain, acceptance in a real run, pause/resume/cancel (surrogate objective)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runs import control
+from runs.engine import claim_step, execute_step
+from runs.models import IterationKind, IterationStatus, Run, RunStatus
+from runs.state import RunState
+from tests.engine.helpers import drive, make_experiment
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def test_a_step_is_claimed_by_exactly_one_worker_and_stale_tickets_do_nothing(redis_client: Any) -> None:
+    run = make_experiment().runs.get()
+    control.enqueue_step(run.pk)
+    run.refresh_from_db()
+
+    assert claim_step(run.pk, run.step_ticket, "worker-a")
+    assert not claim_step(run.pk, run.step_ticket, "worker-b")  # the lease is held
+    assert execute_step(run.pk, run.step_ticket - 1, "worker-c") == "not-claimed"  # superseded ticket
+
+
+def test_a_run_goes_from_baseline_to_completion_with_contiguous_iterations(redis_client: Any) -> None:
+    experiment = make_experiment(groups=["B"], iterations=6, strategy_interval=3)
+    run = experiment.runs.get()
+    control.start_experiment(experiment)
+    drive(run)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    iterations = list(run.iteration_set.order_by("index"))
+    assert [it.index for it in iterations] == list(range(7))
+    assert iterations[0].kind == IterationKind.BASELINE and iterations[0].val_bpb is not None
+    assert run.proposals_done == 6
+    assert run.outer_cycles.count() == 1  # after proposal 3 (the boundary at 6 is the end of the run)
+    kept = [it for it in iterations if it.status == IterationStatus.KEEP]
+    best = min([iterations[0].val_bpb, *(it.val_bpb for it in kept)])
+    assert run.best_val_bpb == pytest.approx(best)
+    for it in iterations[1:]:
+        assert it.changes and it.config and it.hypothesis
+        assert it.overhead_seconds >= 0 and it.wall_seconds >= it.training_seconds
+
+
+def test_strict_acceptance_keeps_exactly_the_improvements(redis_client: Any) -> None:
+    run = make_experiment(iterations=8).runs.get()
+    drive(run)
+    for it in run.iteration_set.filter(kind=IterationKind.PROPOSAL).exclude(status=IterationStatus.CRASH):
+        assert (it.status == IterationStatus.KEEP) == (it.val_bpb < it.best_before), it.decision_reason
+
+
+def test_noise_aware_run_trains_r_baselines_and_reevaluates_candidates(redis_client: Any) -> None:
+    run = make_experiment(iterations=8, acceptance_policy="noise_aware", baseline_repeats=3, noise_k=1.0).runs.get()
+    drive(run)
+    run.refresh_from_db()
+    baselines = run.iteration_set.filter(kind__in=[IterationKind.BASELINE, IterationKind.BASELINE_REPEAT])
+    assert baselines.count() == 3
+    assert run.noise_sd is not None and run.noise_sd > 0
+    for it in run.iteration_set.filter(status=IterationStatus.KEEP):
+        assert len(it.evaluations) == 2, "a new best is re-evaluated before it is kept"
+    for it in run.iteration_set.filter(kind=IterationKind.PROPOSAL, status=IterationStatus.DISCARD):
+        assert "σ" in it.decision_reason or "re-evaluation" in it.decision_reason
+
+
+def test_pause_stops_after_the_step_and_resume_continues(redis_client: Any) -> None:
+    run = make_experiment(iterations=5).runs.get()
+    control.enqueue_step(run.pk)
+    run.refresh_from_db()
+    execute_step(run.pk, run.step_ticket, "w")  # the baseline
+    control.pause_run(run)
+    run.refresh_from_db()
+    assert execute_step(run.pk, run.step_ticket, "w") == "not-claimed"
+    assert run.iteration_set.count() == 1
+
+    control.resume_run(run)
+    drive(run)
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED and run.iteration_set.count() == 6
+    with pytest.raises(control.TransitionError):
+        control.pause_run(run)
+
+
+def test_cancelled_run_takes_no_more_steps(redis_client: Any) -> None:
+    run = make_experiment().runs.get()
+    control.enqueue_step(run.pk)
+    control.cancel_run(run)
+    run.refresh_from_db()
+    assert execute_step(run.pk, run.step_ticket, "w") == "not-claimed"
+    assert run.status == RunStatus.CANCELLED and run.finished_at is not None
+
+
+def test_state_is_rebuilt_from_the_database(redis_client: Any) -> None:
+    run = make_experiment(groups=["B"], iterations=6, strategy_interval=2).runs.get()
+    drive(run)
+    state = RunState.load(Run.objects.get(pk=run.pk))
+    view = state.view()
+    assert len(view["trace"]) == 7
+    assert view["best"]["val_bpb"] == pytest.approx(run.best_val_bpb if run.best_val_bpb else 0)
+    assert view["frozen"] == state.outer_cycles[-1].frozen
+
+
+def test_random_control_proposes_without_history(redis_client: Any) -> None:
+    run = make_experiment(groups=["R"], iterations=5).runs.get()
+    drive(run)
+    proposals = run.iteration_set.filter(kind=IterationKind.PROPOSAL)
+    assert proposals.count() == 5
+    assert {it.proposal_source for it in proposals} == {"random"}
+    assert run.outer_cycles.count() == 0

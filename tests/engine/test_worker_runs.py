@@ -1,0 +1,88 @@
+"""Runs through real Celery workers: a full short run, and a worker SIGKILLed mid-training."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from runs import control
+from runs.models import IterationKind, Run, RunStatus
+from runs.tasks import reap_expired_leases
+from tests.conftest import ServiceProcess, start_celery_worker
+from tests.engine.helpers import make_experiment, wait_for
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+
+def trainer_processes(run_id: int) -> list[int]:
+    """pids of trainer subprocesses working for this run (found by their work directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "-m trainer" in cmdline and f"run-{run_id}/" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_full_short_run_goes_end_to_end_through_a_worker(celery_worker: ServiceProcess) -> None:
+    experiment = make_experiment(groups=["B"], iterations=6, strategy_interval=3)
+    control.start_experiment(experiment)
+    run = experiment.runs.get()
+
+    wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 120, "the run to finish")
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED, run.status_detail
+    assert list(run.iteration_set.values_list("index", flat=True)) == list(range(7))
+    assert run.outer_cycles.count() == 1
+    assert run.lease_owner == "" and run.lease_expires_at is None
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_training_loses_nothing_and_leaves_no_trainer_behind(
+    transactional_db: None, redis_client: Any
+) -> None:
+    lease = 4
+    os.environ["BILEVEL_LEASE_SECONDS"] = str(lease)  # the workers started below read it
+    try:
+        experiment = make_experiment(objective="trainer", iterations=2, budget_value=1.2e11, threads=1)
+        run = experiment.runs.get()
+        first = start_celery_worker(name="doomed")
+        control.start_experiment(experiment)
+        wait_for(lambda: Run.objects.get(pk=run.pk).live_progress.get("iteration") == 1, 240,
+                 "the first proposal to be training")
+        assert trainer_processes(run.pk), "a trainer should be running"
+
+        os.killpg(os.getpgid(first.process.pid), signal.SIGKILL)
+        first.process.wait()
+        first.stop()
+        wait_for(lambda: not trainer_processes(run.pk), 10, "the orphaned trainer to die with its worker")
+
+        second = start_celery_worker(name="rescuer")
+        try:
+            with override_settings(STEP_LEASE_SECONDS=lease):
+                wait_for(lambda: Run.objects.get(pk=run.pk).lease_expires_at < timezone.now(), 30, "lease expiry")
+                assert reap_expired_leases() == [run.pk]
+            wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 300, "the run to finish on the new worker")
+        finally:
+            second.stop()
+    finally:
+        del os.environ["BILEVEL_LEASE_SECONDS"]
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED, run.status_detail
+    indexes = list(run.iteration_set.values_list("index", flat=True))
+    assert indexes == [0, 1, 2], "no iteration lost or recorded twice"
+    assert run.iteration_set.filter(kind=IterationKind.PROPOSAL).count() == 2
+    assert run.steps_claimed >= 4  # baseline, the killed step, its retry, the last proposal
