@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -13,8 +12,14 @@ from runs.models import Experiment, Run
 
 def make_experiment(**fields: Any) -> Experiment:
     defaults: dict[str, Any] = {
-        "name": "engine test", "groups": ["A"], "iterations": 4, "strategy_interval": 2, "objective": os.environ.get("ENGINE_TEST_OBJECTIVE", "surrogate"),
-        "budget_kind": "flops", "budget_value": 1.5e12, "review_gate": True,
+        "name": "engine test",
+        "groups": ["A"],
+        "iterations": 4,
+        "strategy_interval": 2,
+        "objective": "surrogate",
+        "budget_kind": "flops",
+        "budget_value": 1.5e12,
+        "review_gate": True,
     }
     defaults.update(fields)
     experiment = Experiment.objects.create(**defaults)
@@ -24,7 +29,7 @@ def make_experiment(**fields: Any) -> Experiment:
 
 def drive(run: Run, max_steps: int = 200) -> list[str]:
     """Run a run's steps in this process until it finishes (what a worker would do, one step at a time)."""
-    outcomes = []
+    outcomes: list[str] = []
     for _ in range(max_steps):
         run.refresh_from_db()
         if run.is_finished or run.status == "paused":

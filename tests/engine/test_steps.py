@@ -39,7 +39,7 @@ def test_a_run_goes_from_baseline_to_completion_with_contiguous_iterations(redis
     assert run.proposals_done == 6
     assert run.outer_cycles.count() == 1  # after proposal 3 (the boundary at 6 is the end of the run)
     kept = [it for it in iterations if it.status == IterationStatus.KEEP]
-    best = min([iterations[0].val_bpb, *(it.val_bpb for it in kept)])
+    best = min(it.val_bpb for it in [iterations[0], *kept] if it.val_bpb is not None)
     assert run.best_val_bpb == pytest.approx(best)
     for it in iterations[1:]:
         assert it.changes and it.config and it.hypothesis
@@ -50,6 +50,7 @@ def test_strict_acceptance_keeps_exactly_the_improvements(redis_client: Any) -> 
     run = make_experiment(iterations=8).runs.get()
     drive(run)
     for it in run.iteration_set.filter(kind=IterationKind.PROPOSAL).exclude(status=IterationStatus.CRASH):
+        assert it.val_bpb is not None and it.best_before is not None
         assert (it.status == IterationStatus.KEEP) == (it.val_bpb < it.best_before), it.decision_reason
 
 

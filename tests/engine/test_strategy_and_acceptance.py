@@ -13,15 +13,30 @@ SPACE = schema_json("cpu-tiny")
 
 def record(iteration: int, changes: dict[str, Any], status: str, value: float | None, best: float) -> dict[str, Any]:
     return {
-        "iteration": iteration, "kind": "proposal", "status": status, "val_bpb": value, "best_before": best,
+        "iteration": iteration,
+        "kind": "proposal",
+        "status": status,
+        "val_bpb": value,
+        "best_before": best,
         "changes": {name: {"old": old, "new": new} for name, (old, new) in changes.items()},
-        "failure_class": "", "hypothesis": "", "proposal_source": "agent",
+        "failure_class": "",
+        "hypothesis": "",
+        "proposal_source": "agent",
     }
 
 
 def baseline() -> dict[str, Any]:
-    return {"iteration": 0, "kind": "baseline", "status": "baseline", "val_bpb": 2.5, "best_before": None,
-            "changes": {}, "failure_class": "", "hypothesis": "baseline", "proposal_source": ""}
+    return {
+        "iteration": 0,
+        "kind": "baseline",
+        "status": "baseline",
+        "val_bpb": 2.5,
+        "best_before": None,
+        "changes": {},
+        "failure_class": "",
+        "hypothesis": "baseline",
+        "proposal_source": "",
+    }
 
 
 def test_freezes_exactly_the_parameters_tried_three_times_without_gain() -> None:

@@ -35,6 +35,11 @@ def trainer_processes(run_id: int) -> list[int]:
     return found
 
 
+def lease_expired(run_id: int) -> bool:
+    expires = Run.objects.get(pk=run_id).lease_expires_at
+    return expires is not None and expires < timezone.now()
+
+
 def test_full_short_run_goes_end_to_end_through_a_worker(celery_worker: ServiceProcess) -> None:
     experiment = make_experiment(groups=["B"], iterations=6, strategy_interval=3)
     control.start_experiment(experiment)
@@ -60,8 +65,11 @@ def test_a_worker_killed_mid_training_loses_nothing_and_leaves_no_trainer_behind
         run = experiment.runs.get()
         first = start_celery_worker(name="doomed")
         control.start_experiment(experiment)
-        wait_for(lambda: Run.objects.get(pk=run.pk).live_progress.get("iteration") == 1, 240,
-                 "the first proposal to be training")
+        wait_for(
+            lambda: Run.objects.get(pk=run.pk).live_progress.get("iteration") == 1,
+            240,
+            "the first proposal to be training",
+        )
         assert trainer_processes(run.pk), "a trainer should be running"
 
         os.killpg(os.getpgid(first.process.pid), signal.SIGKILL)
@@ -72,7 +80,7 @@ def test_a_worker_killed_mid_training_loses_nothing_and_leaves_no_trainer_behind
         second = start_celery_worker(name="rescuer")
         try:
             with override_settings(STEP_LEASE_SECONDS=lease):
-                wait_for(lambda: Run.objects.get(pk=run.pk).lease_expires_at < timezone.now(), 30, "lease expiry")
+                wait_for(lambda: lease_expired(run.pk), 30, "lease expiry")
                 assert reap_expired_leases() == [run.pk]
             wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 300, "the run to finish on the new worker")
         finally:
