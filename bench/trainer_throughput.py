@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from trainer.data import load_corpus
+from trainer.corpus import load_corpus
 from trainer.optim import build_optimizer
 from trainer.schema import PRESET_SETTINGS, default_config
 from trainer.train import RunProgress, build_model, train

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trainer.budget import BUDGET_KINDS, check_budget
-from trainer.data import CORPUS_VERSION
+from trainer.corpus import CORPUS_VERSION
 from trainer.outcomes import CORPUS_PACKAGE, EXIT_CODES
 from trainer.schema import DEFAULT_PRESET, PRESETS, ConfigError, config_to_json, validate_config
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.budget import check_budget
-from trainer.data import VOCAB_SIZE, load_corpus
+from trainer.corpus import VOCAB_SIZE, load_corpus
 from trainer.model import GPT, GPTConfig
 from trainer.optim import build_optimizer, lr_multiplier
 from trainer.schema import PRESET_SETTINGS, ConfigError, model_width

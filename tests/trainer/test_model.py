@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.data import VALIDATION_PLAYS, VOCAB_SIZE, decode, encode, load_corpus
+from trainer.corpus import VALIDATION_PLAYS, VOCAB_SIZE, decode, encode, load_corpus
 from trainer.flops import flops_per_token
 from trainer.optim import build_optimizer, lr_multiplier, orthogonalize
 from trainer.schema import default_config
