@@ -506,6 +506,7 @@ class Step:
             "eval_seconds": evaluation,
             "agent_seconds": agent_seconds,
             "overhead_seconds": max(0.0, wall - training - evaluation - agent_seconds),
+            "simulated_seconds": summary.extra.get("simulated_seconds", 0.0) if summary else 0.0,
             "steps": summary.steps if summary else 0,
             "tokens": summary.tokens if summary else 0,
             "curve": summary.extra.get("curve", []) if summary else [],

@@ -192,6 +192,9 @@ class Iteration(models.Model):
     eval_seconds = models.FloatField(default=0.0)
     agent_seconds = models.FloatField(default=0.0)
     overhead_seconds = models.FloatField(default=0.0)
+    simulated_seconds = models.FloatField(
+        default=0.0, help_text="Surrogate objective only: the training + eval time the fitted model predicts."
+    )
     steps = models.PositiveIntegerField(default=0)
     tokens = models.BigIntegerField(default=0)
     curve = models.JSONField(default=list, blank=True, help_text="[[step, train_loss], ...]")

@@ -26,6 +26,7 @@ def iteration_to_dict(iteration: Iteration) -> dict[str, Any]:
         "eval_seconds": iteration.eval_seconds,
         "agent_seconds": iteration.agent_seconds,
         "overhead_seconds": iteration.overhead_seconds,
+        "simulated_seconds": iteration.simulated_seconds,
         "steps": iteration.steps,
         "tokens": iteration.tokens,
         "mechanism_effects": iteration.mechanism_effects,
