@@ -133,7 +133,13 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # Redis: broker, result store and channel layer. The launcher starts an embedded Redis and
 # exports REDIS_URL to its children when none is configured.
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Commands run beside a launcher (manage.py start_run, ...) find its embedded Redis in REDIS_URL_FILE.
+REDIS_URL_FILE = DATA_DIR / "redis.url"
+REDIS_URL = (
+    os.environ.get("REDIS_URL")
+    or (REDIS_URL_FILE.read_text().strip() if REDIS_URL_FILE.exists() else "")
+    or "redis://127.0.0.1:6379/0"
+)
 
 CHANNEL_LAYERS = {
     "default": {

@@ -71,7 +71,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            if "REDIS_URL" not in os.environ:
+            if not os.environ.get("REDIS_URL"):
+                Path(settings.REDIS_URL_FILE).unlink(missing_ok=True)  # left by a launcher that was killed
                 env["REDIS_URL"] = self._start_embedded_redis(env, log_dir)
             self._run_once("migrate", [sys.executable, "manage.py", "migrate", "--noinput"], env)
             self._run_once("admin account", [sys.executable, "manage.py", "ensure_admin"], env)
@@ -127,7 +128,12 @@ class Command(BaseCommand):
         if not wait_for_port("127.0.0.1", port, timeout=15, alive=lambda: self._all_alive()):
             raise CommandError("the embedded Redis did not start; see " + str(log_dir / "redis.log"))
         self.stdout.write(f"embedded Redis on 127.0.0.1:{port} (password-protected, nothing kept on disk)")
-        return f"redis://:{password}@127.0.0.1:{port}/0"
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        url_file = Path(settings.REDIS_URL_FILE)
+        url_file.touch(mode=0o600)
+        url_file.write_text(url)
+        self.redis_url_file = url_file
+        return url
 
     def _start(self, child: Child, env: dict[str, str], log_dir: Path) -> None:
         child.log_path = log_dir / f"{child.name}.log"
@@ -176,5 +182,8 @@ class Command(BaseCommand):
             if child.process is not None and child.process.poll() is None:
                 kill_process_group(child.process, child.stop_signal, grace_seconds=10)
                 self.stdout.write(f"stopped {child.name}")
+        url_file: Path | None = getattr(self, "redis_url_file", None)
+        if url_file is not None:
+            url_file.unlink(missing_ok=True)
         if getattr(self, "exit_code", 0):
             sys.exit(self.exit_code)
