@@ -168,6 +168,8 @@ CELERY_RESULT_EXPIRES = 3600
 STEP_LEASE_SECONDS = int(os.environ.get("BILEVEL_LEASE_SECONDS", "60"))
 TRAINER_THREADS = int(os.environ.get("BILEVEL_TRAINER_THREADS", "2"))
 TRAINER_WORKDIR = DATA_DIR / "trainings"
+# An operator cap on the hard timeout of one training (seconds; unset = the budget-derived default).
+TRAINER_TIMEOUT_SECONDS = float(os.environ.get("BILEVEL_TRAINER_TIMEOUT_SECONDS", "0")) or None
 
 # LLM defaults (an experiment may override base URL and model).
 LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "")

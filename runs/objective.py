@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from trainer.launch import default_timeout, run_training
 from trainer.outcomes import TrainingSummary
 
@@ -33,6 +35,9 @@ def evaluate(
         summary.training_seconds = time.monotonic() - started
         summary.eval_seconds = 0.0
         return summary
+    timeout = default_timeout(experiment.budget_kind, experiment.budget_value, preset=experiment.preset)
+    if settings.TRAINER_TIMEOUT_SECONDS:
+        timeout = min(timeout, settings.TRAINER_TIMEOUT_SECONDS)
     return run_training(
         config,
         preset=experiment.preset,
@@ -41,6 +46,6 @@ def evaluate(
         seed=seed,
         threads=experiment.threads,
         workdir=workdir,
-        timeout_seconds=default_timeout(experiment.budget_kind, experiment.budget_value, preset=experiment.preset),
+        timeout_seconds=timeout,
         on_progress=on_progress,
     )
