@@ -116,6 +116,18 @@ def run_snapshot(run: Run) -> dict[str, Any]:
         "attachments": [
             attachment_to_dict(a) for a in run.mechanism_attachments.select_related("mechanism").order_by("created_at")
         ],
+        "research_sessions": [
+            {
+                "id": session.pk,
+                "outer_cycle_index": session.outer_cycle_index,
+                "status": session.status,
+                "status_display": session.get_status_display(),
+                "status_detail": session.status_detail,
+                "backend": session.backend,
+                "repair_rounds": session.repair_rounds,
+            }
+            for session in run.research_sessions.order_by("outer_cycle_index")
+        ],
         "live_progress": run.live_progress or {},
         "last_curve": _last_curve(run),
     }
@@ -300,6 +312,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "snapshotUrl": reverse("run_snapshot", args=[run.pk]),
         "tableUrl": reverse("run_iterations", args=[run.pk]),
         "socketPath": f"/ws/runs/{run.pk}/",
+        "objective": run.experiment.objective,
     }
     return render(request, "runs/run_detail.html", context)
 

@@ -40,6 +40,7 @@
     this.iterations = new Map();   // index -> iteration dict
     this.cycles = new Map();       // index -> outer cycle dict
     this.attachments = new Map();  // id -> attachment dict
+    this.sessions = [];            // Level 2 research sessions
     this.live = {};                // the training in flight: {iteration, points, ...}
     this.lastCurve = {};
     this.snapshotTimer = null;
@@ -51,7 +52,7 @@
 
   RunPage.prototype.makeChart = function () {
     const point = function (label, color, style) {
-      return { label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: 4, pointStyle: style || "circle", showLine: false, clip: false };
+      return { label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: 4, pointStyle: style || "circle", baseStyle: style || "circle", showLine: false, clip: false };
     };
     const failed = point("crash / invalid", COLORS.crash, "crossRot");
     failed.yAxisID = "flags";
@@ -117,6 +118,7 @@
     (snapshot.iterations || []).forEach((it) => this.iterations.set(it.index, it));
     (snapshot.outer_cycles || []).forEach((c) => this.cycles.set(c.index, c));
     (snapshot.attachments || []).forEach((a) => this.attachments.set(a.id, a));
+    this.sessions = snapshot.research_sessions || this.sessions;
     this.live = snapshot.live_progress || {};
     this.lastCurve = snapshot.last_curve || {};
     this.renderAll();
@@ -194,6 +196,9 @@
         this.refreshSnapshot(300);  // counts and names come from the database
         break;
       }
+      case "research":
+        this.refreshSnapshot(0);  // a session finished: its outcome and any new mechanism
+        break;
       default:
         break;
     }
@@ -209,6 +214,7 @@
     this.renderLatest();
     this.renderCycles();
     this.renderAttachments();
+    this.renderSessions();
   };
 
   RunPage.prototype.sortedIterations = function () {
@@ -228,7 +234,10 @@
 
   RunPage.prototype.renderChart = function () {
     const sets = this.chart.data.datasets;
-    [DS.keep, DS.discard, DS.baseline, DS.failed, DS.best, DS.baseLine, DS.bandHigh, DS.bandLow].forEach((i) => { sets[i].data = []; });
+    [DS.keep, DS.discard, DS.baseline, DS.failed, DS.best, DS.baseLine, DS.bandHigh, DS.bandLow].forEach((i) => {
+      sets[i].data = [];
+      if (sets[i].baseStyle) sets[i].pointStyle = sets[i].baseStyle;
+    });
     let best = null;
     let failed = 0;
     let maxIndex = Math.max(1, this.run.iterations_planned || 1);
@@ -259,10 +268,27 @@
         sets[DS.bandLow].data = [{ x: 0, y: baseline - sd }, { x: maxIndex, y: baseline - sd }];
       }
     }
+    // One absurd value (a diverged config) would flatten everything else into a line: cap the
+    // axis a few "spreads" above the baseline and draw what lies above as triangles at the cap.
+    const values = sets[DS.keep].data.concat(sets[DS.discard].data, sets[DS.baseline].data).map((p) => p.y);
+    let above = 0;
+    this.chart.options.scales.y.max = undefined;
+    if (values.length && baseline !== null && best !== null) {
+      const spread = Math.max(baseline - best, this.run.noise_sd || 0, 0.02);
+      const cap = baseline + 6 * spread;
+      if (Math.max.apply(null, values) > cap) {
+        this.chart.options.scales.y.max = cap;
+        [DS.keep, DS.discard, DS.baseline].forEach((i) => {
+          sets[i].data.forEach((p) => { if (p.y > cap) { above += 1; p.y = cap; p.clipped = true; } });
+          sets[i].pointStyle = sets[i].data.map((p) => (p.clipped ? "triangle" : sets[i].baseStyle || "circle"));
+        });
+      }
+    }
     this.chart.options.scales.x.max = maxIndex;
     this.chart.options.scales.x.min = 0;
     this.chart.update();
     const notes = [];
+    if (above) notes.push(above + " value" + (above === 1 ? "" : "s") + " above the axis (▲ at the top; hover for the value)");
     if (failed) notes.push(failed + " crashed or invalid iteration" + (failed === 1 ? "" : "s") + " (× at the top; no val_bpb)");
     if (baseline !== null) notes.push("baseline " + fmt(baseline) + (this.run.noise_sd ? " ± " + fmt(this.run.noise_sd) + " (noise sd)" : " (noise sd not measured)"));
     if (best !== null) notes.push("best " + fmt(best));
@@ -278,7 +304,7 @@
     const title = byId("curve-title");
     if (training) title.textContent = "Training curve · iteration #" + this.live.iteration + " (live)";
     else if (points.length) title.textContent = "Training curve · iteration #" + source.iteration + " (last recorded)";
-    else title.textContent = "Training curve";
+    else title.textContent = this.config.objective === "surrogate" ? "Training curve (none: the surrogate does not train)" : "Training curve";
   };
 
   RunPage.prototype.renderProgress = function () {
@@ -305,6 +331,11 @@
     } else {
       bar.style.width = "0%";
       text.textContent = this.run.status === "running" ? "proposing / evaluating" : "idle";
+    }
+    if (this.run.started_at && this.run.finished_at) {
+      timeText.push("took " + duration((Date.parse(this.run.finished_at) - Date.parse(this.run.started_at)) / 1000));
+    } else if (this.run.started_at && this.run.status === "running") {
+      timeText.push("running for " + duration((Date.now() - Date.parse(this.run.started_at)) / 1000));
     }
     if (done && planned > done && !this.run.is_finished && this.run.status !== "cancelled") {
       timeText.push("run ≈ " + duration((proposalSeconds / done) * (planned - done)) + " left");
@@ -378,6 +409,22 @@
       row.appendChild(el("td", a.activated_at_iteration === null || a.activated_at_iteration === undefined ? "–" : "#" + a.activated_at_iteration));
       row.appendChild(el("td", a.status_detail || "", "muted small"));
       body.appendChild(row);
+    });
+  };
+
+  RunPage.prototype.renderSessions = function () {
+    const list = byId("research-sessions");
+    if (!list || !this.sessions.length) return;
+    list.replaceChildren();
+    this.sessions.forEach((session) => {
+      const item = el("li");
+      item.appendChild(el("span", "after outer cycle " + session.outer_cycle_index + " "));
+      item.appendChild(el("span", session.status_display || session.status, "status status-" + session.status));
+      const extra = [session.backend === "builtin" ? "built-in heuristic (no LLM)" : session.backend];
+      if (session.repair_rounds) extra.push(session.repair_rounds + " repair round" + (session.repair_rounds === 1 ? "" : "s"));
+      if (session.status_detail) extra.push(session.status_detail);
+      item.appendChild(el("span", " " + extra.join(" · "), "muted"));
+      list.appendChild(item);
     });
   };
 

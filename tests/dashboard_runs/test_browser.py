@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mechanisms.models import Mechanism, MechanismAttachment
 from runs import events
 from runs.models import Experiment, Iteration, Run
 from runs.serializers import iteration_to_dict
@@ -167,6 +168,18 @@ def test_live_run_page_grows_with_events_and_keeps_text_as_text(
         "unfrozen": [], "guidance": XSS, "strategy": "", "reasons": {"DEPTH": XSS}}})
     expect(page.locator("#outer-cycles td.guidance")).to_have_text(XSS)
 
+    # A mechanism becomes active: the row appears (from the snapshot the event triggers), flagged inert.
+    mechanism = Mechanism.objects.create(code_hash="c0ffee", name=XSS, code="", origin="llm")
+    attachment = MechanismAttachment.objects.create(run=run, mechanism=mechanism, status="active",
+                                                    hook_calls={"propose": 3, "filter": 5}, decisions_changed=0)
+    publish_run_event(run.pk, {"type": "mechanism", "run": run.pk, "attachment": attachment.pk, "name": XSS,
+                               "status": "active", "note": "activated at iteration 3"})
+    mechanism_row = page.locator(f"#attachments tr[data-attachment='{attachment.pk}']")
+    expect(mechanism_row).to_contain_text("propose 3, filter 5")
+    expect(mechanism_row.locator(".tag.inert")).to_have_text("inert")
+    expect(mechanism_row.locator("a")).to_have_text(XSS)
+    assert mechanism_row.locator("a").get_attribute("href") == f"/mechanisms/{attachment.pk}/"
+
     publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": "paused", "detail": "paused by a user"})
     expect(page.locator("#run-status")).to_have_text("Paused")
     expect(page.locator("#run-controls button", has_text="Resume")).to_be_visible()
@@ -240,3 +253,16 @@ def test_filter_the_table_and_download_exactly_that(asgi_server: LiveServer, use
 
     page.reload()  # the linkable URL reproduces the same table
     expect(page.locator("tbody tr[data-index]")).to_have_count(2)
+
+
+def test_an_outlier_does_not_flatten_the_chart(asgi_server: LiveServer, users: Any, page: Any) -> None:
+    run = live_run(users)
+    make_iteration(run, 1, status="keep", val_bpb=2.66, best_before=2.70)
+    make_iteration(run, 2, status="discard", val_bpb=8.0, best_before=2.66, hypothesis="diverging config")
+    log_in(page, asgi_server, "plain")
+    page.goto(f"{asgi_server.url}/runs/{run.pk}/")
+    expect(page.locator("#chart-note")).to_contain_text("1 value above the axis")
+    cap = page.evaluate("window.bilevelRunPage.chart.options.scales.y.max")
+    assert 2.70 < cap < 3.0
+    # The tooltip still tells the real value.
+    assert page.evaluate("window.bilevelRunPage.chart.data.datasets[1].data[0].it.val_bpb") == 8.0

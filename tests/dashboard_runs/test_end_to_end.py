@@ -1,5 +1,5 @@
-"""A whole run through the real stack: created with the form, stepped by a Celery worker (surrogate
-objective, built-in agent), watched live in the browser until it completes."""
+"""A whole run through the real stack: created with the form, stepped by a Celery worker (built-in
+agent; surrogate, or the real trainer on a tiny budget), watched live in the browser until it completes."""
 
 from __future__ import annotations
 
@@ -16,28 +16,33 @@ from .test_browser import expect, shot
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
 
-def test_surrogate_run_created_in_the_form_is_watched_to_completion(
-    asgi_server: LiveServer, celery_worker: ServiceProcess, users: Any, page: Any
+@pytest.mark.parametrize(
+    "objective",
+    ["surrogate", pytest.param("trainer", marks=pytest.mark.slow)],
+)
+def test_run_created_in_the_form_is_watched_to_completion(
+    asgi_server: LiveServer, celery_worker: ServiceProcess, users: Any, page: Any, objective: str
 ) -> None:
     from trainer.surrogate import MEASUREMENTS_PATH
 
-    if not MEASUREMENTS_PATH.exists():
+    if objective == "surrogate" and not MEASUREMENTS_PATH.exists():
         pytest.skip(f"the surrogate's measurements are not collected yet ({MEASUREMENTS_PATH})")
     log_in(page, asgi_server, "plain")
     page.goto(asgi_server.url + "/experiments/new/")
     page.fill("#id_name", "end to end")
     page.uncheck("input[name=groups][value=A]")
     page.uncheck("input[name=groups][value=C]")
-    page.fill("#id_iterations", "4")
-    page.fill("#id_strategy_interval", "2")
-    page.check("input[name=objective][value=surrogate]")
+    page.fill("#id_iterations", "2")
+    page.fill("#id_strategy_interval", "1")
+    page.check(f"input[name=objective][value={objective}]")
+    page.fill("#id_budget_value", "3e11")  # ~13 optimizer steps: seconds of real training on the CPU
     page.click("button:has-text('Create and start')")
     page.wait_for_url(re.compile(r"/experiments/\d+/$"))
     run = Run.objects.get(experiment=Experiment.objects.get())
 
     page.click(f"a[href='/runs/{run.pk}/']")
     expect(page.locator("#live-indicator")).to_have_text("live")
-    expect(page.locator("#run-status")).to_have_text(re.compile("Completed|Failed|Cancelled"), timeout=120_000)
+    expect(page.locator("#run-status")).to_have_text(re.compile("Completed|Failed|Cancelled"), timeout=240_000)
     run.refresh_from_db()
     assert run.status == "completed", f"{run.status}: {run.status_detail}\n{celery_worker.output()[-3000:]}"
     expect(page.locator("#run-status")).to_have_text("Completed")
@@ -49,6 +54,6 @@ def test_surrogate_run_created_in_the_form_is_watched_to_completion(
         arg=recorded,
     )
     expect(page.locator("#iteration-table tbody tr[data-index]")).to_have_count(recorded)
-    expect(page.locator("#progress-proposals-text")).to_have_text("4 of 4")
+    expect(page.locator("#progress-proposals-text")).to_have_text("2 of 2")
     expect(page.locator("#outer-cycles tr")).to_have_count(run.outer_cycles.count())
-    shot(page, "run_page_completed")
+    shot(page, f"run_page_completed_{objective}")

@@ -145,6 +145,7 @@ def test_snapshot_has_everything_the_live_page_draws(client: Client, users: Any,
         "review_url": f"/mechanisms/{attachment.pk}/",
     }]
     assert snapshot["live_progress"]["points"] == [[1, 5.5], [2, 5.0]]
+    assert snapshot["research_sessions"] == []
 
 
 # --- iteration tables ------------------------------------------------------------------------
