@@ -119,9 +119,18 @@
     (snapshot.outer_cycles || []).forEach((c) => this.cycles.set(c.index, c));
     (snapshot.attachments || []).forEach((a) => this.attachments.set(a.id, a));
     this.sessions = snapshot.research_sessions || this.sessions;
-    this.live = snapshot.live_progress || {};
+    this.live = this.freshestLive(snapshot.live_progress || {});
     this.lastCurve = snapshot.last_curve || {};
     this.renderAll();
+  };
+
+  // The database's live_progress is written every few seconds; events may be ahead of it.
+  RunPage.prototype.freshestLive = function (stored) {
+    const ours = this.live || {};
+    const keepOurs = ours.iteration !== undefined && !this.iterations.has(ours.iteration) && !this.run.is_finished
+      && (stored.iteration === undefined || stored.iteration === ours.iteration)
+      && (ours.points || []).length >= (stored.points || []).length;
+    return keepOurs ? ours : stored;
   };
 
   RunPage.prototype.refreshSnapshot = function (delay) {
@@ -360,6 +369,7 @@
     if (!body) return;
     const cycles = Array.from(this.cycles.values()).sort((a, b) => a.index - b.index);
     if (!cycles.length) return;
+    this.renderFrozenGrid(cycles);
     body.replaceChildren();
     cycles.forEach((c) => {
       const row = el("tr");
@@ -383,6 +393,34 @@
       row.appendChild(reasons);
       body.appendChild(row);
     });
+  };
+
+  // Parameters × cycles: which parameters were frozen after each cycle (■), newly (+) or just released (−).
+  RunPage.prototype.renderFrozenGrid = function (cycles) {
+    const grid = byId("frozen-grid");
+    const names = [];
+    cycles.forEach((c) => (c.frozen || []).concat(c.unfrozen || []).forEach((n) => { if (names.indexOf(n) === -1) names.push(n); }));
+    grid.replaceChildren();
+    if (!names.length) { grid.appendChild(el("p", "No parameter has been frozen yet.", "muted small")); return; }
+    const table = el("table", null, "frozen-grid");
+    const head = el("tr");
+    head.appendChild(el("th", "parameter \\ cycle"));
+    cycles.forEach((c) => head.appendChild(el("th", c.index)));
+    table.appendChild(head);
+    names.sort().forEach((name) => {
+      const row = el("tr");
+      row.appendChild(el("th", name));
+      cycles.forEach((c) => {
+        const frozen = (c.frozen || []).indexOf(name) !== -1;
+        const added = (c.newly_frozen || []).indexOf(name) !== -1;
+        const released = (c.unfrozen || []).indexOf(name) !== -1;
+        const cell = el("td", added ? "+" : released ? "−" : "", frozen ? "frozen" : released ? "released" : "");
+        cell.title = name + " after cycle " + c.index + ": " + (frozen ? "frozen" : released ? "unfrozen" : "free");
+        row.appendChild(cell);
+      });
+      table.appendChild(row);
+    });
+    grid.appendChild(table);
   };
 
   RunPage.prototype.renderAttachments = function () {

@@ -40,6 +40,8 @@ RECORD_SOCKETS = """
 def expect(locator: Any) -> Any:
     from playwright.sync_api import expect as playwright_expect
 
+    # Playwright's 5 s default is short on a loaded 2-core machine; match the page's 20 s.
+    playwright_expect.set_options(timeout=20_000)
     return playwright_expect(locator)
 
 
@@ -167,6 +169,7 @@ def test_live_run_page_grows_with_events_and_keeps_text_as_text(
         "run": run.pk, "index": 1, "after_iteration": 2, "frozen": ["DEPTH"], "newly_frozen": ["DEPTH"],
         "unfrozen": [], "guidance": XSS, "strategy": "", "reasons": {"DEPTH": XSS}}})
     expect(page.locator("#outer-cycles td.guidance")).to_have_text(XSS)
+    expect(page.locator("#frozen-grid td.frozen")).to_have_text("+")  # DEPTH, newly frozen in cycle 1
 
     # A mechanism becomes active: the row appears (from the snapshot the event triggers), flagged inert.
     mechanism = Mechanism.objects.create(code_hash="c0ffee", name=XSS, code="", origin="llm")
