@@ -15,7 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import ExpressionWrapper, F, FloatField, QuerySet
 
 from .forms import SORTS
-from .models import Iteration
+from .models import Iteration, Objective
 from .serializers import iteration_to_dict
 
 EXPORT_FORMATS = ("csv", "json")
@@ -50,7 +50,7 @@ CSV_COLUMNS = [
 
 def filtered_iterations(base: QuerySet[Iteration], filters: Mapping[str, Any]) -> QuerySet[Iteration]:
     """`base` narrowed by cleaned IterationFilterForm data, with `delta` annotated and a stable order."""
-    rows = base.select_related("run").annotate(
+    rows = base.select_related("run__experiment").annotate(
         delta=ExpressionWrapper(F("val_bpb") - F("best_before"), output_field=FloatField())
     )
     if filters.get("status"):
@@ -116,6 +116,10 @@ def _delta(iteration: Iteration) -> float | None:
     return iteration.val_bpb - iteration.best_before
 
 
+def _is_surrogate(iteration: Iteration) -> bool:
+    return iteration.run.experiment.objective == Objective.SURROGATE
+
+
 def _spreadsheet_safe(text: str) -> str:
     # An LLM-written hypothesis starting with "=" would run as a formula in a spreadsheet.
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -141,7 +145,7 @@ def _csv_row(iteration: Iteration) -> list[Any]:
         iteration.agent_seconds,
         iteration.overhead_seconds,
         iteration.wall_seconds,
-        "" if iteration.simulated_seconds is None else iteration.simulated_seconds,
+        iteration.simulated_seconds if _is_surrogate(iteration) else "",
         iteration.steps,
         iteration.tokens,
         _spreadsheet_safe("; ".join(mechanism_names(iteration))),
@@ -195,7 +199,7 @@ def iterate_rows(rows: QuerySet[Iteration], batch_size: int = 500) -> Iterator[I
     ids = list(rows.values_list("pk", flat=True))
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        found = rows.model.objects.select_related("run").in_bulk(chunk)
+        found = rows.model.objects.select_related("run__experiment").in_bulk(chunk)
         by_id = {pk: found[pk] for pk in chunk if pk in found}
         for pk in chunk:
             if pk in by_id:

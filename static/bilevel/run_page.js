@@ -120,7 +120,8 @@
     (snapshot.attachments || []).forEach((a) => this.attachments.set(a.id, a));
     this.sessions = snapshot.research_sessions || this.sessions;
     this.live = this.freshestLive(snapshot.live_progress || {});
-    this.lastCurve = snapshot.last_curve || {};
+    const stored = snapshot.last_curve || {};
+    if (stored.points && stored.points.length && !(this.lastCurve.iteration > stored.iteration)) this.lastCurve = stored;
     this.renderAll();
   };
 

@@ -319,3 +319,16 @@ def test_pause_resume_cancel_and_transition_errors(
 def test_controls_reject_get(client: Client, users: Any, populated: dict[str, Any]) -> None:
     client.force_login(users.plain)
     assert client.get(f"/runs/{populated['run_a'].pk}/pause/").status_code == 405
+
+
+def test_table_queries_do_not_grow_with_rows(client: Client, users: Any, django_assert_max_num_queries: Any) -> None:
+    experiment = make_experiment(users.plain, objective="surrogate")
+    run = make_run(experiment)
+    for index in range(40):
+        make_iteration(run, index, simulated_seconds=48.0, mechanism_effects=[{"mechanism": "tabu"}])
+    client.force_login(users.plain)
+    with django_assert_max_num_queries(12):
+        content = client.get(f"/experiments/{experiment.pk}/iterations/").content.decode()
+    assert content.count("sim. 48.0 s") == 40
+    rows = csv_rows(client.get(f"/runs/{run.pk}/iterations/?format=csv"))
+    assert {r["simulated_seconds"] for r in rows} == {"48.0"}
