@@ -28,7 +28,7 @@ from trainer.outcomes import TrainingSummary
 from trainer.schema import ConfigError, apply_changes, config_to_json
 
 from . import acceptance
-from .agents import AgentError, ProposalRequest, StrategyRequest, build_agent
+from .agents import AgentError, AgentUnavailable, ProposalRequest, StrategyRequest, build_agent
 from .events import publish_run_event
 from .mechanism_bridge import RuntimeHandle, open_runtime, record_runtime_outcome
 from .models import (
@@ -346,6 +346,10 @@ class Step:
             except AgentError as error:
                 rejection = str(error)
                 proposed.rejected.append({"attempt": attempt, "source": source, "reason": rejection})
+                if isinstance(error, AgentUnavailable):
+                    # Its own retries are spent: re-asking would multiply them (and their timeouts).
+                    proposed.error = f"the agent's endpoint is unavailable; not asked again this iteration: {error}"
+                    break
                 continue
             problem = self._check(changes, allowed, frozen, tried)
             if problem is None:

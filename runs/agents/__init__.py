@@ -5,13 +5,23 @@ All agents sit behind one interface (`base.Agent`); `build_agent` picks one for 
 
 from __future__ import annotations
 
-from .base import Agent, AgentError, AgentReply, CallRecorder, ProposalRequest, StrategyReply, StrategyRequest
+from .base import (
+    Agent,
+    AgentError,
+    AgentReply,
+    AgentUnavailable,
+    CallRecorder,
+    ProposalRequest,
+    StrategyReply,
+    StrategyRequest,
+)
 from .factory import agent_label, build_agent
 
 __all__ = [
     "Agent",
     "AgentError",
     "AgentReply",
+    "AgentUnavailable",
     "CallRecorder",
     "ProposalRequest",
     "StrategyReply",

@@ -10,6 +10,13 @@ class AgentError(Exception):
     """The agent could not produce a usable reply (garbage, empty, endpoint down after retries)."""
 
 
+class AgentUnavailable(AgentError):
+    """The endpoint kept failing (refused, timed out, 429/5xx, dropped) through the agent's own retries.
+
+    Re-asking at once would only repeat those retries, so the engine gives up for this iteration.
+    """
+
+
 @dataclass
 class ProposalRequest:
     state: dict[str, Any]  # runs.state.RunState.view()

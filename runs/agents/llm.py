@@ -15,7 +15,15 @@ from typing import Any
 
 import openai
 
-from .base import AgentError, AgentReply, CallRecorder, ProposalRequest, StrategyReply, StrategyRequest
+from .base import (
+    AgentError,
+    AgentReply,
+    AgentUnavailable,
+    CallRecorder,
+    ProposalRequest,
+    StrategyReply,
+    StrategyRequest,
+)
 from .prompts import PROPOSER_SYSTEM, STRATEGIST_SYSTEM, proposal_prompt, strategy_prompt
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
@@ -78,6 +86,7 @@ class LLMAgent:
     def complete(self, *, level: str, purpose: str, system: str, prompt: str, json_reply: bool = True) -> str:
         """One reply text, after bounded retries; raises AgentError if none could be had."""
         last_error = ""
+        unavailable = False  # did the last attempt fail in transport (as opposed to an empty reply)?
         for attempt in range(1, self.max_attempts + 1):
             started = time.monotonic()
             kwargs: dict[str, Any] = {}
@@ -96,7 +105,7 @@ class LLMAgent:
                     continue
                 raise AgentError(f"the endpoint refused the request: {error}") from error
             except RETRYABLE as error:
-                last_error = f"{type(error).__name__}: {error}"
+                last_error, unavailable = f"{type(error).__name__}: {error}", True
                 self._record(level, purpose, prompt, "", started, last_error, None)
                 if attempt < self.max_attempts:
                     time.sleep(self.backoff_seconds * 2 ** (attempt - 1))  # backoff between retries
@@ -107,10 +116,11 @@ class LLMAgent:
             content = response.choices[0].message.content if response.choices else None
             self._record(level, purpose, prompt, content or "", started, "" if content else "empty reply", response)
             if not content or not content.strip():
-                last_error = "the endpoint returned an empty reply"
+                last_error, unavailable = "the endpoint returned an empty reply", False
                 continue
             return content
-        raise AgentError(f"no usable reply after {self.max_attempts} attempts: {last_error}")
+        failure = AgentUnavailable if unavailable else AgentError
+        raise failure(f"no usable reply after {self.max_attempts} attempts: {last_error}")
 
     def _record(
         self, level: str, purpose: str, prompt: str, reply: str, started: float, error: str, response: Any
