@@ -92,11 +92,15 @@ def main() -> None:
 
     two = run_jobs([Job("default 2 threads", {}, 0, threads=2)], parallel=1)[0]
     one = by_label["default"][0]
+    if two.val_bpb is None or one is None:
+        print(f"\nthreads: the 2-thread run failed: {two.failure_class} {two.error}")
+        return
     print(
         f"\nthreads: seed 0 with 1 thread {one!r}, with 2 threads {two.val_bpb!r} "
-        f"(difference {abs((one or 0) - (two.val_bpb or 0)):.2e}); "
-        f"training {two.training_seconds:.1f} s with 2 threads alone"
+        f"(difference {abs(one - two.val_bpb):.2e}); training {two.training_seconds:.1f} s with 2 threads, "
+        f"{steps['default'][0]} steps"
     )
+    print("  (the other runs above used 1 thread each, 2 at a time)")
 
 
 if __name__ == "__main__":
