@@ -6,6 +6,7 @@ reason); the run is not corrupted and, paused and resumed against a working endp
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -123,7 +124,7 @@ def test_backoff_grows_between_retries(stub: ScriptedOpenAI) -> None:
     step(run)
     assert step(run) in (IterationStatus.KEEP, IterationStatus.DISCARD)
     times = [c.created_at for c in LLMCall.objects.filter(run=run).order_by("pk")]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     assert len(gaps) == 3
     # 0.05 s, 0.1 s, 0.2 s of backoff (plus the request itself): each wait at least the scheduled one.
     for gap, wait in zip(gaps, (BACKOFF, 2 * BACKOFF, 4 * BACKOFF), strict=True):
