@@ -71,8 +71,8 @@ def claim_step(run_id: int, ticket: int, owner: str) -> bool:
             steps_claimed=F("steps_claimed") + 1,
         )
     )
-    if claimed:
-        Run.objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now)
+    if claimed and Run.objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now):
+        publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.RUNNING, "detail": "started"})
     return bool(claimed)
 
 
