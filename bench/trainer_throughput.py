@@ -6,18 +6,20 @@ keeps the same model, batch and optimizer (Muon + AdamW) but drops everything el
 budget accounting, divergence checks, progress lines, per-step loss sync). A second plain row uses
 AdamW only, to show what Muon's Newton-Schulz iterations cost.
 
-    .venv/bin/python bench/trainer_throughput.py [--steps 20] [--rounds 3] [--threads 2]
+    .venv/bin/python bench/trainer_throughput.py [--steps 20] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the trainer's subprocess does; before torch loads
 
 import torch
 
@@ -64,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results: dict[str, list[float]] = {"trainer": [], "plain (same optimizers)": [], "plain (AdamW only)": []}
