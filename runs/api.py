@@ -124,6 +124,8 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         data = json.loads(raw or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -150,6 +152,8 @@ def string_field(data: dict[str, Any], name: str, *, required: bool = False, lim
         raise ApiError(400, f"{name} must be a string")
     if len(value) > limit:
         raise ApiError(400, f"{name} is longer than {limit} characters")
+    if "\x00" in value:  # PostgreSQL cannot store or compare NUL characters in text
+        raise ApiError(400, f"{name} must not contain NUL characters")
     if required and not value.strip():
         raise ApiError(400, f"{name} is required")
     return value
@@ -366,7 +370,7 @@ def experiment_comparison(request: HttpRequest, experiment_id: int) -> HttpRespo
     budget = query_int(request, "budget", None, 0, 100_000)
     other_ids = []
     for raw in request.GET.getlist("with"):
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > 2**62:  # "²".isdigit() is True; int("²") fails
             raise ApiError(400, "query parameter with must be experiment ids")
         other_ids.append(int(raw))
     if len(other_ids) > 5:
