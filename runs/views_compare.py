@@ -43,7 +43,8 @@ def comparison_for_request(request: HttpRequest, experiment: Experiment) -> Comp
     """`?budget=P` (proposals) and `?with=ID&with=ID` (other experiments, e.g. the paper's reference)."""
     other_ids = []
     for raw in request.GET.getlist("with")[:MAX_COMPARED_EXPERIMENTS]:
-        if raw.isdigit() and int(raw) != experiment.pk:
+        # "²".isdigit() is True; ids past 64 bits overflow SQLite's integers.
+        if raw.isascii() and raw.isdigit() and int(raw) != experiment.pk and int(raw) <= 2**62:
             other_ids.append(int(raw))
     others = list(Experiment.objects.filter(pk__in=other_ids).order_by("pk"))
     return build_comparison(experiment, others, budget=_int_param(request, "budget", 0, 100_000))
