@@ -192,6 +192,8 @@ def attachment_action(request: HttpRequest, attachment_id: int, action: str) -> 
     comment = request.POST.get("comment", "").strip()
     if len(comment) > MAX_COMMENT_CHARS:
         return _bad_request(request, attachment, f"The comment is longer than {MAX_COMMENT_CHARS} characters.")
+    if "\x00" in comment:  # PostgreSQL cannot store NUL characters in text
+        return _bad_request(request, attachment, "The comment must not contain NUL characters.")
     try:
         if action == "approve":
             lifecycle.approve(attachment, request.user, comment)
@@ -249,7 +251,7 @@ def library_attach(request: HttpRequest, mechanism_id: int) -> HttpResponse:
         messages.error(request, f"{mechanism.name} has not passed the validation ladder; it cannot be attached.")
         return HttpResponseRedirect(reverse("mechanism_library"))
     raw = request.POST.get("experiment", "")
-    experiment = Experiment.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
+    experiment = Experiment.objects.filter(pk=int(raw)).first() if raw.isascii() and raw.isdigit() else None
     if experiment is None:
         messages.error(request, "Choose an experiment.")
     elif experiment.is_reference:
