@@ -149,6 +149,8 @@ def _parse(data: Any, source: str) -> ParsedReport:
             raise PaperImportError(f"{where}.desc must be a string")
         if len(desc) > MAX_DESC_CHARS:
             raise PaperImportError(f"{where}.desc is longer than {MAX_DESC_CHARS} characters")
+        if "\x00" in desc:  # PostgreSQL cannot store NUL characters in text
+            raise PaperImportError(f"{where}.desc contains a NUL character")
         counts[status] += 1
         # Iteration numbers count up by one and restart at 0 only at a new batch.
         if raw_iter != previous_iter + 1 and raw_iter != 0:
@@ -210,6 +212,8 @@ def import_reports(
     experiment_name = experiment_name.strip() or DEFAULT_EXPERIMENT_NAME
     if len(experiment_name) > 200:
         raise PaperImportError("the experiment name is longer than 200 characters")
+    if "\x00" in experiment_name:
+        raise PaperImportError("the experiment name contains a NUL character")
     reports = [parse_report(content, source) for source, content in files]
     seen: dict[tuple[str, int], str] = {}
     for report in reports:
