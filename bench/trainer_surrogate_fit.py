@@ -18,7 +18,7 @@ from pathlib import Path
 from trainer_common import DEFAULT_FLOPS
 
 from trainer.schema import config_to_json, default_config
-from trainer.surrogate import cross_validate, fit_surrogate, load_measurements, surrogate_evaluate
+from trainer.surrogate import FEATURE_NAMES, cross_validate, fit_surrogate, load_measurements, surrogate_evaluate
 
 JSONL = Path(__file__).resolve().parent / "out" / "surrogate_measurements.jsonl"
 
@@ -45,8 +45,12 @@ def main() -> None:
     for record in data["measurements"]:
         kinds[record.get("kind", "?")] = kinds.get(record.get("kind", "?"), 0) + 1
     print(f"measurements: {len(data['measurements'])} {kinds}")
+    relevance = ", ".join(
+        f"{name} {value:.2f}" for name, value in zip(FEATURE_NAMES, model.bpb.relevance, strict=True) if value > 0
+    )
+    print(f"kernel: linear weight {model.bpb.linear_weight}, noise ratio {model.bpb.noise}; relevance: {relevance}")
     print(
-        f"fit: {fit_seconds * 1000:.0f} ms; ridge strength {model.bpb.strength}; seed noise sd {model.noise_sd:.4f}; "
+        f"fit: {fit_seconds * 1000:.0f} ms; seed noise sd {model.noise_sd:.4f}; "
         f"budget slope {model.budget_slope:+.3f} val_bpb per ln(FLOPs)"
     )
     print(f"seconds per step = {model.seconds_per_step[0]:.3f} + {model.seconds_per_step[1]:.3e} x FLOPs per step")
