@@ -28,7 +28,8 @@ from trainer.schema import DEFAULT_PRESET, PRESETS, ConfigError, config_to_json,
 
 # Test-only fault injection (never set in production): "hang" spawns a grandchild in the same
 # process group and then blocks forever, so tests can check the launcher's group kill;
-# "exit-without-summary" dies like a segfaulting process would, leaving only stderr behind.
+# "exit-without-summary" dies like a segfaulting process would, leaving only stderr behind;
+# "garbage" writes non-JSON lines to stdout first, as a chatty library might.
 TEST_HOOK_ENV = "BILEVEL_TRAINER_TEST_HOOK"
 HANG_PID_FILE = "hang_grandchild.pid"
 
@@ -85,6 +86,9 @@ def run_test_hook(hook: str, workdir: Path) -> None:
             }
         )
         time.sleep(3600)
+    if hook == "garbage":
+        print("a stray line from some library")
+        print("{not json either")
     if hook == "exit-without-summary":
         sys.stderr.write("simulated fatal error: the process died without a summary\n")
         sys.stderr.flush()

