@@ -259,6 +259,8 @@ def train(
     eval_started = time.perf_counter()
     val_bpb = evaluate_bpb(model, validation, device)
     progress.eval_seconds = time.perf_counter() - eval_started
+    if not math.isfinite(val_bpb):
+        raise DivergedError(f"validation loss is {val_bpb} although training loss stayed finite")
     return val_bpb
 
 
