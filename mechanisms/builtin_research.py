@@ -25,6 +25,7 @@ from mechanisms import research_prompts
 from mechanisms.catalogue import CatalogueEntry, catalogue_entries
 from mechanisms.ladder import LadderReport, TraceFixture, check_spec, default_fixtures, validate_mechanism
 from mechanisms.protocol import State, TraceRecord, protocol_description
+from runs.agents.base import without_nul
 
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 STAGNATION_WINDOW = 6
@@ -96,7 +97,7 @@ def extract_json(reply: str) -> dict[str, Any]:
         raise _StepError(f"the reply is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise _StepError("the reply must be a JSON object")
-    return value
+    return dict(without_nul(value))  # a JSON \u0000 escape decodes to a NUL, which PostgreSQL cannot store
 
 
 def extract_code(reply: str) -> str:

@@ -23,6 +23,7 @@ from .base import (
     ProposalRequest,
     StrategyReply,
     StrategyRequest,
+    without_nul,
 )
 from .prompts import PROPOSER_SYSTEM, STRATEGIST_SYSTEM, proposal_prompt, strategy_prompt
 
@@ -43,7 +44,7 @@ def extract_json_object(text: str) -> dict[str, Any]:
                 start = candidate.find("{", start + 1)
                 continue
             if isinstance(value, dict):
-                return value
+                return dict(without_nul(value))  # a JSON \u0000 escape decodes to a NUL
             start = candidate.find("{", start + 1)
     raise AgentError(f"the reply contains no JSON object: {text[:200]!r}")
 
@@ -113,7 +114,7 @@ class LLMAgent:
             except openai.OpenAIError as error:
                 self._record(level, purpose, prompt, "", started, str(error), None)
                 raise AgentError(f"LLM call failed: {error}") from error
-            content = response.choices[0].message.content if response.choices else None
+            content = without_nul(response.choices[0].message.content) if response.choices else None
             self._record(level, purpose, prompt, content or "", started, "" if content else "empty reply", response)
             if not content or not content.strip():
                 last_error, unavailable = "the endpoint returned an empty reply", False
