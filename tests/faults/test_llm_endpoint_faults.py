@@ -148,3 +148,45 @@ def test_a_level2_session_against_a_dead_endpoint_fails_with_the_reason(stub: Sc
     run.refresh_from_db()
     assert run.status == RunStatus.QUEUED  # the run itself is untouched by the failed session
     assert not run.iteration_set.filter(kind=IterationKind.PROPOSAL).exists()
+
+
+@fast_llm
+def test_nul_characters_in_replies_do_not_break_the_run(stub: ScriptedOpenAI) -> None:
+    run = llm_experiment(stub.base_url, groups=["B"], iterations=2, strategy_interval=1)
+    nul = "before\u0000after"
+    stub.script = [
+        {"content": json.dumps({"changes": {"WEIGHT_DECAY": 0.1}, "hypothesis": nul})},
+        {"content": json.dumps({"guidance": nul, "strategy": nul, "reasoning": nul})},
+        {"content": json.dumps({"changes": {"WARMDOWN_RATIO": 0.3}, "hypothesis": "plain"})},
+    ]
+    drive(run)
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED, run.status_detail
+    first = run.iteration_set.get(index=1)
+    assert first.hypothesis.startswith("before") and first.hypothesis.endswith("after")
+    assert run.outer_cycles.get().guidance.startswith("before")
+
+
+@fast_llm
+def test_nul_characters_in_a_research_session_do_not_leave_it_running(stub: ScriptedOpenAI) -> None:
+    run = llm_experiment(stub.base_url, groups=["C"], iterations=4, strategy_interval=2)
+    candidates = [{"name": f"idea{i}\u0000", "idea": "\u0000"} for i in range(3)]
+    stub.script = [{"content": json.dumps({"diagnosis": "x\u0000y", "candidates": candidates})}] + \
+        [{"content": "\u0000 not json \u0000"}] * 40
+    session = ResearchSession.objects.create(run=run, outer_cycle_index=1, backend="llm")
+    execute_research_session(session.pk)
+    session.refresh_from_db()
+    assert session.status in (SessionStatus.FAILED, SessionStatus.PRODUCED) and session.finished_at is not None
+    assert "DataError" not in session.status_detail, session.status_detail  # decided by the replies, not storage
+    assert session.artifacts["rounds"] and session.artifacts["explore"]["diagnosis"] == "xy"
+    assert not contains_nul(session.artifacts)
+
+
+def contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(v) for v in value)
+    return False
