@@ -95,6 +95,25 @@ def plan(limit: int) -> list[tuple[str, str, dict[str, Any], int, float]]:
         for factor in (0.5, 2.0)
         for changes in ({}, {"TOTAL_BATCH_SIZE": 2**11})
     ]
+    # Random configs almost never diverge (QK-norm, the logit soft-cap and Muon's normalised steps
+    # are forgiving), so probe the edge explicitly: very large AdamW learning rates, alone and together.
+    probes = [
+        ("divergence-probe", "probe " + json.dumps(changes), changes, 0, DEFAULT_FLOPS)
+        for changes in (
+            {"UNEMBEDDING_LR": 0.5},
+            {"EMBEDDING_LR": 5.0},
+            {"SCALAR_LR": 5.0},
+            {"MATRIX_LR": 1.0},
+            {"UNEMBEDDING_LR": 0.2, "TOTAL_BATCH_SIZE": 1024},
+            {"UNEMBEDDING_LR": 0.5, "MATRIX_LR": 1.0},
+            {"EMBEDDING_LR": 5.0, "SCALAR_LR": 5.0},
+            {"EMBEDDING_LR": 3.0, "UNEMBEDDING_LR": 0.2},
+            {"UNEMBEDDING_LR": 0.3, "SCALAR_LR": 3.0, "ADAM_BETAS": (0.5, 0.9)},
+            {"MATRIX_LR": 1.0, "UNEMBEDDING_LR": 0.5, "EMBEDDING_LR": 5.0, "SCALAR_LR": 5.0},
+            {"UNEMBEDDING_LR": 0.1, "EMBEDDING_LR": 2.0, "SCALAR_LR": 2.0},
+            {"MATRIX_LR": 0.5, "UNEMBEDDING_LR": 0.2, "TOTAL_BATCH_SIZE": 1024},
+        )
+    ]
     menu = one_knob_menu(default)
     mixed: list[tuple[str, str, dict[str, Any], int, float]] = []
     for index in range(400):
@@ -113,7 +132,7 @@ def plan(limit: int) -> list[tuple[str, str, dict[str, Any], int, float]]:
             continue
         mixed.append((kind, f"{kind} {index}", changes, rng.randint(0, 4), DEFAULT_FLOPS))
     # Order: 3 replicates, the one-knob sweep and mixed samples interleaved, more replicates and budgets late.
-    head = replicates[:3]
+    head = replicates[:3] + probes
     body: list[tuple[str, str, dict[str, Any], int, float]] = []
     for index in range(max(len(one_knob), len(mixed))):
         if index < len(one_knob):
@@ -131,10 +150,10 @@ def existing_labels() -> set[str]:
     return {json.loads(line)["label"] for line in JSONL.read_text().splitlines() if line.strip()}
 
 
-def collect(limit: int, parallel: int) -> None:
+def collect(limit: int, parallel: int, kinds: set[str] | None) -> None:
     JSONL.parent.mkdir(parents=True, exist_ok=True)
     done = existing_labels()
-    todo = [entry for entry in plan(limit) if entry[1] not in done]
+    todo = [entry for entry in plan(limit) if entry[1] not in done and (kinds is None or entry[0] in kinds)]
     print(f"{len(done)} measurements on file, {len(todo)} to run", flush=True)
     lock = threading.Lock()
     for start in range(0, len(todo), parallel):
@@ -198,11 +217,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=150)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--export", action="store_true")
+    parser.add_argument("--kinds", nargs="*", help="only these kinds of the plan (e.g. divergence-probe)")
     args = parser.parse_args()
     if args.export:
         export()
     else:
-        collect(args.limit, args.parallel)
+        collect(args.limit, args.parallel, set(args.kinds) if args.kinds else None)
 
 
 if __name__ == "__main__":
