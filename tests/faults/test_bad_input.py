@@ -33,7 +33,7 @@ FORM_STRINGS = ["", HUGE, "ünïcödé 😀 \u202eevil\u202c", "\x00nul\x00", "'
                 "<script>alert(1)</script>", "²", "-1", "NaN"]
 HOSTILE_JSON = [*HOSTILE_STRINGS, None, True, False, 0, -1, -1e12, 2**70, -(2**70), 1e308, 0.5, [], {}, ["A"],
                 {"$gt": 0}, [[1]]]
-VALID = {
+VALID: dict[str, Any] = {
     "name": "valid", "description": "", "groups": ["A", "B"], "repeats": 1, "iterations": 4,
     "strategy_interval": 2, "research_interval": 1, "objective": "surrogate", "preset": "cpu-tiny",
     "budget_kind": "flops", "budget_value": 1.5e12, "seed_base": 0, "threads": 1, "agent_backend": "builtin",
@@ -41,7 +41,7 @@ VALID = {
     "baseline_repeats": 3, "review_gate": True,
 }
 # Combinations that are invalid as a whole, each field on its own being fine.
-INVALID_COMBINATIONS = [
+INVALID_COMBINATIONS: list[dict[str, Any]] = [
     {"iterations": 0},
     {"iterations": 3, "strategy_interval": 5},  # K > T
     {"budget_value": -1.5e12},
