@@ -108,7 +108,8 @@ def test_every_html_page_shows_hostile_text_escaped(users: Any, settings: Any) -
         response = client.get(path)
         if response.status_code != 200 or not response["Content-Type"].startswith("text/html"):
             continue
-        html = (b"".join(response.streaming_content) if response.streaming else response.content).decode()
+        html = (b"".join(response.streaming_content) if response.streaming  # type: ignore[attr-defined]
+                else response.content).decode()
         checked += 1
         showed += "&lt;img src=x" in html or "\\u003Cimg src=x" in html
         for marker in RAW_MARKERS:
