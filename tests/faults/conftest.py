@@ -196,3 +196,11 @@ def record_dialogs(page: Any) -> list[str]:
 
     page.on("dialog", record)
     return dialogs
+
+
+def trainers_of(run_id: int) -> list[int]:
+    """pids of trainer processes working for this run (by its work directory: other runs, even of
+    other checkouts with the same run id, do not count)."""
+    from django.conf import settings
+
+    return processes_matching("-m trainer", f"{settings.TRAINER_WORKDIR}/run-{run_id}/")

@@ -18,7 +18,7 @@ from runs.models import IterationKind, IterationStatus, Run, RunStatus
 from tests.engine.helpers import make_experiment
 from trainer.__main__ import HANG_PID_FILE, TEST_HOOK_ENV
 
-from .conftest import env_with, process_is_gone, processes_matching, seed_baseline, start_worker, wait_until
+from .conftest import env_with, process_is_gone, seed_baseline, start_worker, trainers_of, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 TIMEOUT = 3
@@ -53,5 +53,5 @@ def test_a_hung_training_is_killed_with_its_group_recorded_as_timeout_and_the_ru
         workdir = Path(settings.TRAINER_WORKDIR) / f"run-{run.pk}" / f"iteration-{proposal.index}-seed-{run.seed}"
         grandchild = int((workdir / HANG_PID_FILE).read_text())
         assert process_is_gone(grandchild), f"grandchild {grandchild} of iteration {proposal.index} survived"
-    assert processes_matching("-m trainer", f"run-{run.pk}/") == []
+    assert trainers_of(run.pk) == []
     assert run.best_val_bpb == run.baseline_val_bpb  # crashes never move the best
