@@ -40,7 +40,12 @@ def final_verdict(values: list[float], best: float, noise_sd: float, k: float) -
     gain = best - mean
     keep = gain > threshold
     relation = ">" if keep else "≤"
-    return Verdict(keep, False, f"mean of {len(values)} = {mean:.4f}; gain {gain:.4f} {relation} {threshold:.4f}")
+    return Verdict(
+        keep,
+        False,
+        f"re-evaluated: mean of {len(values)} = {mean:.4f}; gain {gain:.4f} {relation} "
+        f"{k:g}σ/√{len(values)} = {threshold:.4f}",
+    )
 
 
 def sample_sd(values: list[float]) -> float | None:

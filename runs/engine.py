@@ -539,10 +539,12 @@ class Step:
             self._finish(RunStatus.COMPLETED, f"all {self.experiment.iterations} proposals done")
 
     def _finish(self, status: str, detail: str) -> None:
-        Run.objects.filter(pk=self.run_id, status=RunStatus.RUNNING).update(
+        # A pause requested during the last step must not leave a finished (or failed) run "paused".
+        finished = Run.objects.filter(pk=self.run_id, status__in=(RunStatus.RUNNING, RunStatus.PAUSED)).update(
             status=status, status_detail=detail, finished_at=timezone.now()
         )
-        publish_run_event(self.run_id, {"type": "status", "run": self.run_id, "status": status, "detail": detail})
+        if finished:
+            publish_run_event(self.run_id, {"type": "status", "run": self.run_id, "status": status, "detail": detail})
 
 
 def attach_library_mechanisms(run: Run) -> None:

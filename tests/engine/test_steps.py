@@ -64,7 +64,8 @@ def test_noise_aware_run_trains_r_baselines_and_reevaluates_candidates(redis_cli
     for it in run.iteration_set.filter(status=IterationStatus.KEEP):
         assert len(it.evaluations) == 2, "a new best is re-evaluated before it is kept"
     for it in run.iteration_set.filter(kind=IterationKind.PROPOSAL, status=IterationStatus.DISCARD):
-        assert "σ" in it.decision_reason or "re-evaluation" in it.decision_reason
+        assert "σ" in it.decision_reason
+        assert ("re-evaluated" in it.decision_reason) == (len(it.evaluations) == 2)
 
 
 def test_pause_stops_after_the_step_and_resume_continues(redis_client: Any) -> None:
@@ -111,3 +112,16 @@ def test_random_control_proposes_without_history(redis_client: Any) -> None:
     assert proposals.count() == 5
     assert {it.proposal_source for it in proposals} == {"random"}
     assert run.outer_cycles.count() == 0
+
+
+def test_a_run_whose_baseline_fails_while_paused_ends_failed_not_paused(redis_client: Any) -> None:
+    run = make_experiment(budget_value=1.0).runs.get()  # a budget below one optimizer step: invalid_config
+    control.enqueue_step(run.pk)
+    run.refresh_from_db()
+    assert claim_step(run.pk, run.step_ticket, "w")
+    control.pause_run(run)  # the user pauses while the baseline trains
+    from runs.engine import LeaseKeeper, Step
+
+    assert Step(run.pk, "w", LeaseKeeper(run.pk, "w")).run() == "baseline-failed"
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED and "baseline" in run.status_detail
