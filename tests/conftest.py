@@ -53,6 +53,8 @@ def child_env() -> dict[str, str]:
     env = os.environ.copy()
     db = connection.settings_dict
     if db["ENGINE"] == "django.db.backends.sqlite3":
+        if "memory" in str(db["NAME"]):
+            raise RuntimeError("servers and workers started by tests need a file database: set BILEVEL_TEST_SQLITE")
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
         env.pop("BILEVEL_TEST_SQLITE", None)
     else:
