@@ -311,6 +311,8 @@ def test_every_get_route_survives_garbage_queries_and_absurd_ids(admin_client: C
            "content_type_id": 1, "id": 1}
     failures = Failures()
     for route in [r for r in all_routes(ids) if not r.name.startswith("admin:")]:
+        if admin_client.get(route.path).status_code == 405:
+            continue  # POST only: a GET never reaches the query parsing (checked with POSTs elsewhere)
         for query in GARBAGE_QUERIES:
             response = admin_client.get(f"{route.path}?{query}")
             failures.check(response.status_code < 500, f"GET {route.path}?{query[:40]}: {response.status_code}")
