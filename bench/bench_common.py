@@ -168,6 +168,9 @@ class BenchEnv:
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         database = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{self.dir / 'bench.sqlite3'}"
         self.database = "SQLite (WAL)" if database.startswith("sqlite") else "PostgreSQL"
+        self.created_database: tuple[str, str] | None = None
+        if database.startswith("postgres"):
+            database = self._fresh_postgres_database(database)
         os.environ.update({
             "DJANGO_SETTINGS_MODULE": "bilevel_site.settings", "DATABASE_URL": database, "REDIS_URL": self.redis_url,
             "BILEVEL_DATA_DIR": str(self.dir / "data"), "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
@@ -179,6 +182,28 @@ class BenchEnv:
         django.setup()
         wait_until(self._redis_up, 10, "the private redis")
         call_command("migrate", verbosity=0)
+
+    def _fresh_postgres_database(self, url: str) -> str:
+        """A new database on that server (dropped at the end), so every run starts empty."""
+        from urllib.parse import urlsplit
+
+        import psycopg
+
+        parts = urlsplit(url)
+        server, base = f"{parts.scheme}://{parts.netloc}", parts.path.strip("/")
+        name = f"{base or 'bench'}_{self.name}_{os.getpid()}".lower()
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        self.created_database = (server, name)
+        return f"{server}/{name}"
+
+    def _drop_postgres_database(self) -> None:
+        import psycopg
+
+        if self.created_database:
+            server, name = self.created_database
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def _redis_up(self) -> bool:
         import redis
@@ -233,6 +258,7 @@ class BenchEnv:
         from django.db import connections
 
         connections.close_all()
+        self._drop_postgres_database()
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -7,7 +7,9 @@
     ablation_throughput  a surrogate ablation with 1 and 2 train workers
 
 Each prints a table and replaces its section of bench/RESULTS.md. Options (key=value) are
-passed to the benchmark (see each bench_NAME.py). "all" runs each in its own process.
+passed to the benchmark (see each bench_NAME.py). "all" runs each in its own process. The
+database is a fresh SQLite file; with BENCH_DATABASE_URL=postgres://user@host:port it is a
+fresh PostgreSQL database on that server (created and dropped), reported in its own section.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def run_one(name: str, options: dict[str, str]) -> None:
     with bench_env(name) as env:
         report = module.run(env, options)
         database = env.database
+    if database == "PostgreSQL":  # its own section beside the embedded default's
+        report.name += "-postgresql"
+        report.title += " (PostgreSQL)"
+        report.command = f"BENCH_DATABASE_URL=postgres://... {report.command}"
     print(f"\n== {report.title} ({time.monotonic() - started:.0f} s) ==")
     print(f"machine: {machine_text}; database: {database}")
     if report.setup:
@@ -45,7 +51,7 @@ def run_one(name: str, options: dict[str, str]) -> None:
     for note in report.notes:
         print(f"note: {note}")
     write_results(report, machine_text, database)
-    print(f"(written to bench/RESULTS.md, section {name})")
+    print(f"(written to bench/RESULTS.md, section {report.name})")
 
 
 def main(argv: list[str]) -> int:
