@@ -75,7 +75,7 @@ def test_redis_restart_mid_run_loses_nothing_and_the_page_catches_up(
         wait_until(lambda: Iteration.objects.filter(run=run).count() >= 4, 60, "the run to be under way")
 
         private_redis.kill()
-        expect(page.locator("#live-indicator")).to_have_text("reconnecting…")
+        expect(page.locator("#live-indicator")).to_have_text("reconnecting…", timeout=20_000)
         before_restart = rows(run)
         private_redis.start()
 
