@@ -14,8 +14,9 @@ The model, and why it is this simple:
   by exact leave-one-out error; predictions are clipped to the measured range (minus a margin)
   and to 8 bits (a uniform byte model). A quadratic ridge model was tried first and predicted
   held-out runs worse (rank correlation 0.77 vs 0.81 on the first 44 runs);
-- divergence: L2-regularised logistic regression on the features and their squares; a config is
-  reported ``diverged`` when the fitted probability exceeds 1/2;
+- divergence: L2-regularised logistic regression on the features and their squares; a run
+  diverges with the fitted probability (drawn from the (config, seed) generator; under 5% counts as 0),
+  because near the edge the same config diverges for some seeds and not others;
 - seed noise: Gaussian with the sd of the default config's seed replicates, drawn from a
   generator seeded by (config, seed), so the same call always returns the same value;
 - budget: val_bpb shifts by ``budget_slope x ln(FLOPs / fitted FLOPs)`` (slope fitted to the
@@ -54,6 +55,7 @@ RELEVANCE_FACTORS = (0.0, 0.5)  # drop a feature or widen its scale; narrowing o
 RELEVANCE_PASSES = 2
 LOGISTIC_L2 = 1.0
 FOLDS = 5
+DIVERGENCE_FLOOR = 0.05
 PREDICTION_MARGIN = 0.2  # how far below the best measured val_bpb a prediction may go
 UNIFORM_BPB = 8.0
 FEATURE_NAMES = (
@@ -375,7 +377,9 @@ def surrogate_evaluate(
     features = config_features(typed)[None]
     p_diverge = float(model.divergence.probability(features)[0]) if model.divergence is not None else 0.0
     mean = float(model.bpb.predict(features)[0]) + model.budget_slope * math.log(flops / model.reference_flops)
-    noise = model.noise_sd * float(_noise_generator(typed, seed).standard_normal())
+    generator = _noise_generator(typed, seed)
+    noise = model.noise_sd * float(generator.standard_normal())
+    divergence_draw = float(generator.random())
     extra = {
         "config": config_to_json(typed),
         "predicted_mean_val_bpb": mean,
@@ -386,7 +390,10 @@ def surrogate_evaluate(
         "simulated": True,
     }
     tokens_per_step = int(typed["TOTAL_BATCH_SIZE"])
-    if p_diverge > 0.5:
+    # Divergence at the edge is a matter of the seed (a measured config diverged for 2 of 3 seeds), so
+    # it is drawn with the fitted probability; below DIVERGENCE_FLOOR it is treated as impossible,
+    # as the real trainer never diverged away from the extreme-learning-rate corner.
+    if p_diverge >= DIVERGENCE_FLOOR and divergence_draw < p_diverge:
         # The real trainer stops within the first few steps of a blow-up.
         stopped = min(steps, 5)
         return TrainingSummary(

