@@ -147,7 +147,9 @@ def test_llm_backend_is_stored_and_the_key_is_never_echoed(client: Client, users
     assert response.status_code == 302
     experiment = Experiment.objects.get()
     assert (experiment.agent_backend, experiment.llm_model, experiment.llm_api_key) == ("llm", "llama3", secret)
-    for url in ("/", f"/experiments/{experiment.pk}/", f"/runs/{experiment.runs.first().pk}/"):
+    run = experiment.runs.order_by("pk").first()
+    assert run is not None
+    for url in ("/", f"/experiments/{experiment.pk}/", f"/runs/{run.pk}/"):
         page = client.get(url)
         assert secret.encode() not in page.content
         assert b"llama3" in page.content
