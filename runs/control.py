@@ -10,6 +10,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from trainer.schema import config_to_json, default_config, validate_config
+
 from .events import publish_run_event
 from .models import GROUP_LEVELS, Experiment, Run, RunStatus
 
@@ -19,7 +21,16 @@ class TransitionError(Exception):
 
 
 def create_runs(experiment: Experiment) -> list[Run]:
-    """groups × repeats runs; repeat r of every group shares seed_base + r (paired seeds)."""
+    """groups × repeats runs; repeat r of every group shares seed_base + r (paired seeds).
+
+    The experiment's base config is resolved against the preset now and stored whole, so every
+    run (and any later resume) starts from the same config even if a preset's defaults change.
+    """
+    resolved = validate_config(
+        {**default_config(experiment.preset), **(experiment.base_config or {})}, preset=experiment.preset
+    )
+    experiment.base_config = config_to_json(resolved)
+    experiment.save(update_fields=["base_config"])
     runs = []
     for group in experiment.groups:
         level_strategy, level_research = GROUP_LEVELS[group]
