@@ -114,6 +114,22 @@ def plan(limit: int) -> list[tuple[str, str, dict[str, Any], int, float]]:
             {"MATRIX_LR": 0.5, "UNEMBEDDING_LR": 0.2, "TOTAL_BATCH_SIZE": 1024},
         )
     ]
+    # Second round, around the two probes that diverged (large embedding, head and gain LRs together).
+    edge = {"UNEMBEDDING_LR": 0.1, "EMBEDDING_LR": 2.0, "SCALAR_LR": 2.0}
+    probes += [
+        ("divergence-probe", f"probe {json.dumps(changes)} seed {seed}", changes, seed, DEFAULT_FLOPS)
+        for changes, seed in (
+            (edge, 1),
+            (edge, 2),
+            (edge | {"UNEMBEDDING_LR": 0.03}, 0),
+            (edge | {"UNEMBEDDING_LR": 0.05}, 0),
+            (edge | {"UNEMBEDDING_LR": 0.2}, 0),
+            (edge | {"EMBEDDING_LR": 1.0}, 0),
+            (edge | {"SCALAR_LR": 0.5}, 0),
+            (edge | {"EMBEDDING_LR": 4.0, "SCALAR_LR": 4.0}, 0),
+            ({"EMBEDDING_LR": 2.0, "SCALAR_LR": 2.0}, 0),
+        )
+    ]
     menu = one_knob_menu(default)
     mixed: list[tuple[str, str, dict[str, Any], int, float]] = []
     for index in range(400):
