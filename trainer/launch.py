@@ -32,6 +32,7 @@ ASSUMED_FLOPS_PER_SECOND = {"cpu-tiny": 5e9, "gpu": 5e12}
 # Fixed allowance for interpreter start, torch import, corpus loading and the final evaluation.
 STARTUP_AND_EVAL_SECONDS = 120.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GROUP_EXIT_WAIT_SECONDS = 5.0
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -82,9 +83,33 @@ def _read_lines(stream: IO[bytes], lines: queue.Queue[bytes | None]) -> None:
         lines.put(None)
 
 
+def _living_group_members(group: int) -> list[int]:
+    """Pids in process group ``group`` that are not yet dead (zombies count as dead). Linux /proc only."""
+    members = []
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        state, process_group = fields[0], int(fields[2])
+        if process_group == group and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's whole process group and wait (briefly) until every member is dead.
+
+    SIGKILL is delivered asynchronously; waiting here means that when run_training returns, no
+    trainer or grandchild of it is still running (where /proc exists to check).
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group may already be gone
         os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + GROUP_EXIT_WAIT_SECONDS
+    while _living_group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _stderr_tail(path: Path) -> str:
