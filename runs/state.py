@@ -126,6 +126,7 @@ class RunState:
         incumbent = self.incumbent
         return {
             "iteration": self.next_index,
+            "preset": self.preset,
             "search_space": schema_json(self.preset),
             "frozen": self.frozen,
             "guidance": self.guidance,

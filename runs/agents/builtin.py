@@ -20,7 +20,7 @@ import math
 import random
 from typing import Any
 
-from trainer.schema import ConfigError, apply_changes
+from trainer.schema import DEFAULT_PRESET, ConfigError, apply_changes
 
 from ..state import config_key
 from .base import AgentError, AgentReply, ProposalRequest, StrategyReply, StrategyRequest
@@ -107,7 +107,9 @@ class BuiltinAgent:
                 name: self._value_for(knobs[name], config[name], stats.get(name, {}).get("last"), rng) for name in names
             }
             try:
-                new_config, diff = apply_changes(config, changes, frozen=state["frozen"])
+                new_config, diff = apply_changes(
+                    config, changes, frozen=state["frozen"], preset=state.get("preset", DEFAULT_PRESET)
+                )
             except ConfigError:
                 continue
             if config_key(new_config) in tried:
