@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -362,17 +363,23 @@ trainer's own benchmarks are in `TRAINER_RESULTS.md`.
 """
 
 
+ORDER = ("overhead", "live_latency", "ws_load", "dashboard_scale", "ablation_throughput")
+SECTION = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n.*?<!-- /bench:(?P=name) -->\n", re.DOTALL)
+
+
 def write_results(report: Report, machine_text: str, database: str) -> None:
+    """Replace (or add) the report's section; sections stay in ORDER, PostgreSQL beside its SQLite twin."""
     text = RESULTS.read_text() if RESULTS.exists() else INTRO
-    start, end = f"<!-- bench:{report.name} -->", f"<!-- /bench:{report.name} -->"
-    section = f"{start}\n{report.markdown(machine_text, database)}{end}\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+    sections = {match["name"]: match[0] for match in SECTION.finditer(text)}
+    head = SECTION.sub("", text).rstrip() + "\n"
+    sections[report.name] = (f"<!-- bench:{report.name} -->\n{report.markdown(machine_text, database)}"
+                             f"<!-- /bench:{report.name} -->\n")
+
+    def rank(name: str) -> tuple[int, str]:
+        base = name.removesuffix("-postgresql")
+        return (ORDER.index(base) if base in ORDER else len(ORDER), name)
+
+    RESULTS.write_text(head + "".join("\n" + sections[name] for name in sorted(sections, key=rank)))
 
 
 def summary_stats(values: Sequence[float]) -> tuple[float, float, float, float]:
