@@ -96,7 +96,7 @@ def attachment_to_dict(attachment: MechanismAttachment) -> dict[str, Any]:
         "inert": attachment.status == "active" and attachment.decisions_changed == 0,
         "activated_at_iteration": attachment.activated_at_iteration,
         "deactivated_at_iteration": attachment.deactivated_at_iteration,
-        "review_url": f"/mechanisms/{attachment.pk}/",
+        "review_url": reverse("mechanism_review", args=[attachment.pk]),
     }
 
 

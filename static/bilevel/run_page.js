@@ -442,7 +442,10 @@
       status.appendChild(el("span", a.status_display || a.status, "status status-" + a.status));
       if (a.inert) status.appendChild(el("span", "inert", "tag inert"));
       row.appendChild(status);
-      const calls = Object.entries(a.hook_calls || {}).map(([hook, n]) => hook + " " + n).join(", ");
+      // Sorted: the database may not keep JSON key order (PostgreSQL's jsonb does not).
+      const calls = Object.entries(a.hook_calls || {})
+        .sort(([first], [second]) => first.localeCompare(second))
+        .map(([hook, n]) => hook + " " + n).join(", ");
       row.appendChild(el("td", calls || "none"));
       row.appendChild(el("td", a.decisions_changed, "num"));
       row.appendChild(el("td", a.activated_at_iteration === null || a.activated_at_iteration === undefined ? "–" : "#" + a.activated_at_iteration));

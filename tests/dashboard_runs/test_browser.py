@@ -178,7 +178,7 @@ def test_live_run_page_grows_with_events_and_keeps_text_as_text(
     publish_run_event(run.pk, {"type": "mechanism", "run": run.pk, "attachment": attachment.pk, "name": XSS,
                                "status": "active", "note": "activated at iteration 3"})
     mechanism_row = page.locator(f"#attachments tr[data-attachment='{attachment.pk}']")
-    expect(mechanism_row).to_contain_text("propose 3, filter 5")
+    expect(mechanism_row).to_contain_text("filter 5, propose 3")
     expect(mechanism_row.locator(".tag.inert")).to_have_text("inert")
     expect(mechanism_row.locator("a")).to_have_text(XSS)
     assert mechanism_row.locator("a").get_attribute("href") == f"/mechanisms/{attachment.pk}/"

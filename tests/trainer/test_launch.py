@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,10 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path, monkeypatch: pyte
     grandchild_pid = int((tmp_path / HANG_PID_FILE).read_text())
     trainer_pid = summary.extra.get("pid")
     assert trainer_pid is not None and process_is_gone(trainer_pid)
+    # SIGKILL to the group is delivered asynchronously: give the grandchild a moment to die.
+    deadline = time.monotonic() + 10
+    while not process_is_gone(grandchild_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the process table for a condition
     assert process_is_gone(grandchild_pid)
     assert summary.wall_seconds < 30
 
