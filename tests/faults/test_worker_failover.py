@@ -80,4 +80,6 @@ def test_a_killed_workers_step_is_retried_on_the_surviving_worker(redis_client: 
     proposal = run.iteration_set.get(kind=IterationKind.PROPOSAL)
     assert proposal.failure_class == "timeout"  # the survivor's own (hanging) training, recorded once
     assert run.steps_claimed == 2  # the killed attempt and the retry
-    assert "succeeded" in survivor.output() and "run_step" in survivor.output()
+    # The survivor ran the retried step (its own log says it received it; whether "succeeded" is
+    # logged before stop() signals its pool process is a race, so it is not asserted).
+    assert "runs.tasks.run_step" in survivor.output() and "received" in survivor.output()
