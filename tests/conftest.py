@@ -89,8 +89,13 @@ class ServiceProcess:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=die_with_parent,
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def output(self) -> str:
@@ -112,8 +117,24 @@ def start_celery_worker(queues: str = "train,research,default", name: str = "tes
     hostname = f"{name}-{os.getpid()}@localhost"
     worker = ServiceProcess(
         f"celery-{name}",
-        [sys.executable, "-m", "celery", "-A", "bilevel_site", "worker", "-Q", queues, "-c", "1",
-         "-n", hostname, "-l", "INFO", "--without-gossip", "--without-mingle"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bilevel_site",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            "1",
+            "-n",
+            hostname,
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         child_env(),
     )
     # Ready when it answers a broadcast ping (a real round trip through Redis).
@@ -153,8 +174,9 @@ def asgi_server(transactional_db: None, redis_client: Any) -> Iterator[LiveServe
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = ServiceProcess(
-        "daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                   "bilevel_site.asgi:application"], child_env(),
+        "daphne",
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bilevel_site.asgi:application"],
+        child_env(),
     )
     if not wait_for_port("127.0.0.1", port, timeout=60, alive=lambda: server.process.poll() is None):
         server.stop()
@@ -206,3 +228,38 @@ def log_in(page: Any, server: LiveServer, username: str) -> None:
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{server.url}/")
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def process_is_gone(pid: int) -> bool:
+    """True if pid no longer runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def processes_matching(*needles: str) -> list[int]:
+    """pids whose command line contains every needle."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(needle in cmdline for needle in needles) and not process_is_gone(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def trainers_of(run_id: int) -> list[int]:
+    """pids of trainer processes working for this run (by its work directory: other runs, even of
+    other checkouts with the same run id, do not count)."""
+    from django.conf import settings
+
+    return processes_matching("-m trainer", f"{settings.TRAINER_WORKDIR}/run-{run_id}/")

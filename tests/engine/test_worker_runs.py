@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,25 +13,10 @@ from django.utils import timezone
 from runs import control
 from runs.models import IterationKind, Run, RunStatus
 from runs.tasks import reap_expired_leases
-from tests.conftest import ServiceProcess, start_celery_worker
+from tests.conftest import ServiceProcess, start_celery_worker, trainers_of
 from tests.engine.helpers import make_experiment, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-
-def trainer_processes(run_id: int) -> list[int]:
-    """pids of trainer subprocesses working for this run (found by their work directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "-m trainer" in cmdline and f"run-{run_id}/" in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def lease_expired(run_id: int) -> bool:
@@ -70,12 +54,12 @@ def test_a_worker_killed_mid_training_loses_nothing_and_leaves_no_trainer_behind
             240,
             "the first proposal to be training",
         )
-        assert trainer_processes(run.pk), "a trainer should be running"
+        assert trainers_of(run.pk), "a trainer should be running"
 
         os.killpg(os.getpgid(first.process.pid), signal.SIGKILL)
         first.process.wait()
         first.stop()
-        wait_for(lambda: not trainer_processes(run.pk), 10, "the orphaned trainer to die with its worker")
+        wait_for(lambda: not trainers_of(run.pk), 10, "the orphaned trainer to die with its worker")
 
         second = start_celery_worker(name="rescuer")
         try:

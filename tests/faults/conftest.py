@@ -16,12 +16,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, LiveServer, ServiceProcess, child_env
+from tests.conftest import (  # noqa: F401  (re-exported for the fault tests)
+    ROOT,
+    LiveServer,
+    ServiceProcess,
+    child_env,
+    process_is_gone,
+    processes_matching,
+    trainers_of,
+)
 
 
 def free_port() -> int:
@@ -41,30 +48,6 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def process_is_gone(pid: int) -> bool:
-    """True if pid no longer runs (a zombie nobody reaped yet counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def processes_matching(*needles: str) -> list[int]:
-    """pids whose command line contains every needle."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if all(needle in cmdline for needle in needles) and not process_is_gone(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
 class PrivateRedis:
     """A redis-server of our own, on a fixed port so it can be killed and restarted at the same URL."""
 
@@ -82,7 +65,9 @@ class PrivateRedis:
         # No persistence, like the embedded default: a restart loses every queued task and group.
         self.process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(self.ping, 10, "the private redis to answer")
 
@@ -131,8 +116,24 @@ def start_worker(env: dict[str, str], name: str, queues: str = "train,research,d
     hostname = f"{name}-{time.monotonic_ns()}@localhost"
     worker = ServiceProcess(
         f"celery-{name}",
-        [sys.executable, "-m", "celery", "-A", "bilevel_site", "worker", "-Q", queues, "-c", "1",
-         "-n", hostname, "-l", "INFO", "--without-gossip", "--without-mingle"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bilevel_site",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            "1",
+            "-n",
+            hostname,
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         env,
     )
     # Not the current app: shared tasks sent by this process must keep using the configured one.
@@ -155,7 +156,8 @@ def start_asgi(env: dict[str, str]) -> LiveServer:
 
     port = free_port()
     server = ServiceProcess(
-        "daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bilevel_site.asgi:application"],
+        "daphne",
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bilevel_site.asgi:application"],
         env,
     )
     if not wait_for_port("127.0.0.1", port, timeout=60, alive=lambda: server.process.poll() is None):
@@ -167,7 +169,12 @@ def start_asgi(env: dict[str, str]) -> LiveServer:
 def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """A management command (or `shell -c`) in a subprocess with the given environment."""
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
 
@@ -179,8 +186,13 @@ def seed_baseline(run: Any, val_bpb: float = 2.7) -> None:
 
     config = RunState.load(run).base_config
     run.iteration_set.create(
-        index=0, kind=IterationKind.BASELINE, status=IterationStatus.BASELINE, config=config, val_bpb=val_bpb,
-        evaluations=[val_bpb], hypothesis="baseline",
+        index=0,
+        kind=IterationKind.BASELINE,
+        status=IterationStatus.BASELINE,
+        config=config,
+        val_bpb=val_bpb,
+        evaluations=[val_bpb],
+        hypothesis="baseline",
     )
     Run.objects.filter(pk=run.pk).update(baseline_val_bpb=val_bpb, best_val_bpb=val_bpb, best_iteration=0)
     run.refresh_from_db()
@@ -196,11 +208,3 @@ def record_dialogs(page: Any) -> list[str]:
 
     page.on("dialog", record)
     return dialogs
-
-
-def trainers_of(run_id: int) -> list[int]:
-    """pids of trainer processes working for this run (by its work directory: other runs, even of
-    other checkouts with the same run id, do not count)."""
-    from django.conf import settings
-
-    return processes_matching("-m trainer", f"{settings.TRAINER_WORKDIR}/run-{run_id}/")
