@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +112,20 @@ class ServiceProcess:
         self.log.close()
 
 
-def start_celery_worker(queues: str = "train,research,default", name: str = "test") -> ServiceProcess:
+def start_celery_worker(
+    queues: str = "train,research,default", name: str = "test", env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """A real Celery worker on the test database; ready when it answers a ping through its broker.
+
+    `env` (default: child_env()) may point it at another broker; the ping then goes through that
+    broker with a separate app, so tasks this process sends keep using the configured one.
+    """
+    from celery import Celery
+
     from bilevel_site.celery import app
 
-    hostname = f"{name}-{os.getpid()}@localhost"
+    env = env if env is not None else child_env()
+    hostname = f"{name}-{time.monotonic_ns()}@localhost"
     worker = ServiceProcess(
         f"celery-{name}",
         [
@@ -135,15 +146,23 @@ def start_celery_worker(queues: str = "train,research,default", name: str = "tes
             "--without-gossip",
             "--without-mingle",
         ],
-        child_env(),
+        env,
     )
-    # Ready when it answers a broadcast ping (a real round trip through Redis).
-    for _ in range(120):
-        if worker.process.poll() is not None:
-            raise RuntimeError(f"celery worker exited early:\n{worker.output()}")
-        if app.control.ping(destination=[hostname], timeout=0.5):
-            worker.hostname = hostname  # type: ignore[attr-defined]
-            return worker
+    pinger = (
+        app
+        if env.get("REDIS_URL") == os.environ.get("REDIS_URL")
+        else Celery(broker=env["REDIS_URL"], set_as_current=False)
+    )
+    try:
+        for _ in range(120):
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"celery worker exited early:\n{worker.output()}")
+            if pinger.control.ping(destination=[hostname], timeout=0.5):
+                worker.hostname = hostname  # type: ignore[attr-defined]
+                return worker
+    finally:
+        if pinger is not app:
+            pinger.close()
     worker.stop()
     raise RuntimeError(f"celery worker did not become ready:\n{worker.output()}")
 

@@ -27,6 +27,7 @@ from tests.conftest import (  # noqa: F401  (re-exported for the fault tests)
     child_env,
     process_is_gone,
     processes_matching,
+    start_celery_worker,
     trainers_of,
 )
 
@@ -110,45 +111,8 @@ def env_with(redis_url: str | None = None, **extra: str) -> dict[str, str]:
 
 
 def start_worker(env: dict[str, str], name: str, queues: str = "train,research,default") -> ServiceProcess:
-    """A Celery worker; ready when it answers a ping through the broker it was given."""
-    from celery import Celery
-
-    hostname = f"{name}-{time.monotonic_ns()}@localhost"
-    worker = ServiceProcess(
-        f"celery-{name}",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bilevel_site",
-            "worker",
-            "-Q",
-            queues,
-            "-c",
-            "1",
-            "-n",
-            hostname,
-            "-l",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env,
-    )
-    # Not the current app: shared tasks sent by this process must keep using the configured one.
-    pinger = Celery(broker=env["REDIS_URL"], set_as_current=False)
-    try:
-        for _ in range(120):
-            if worker.process.poll() is not None:
-                raise RuntimeError(f"celery worker exited early:\n{worker.output()}")
-            if pinger.control.ping(destination=[hostname], timeout=0.5):
-                worker.hostname = hostname  # type: ignore[attr-defined]
-                return worker
-    finally:
-        pinger.close()
-    worker.stop()
-    raise RuntimeError(f"celery worker did not become ready:\n{worker.output()}")
+    """A Celery worker with this test's environment (e.g. a private Redis)."""
+    return start_celery_worker(queues=queues, name=name, env=env)
 
 
 def start_asgi(env: dict[str, str]) -> LiveServer:
