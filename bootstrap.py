@@ -11,6 +11,7 @@ only when their pinned requirement files change, so a warm start takes seconds.
 
 from __future__ import annotations
 
+import ctypes.util
 import hashlib
 import os
 import shutil
@@ -95,16 +96,29 @@ def ensure_frontend_assets() -> None:
     stamp.write_text(wanted)
 
 
+def apt_install(packages: list[str], purpose: str) -> bool:
+    """Install Debian packages when running as root; False (with a word on what is lost) otherwise."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say(f"{' and '.join(packages)} not installed and cannot be installed here (needs root and apt-get): {purpose}")
+        return False
+    say(f"installing Debian {', '.join(packages)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
+    run(["apt-get", "install", "-y", "-qq", *packages], env=env, stdout=subprocess.DEVNULL)
+    return True
+
+
+def ensure_isolation_tools() -> None:
+    """bubblewrap and libseccomp confine Level 2's generated code; without them Level 2 refuses to run it."""
+    if shutil.which("bwrap") and ctypes.util.find_library("seccomp"):
+        return
+    apt_install(["bubblewrap", "libseccomp2"], "Level 2 will refuse to load generated mechanisms (fail closed)")
+
+
 def ensure_chromium() -> None:
     if Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists():
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        say("Debian chromium is not installed and cannot be installed here: browser tests will be skipped")
-        return
-    say("installing Debian chromium and chromium-driver for the browser tests")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
-    run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], env=env, stdout=subprocess.DEVNULL)
+    apt_install(["chromium", "chromium-driver"], "browser tests will be skipped")
 
 
 def port_open(host: str, port: int) -> bool:
@@ -131,6 +145,7 @@ def start_embedded_redis_for_tests() -> tuple[str, subprocess.Popen[bytes]]:
 
 
 def command_up(extra: list[str]) -> None:
+    ensure_isolation_tools()
     ensure_venv(RUNTIME_REQUIREMENTS)
     ensure_frontend_assets()
     os.chdir(ROOT)
@@ -140,6 +155,7 @@ def command_up(extra: list[str]) -> None:
 def command_test(extra: list[str]) -> None:
     ensure_venv(TEST_REQUIREMENTS)
     ensure_frontend_assets()
+    ensure_isolation_tools()
     ensure_chromium()
     env = os.environ.copy()
     in_ci = env.get("CI", "").lower() == "true"

@@ -85,6 +85,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "mechanisms.context_processors.review_queue",
+                "mechanisms.context_processors.level2_isolation",
             ],
         },
     },

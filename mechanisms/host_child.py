@@ -1,28 +1,28 @@
-"""The mechanism host: the sandboxed child process that runs generated mechanism code.
+"""The mechanism host: the confined child process that runs one generated mechanism.
 
 Standalone on purpose: it imports only the standard library and never the project, because it
 runs untrusted code and must not have project code (settings, clients, keys) in its memory.
-`sandbox.MechanismHost` starts it as
+`sandbox.MechanismHost` starts it inside bubblewrap (see ``isolation.py``) as
 
-    python -I -S -c <this source> <allowed,modules> <uid> <gid> <limits json>
+    python -I -S -c <this source> <allowed,modules> <limits json> <locked seccomp program, hex> guards
 
 and talks JSON lines over stdin/stdout. Start-up, in order (nothing untrusted runs before 5):
 
 1. apply resource limits to itself (address space, CPU, files, file size, no child processes);
 2. move the protocol to a private duplicate of stdout; fd 1 becomes /dev/null, and sys.stdout
    and sys.stderr become capped in-memory sinks, so a mechanism's print cannot corrupt it;
-3. import the allowed modules (they read their source now, while files may still be opened);
-4. drop root to the given unprivileged uid/gid (the interpreter is often under /root, which
-   an unprivileged user cannot read, so dropping before step 3 would fail);
-5. install an audit hook that refuses files, imports, processes, signals, sockets, ctypes and
-   the like. It is a pure function of the event name (constants only, no globals it relies
-   on), so code in this process cannot switch it off by rebinding names; audit hooks cannot be
-   removed. After the one `load`, a second hook refuses compile/exec as well.
+3. install the "locked" seccomp filter on itself (no execve from now on; the kernel's filter
+   from bubblewrap already refuses processes, signals, sockets, ptrace, mknod, mounts, ...);
+4. report its confinement in the first message (seccomp filter mode, an empty environment,
+   a fresh pid and uts namespace, no /proc, the sandbox uid): the parent refuses any other host;
+5. on `load`: compile the code, import the allowed modules it names (reading their files),
+   then install audit hooks refusing files, imports, processes, sockets, ctypes, and only then
+   run the module; after it, compile/exec are refused too. The audit hooks are defence in depth
+   only: the kernel is the barrier.
 
 Requests: {"id", "op": "ping"|"load"|"call"|"replay", ...}. Responses: {"id", "ok": true,
-"value"} or {"id", "ok": false, "error", "kind"}; during replay, {"id", "progress": [name, i]}
-lines announce each module load and on_result call, so the parent can blame the right mechanism
-on a timeout.
+"value"} or {"id", "ok": false, "error", "kind"}; during load and replay, {"id", "progress":
+[name, i]} lines restart the parent's per-call clock.
 Once mechanism code has run, this process is assumed hostile: the parent validates every line.
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import ctypes
 import importlib
 import json
 import linecache
@@ -53,29 +54,43 @@ REMOVED_BUILTINS = (
 )
 
 
-def deny_side_effects(event: str, args: tuple[Any, ...]) -> None:
+# What the audit hooks refused during the current request; bound into them as a default value,
+# so rebinding this name cannot detach them. A refusal is reported even when the mechanism
+# swallows the PermissionError: trying a forbidden operation is itself the finding.
+REFUSED: list[str] = []
+
+
+def deny_side_effects(event: str, args: tuple[Any, ...], refused: list[str] = REFUSED) -> None:
     """Audit hook armed before any mechanism code runs. Constants only: see the module doc."""
-    if event == "open" or event == "import":
-        raise PermissionError("mechanism sandbox: " + event + " is not allowed")
-    if event.startswith((
+    if event == "open" or event == "import" or event.startswith((
         "os.", "subprocess.", "socket.", "ctypes.", "shutil.", "tempfile.", "glob.", "pty.", "fcntl.",
         "resource.", "signal.", "mmap.", "gc.", "marshal.", "pickle.", "shelve.", "dbm.", "sqlite3.",
         "urllib.", "http.", "ftplib.", "smtplib.", "poplib.", "imaplib.", "nntplib.", "telnetlib.",
         "webbrowser.", "syslog.", "cpython.", "winreg.", "msvcrt.", "_winapi.", "ensurepip.",
-    )):
-        raise PermissionError("mechanism sandbox: " + event + " is not allowed")
-    if event in {"code.__new__", "function.__new__", "builtins.input", "sys._current_frames",
-                 "_thread.start_new_thread"}:
+    )) or event in {"code.__new__", "function.__new__", "builtins.input", "sys._current_frames",
+                    "_thread.start_new_thread", "sys.settrace", "sys.setprofile"}:
+        refused.append(event)
         raise PermissionError("mechanism sandbox: " + event + " is not allowed")
     # Setting __code__/__defaults__ of a function (or dunders of a class) could rewrite this hook.
     if (event == "object.__setattr__" or event == "object.__delattr__") and args[1][:2] == "__":
+        refused.append("setting " + args[1])
         raise PermissionError("mechanism sandbox: setting " + args[1] + " is not allowed")
 
 
-def deny_code_loading(event: str, args: tuple[Any, ...]) -> None:
+def deny_code_loading(event: str, args: tuple[Any, ...], refused: list[str] = REFUSED) -> None:
     """Second audit hook, armed after the mechanisms are loaded: no new code may be compiled."""
     if event == "compile" or event == "exec":
+        refused.append(event)
         raise PermissionError("mechanism sandbox: dynamic code (" + event + ") is not allowed")
+
+
+def refusals() -> str | None:
+    """What was refused since the last call (then forgotten), or None."""
+    if not REFUSED:
+        return None
+    text = "the sandbox refused: " + ", ".join(sorted(set(REFUSED)))
+    REFUSED.clear()
+    return text[:1000]
 
 
 class CappedSink:
@@ -97,7 +112,8 @@ class CappedSink:
 
 
 class Host:
-    def __init__(self, protocol_out_fd: int, allowed: list[str], max_response_bytes: int) -> None:
+    def __init__(self, protocol_out_fd: int, allowed: list[str], max_response_bytes: int,
+                 python_guards: bool) -> None:
         self.protocol_out_fd = protocol_out_fd
         self.allowed = frozenset(allowed)
         self.max_response_bytes = max_response_bytes
@@ -105,7 +121,8 @@ class Host:
         self.order: list[str] = []
         self.loaded = False
         self.real_import = builtins.__import__
-        self.mechanism_builtins = self.restricted_builtins()
+        self.python_guards = python_guards
+        self.mechanism_builtins = self.restricted_builtins() if python_guards else dict(vars(builtins))
 
     # -- output -----------------------------------------------------------------------------
 
@@ -143,6 +160,8 @@ class Host:
         if self.loaded:
             return {"ok": False, "kind": "protocol", "error": "mechanisms are loaded once per host; start a new host"}
         self.loaded = True
+        if len(request.get("mechanisms", [])) != 1:
+            return {"ok": False, "kind": "protocol", "error": "a host runs exactly one mechanism"}
         loaded: dict[str, list[str]] = {}
         errors: dict[str, str] = {}
         try:
@@ -152,21 +171,44 @@ class Host:
                 try:
                     instance = self.load_one(name, str(spec.get("class_name")), str(spec.get("code")))
                 except BaseException as exc:  # anything a module does at import is its error
-                    errors[name] = describe_exception(exc)
+                    errors[name] = ((refusals() or "") + "\n" + describe_exception(exc)).strip()
+                    continue
+                refused = refusals()
+                if refused:
+                    errors[name] = refused
                     continue
                 self.instances[name] = instance
                 self.order.append(name)
                 loaded[name] = [hook for hook in HOOK_NAMES if callable(getattr(instance, hook, None))]
         finally:
-            sys.addaudithook(deny_code_loading)
+            if self.python_guards:
+                sys.addaudithook(deny_code_loading)
         return {"ok": True, "value": {"loaded": loaded, "errors": errors}}
+
+    def preload_allowed_modules(self, code_object: Any) -> None:
+        """Import the allowed modules the code may name, while this process may still read files.
+
+        Only those the code names (a superset: every name in it that is an allowed module), so a
+        host starts without paying for modules its mechanism never imports.
+        """
+        pending = [code_object]
+        while pending:
+            current = pending.pop()
+            for name in current.co_names:
+                if name in self.allowed:
+                    importlib.import_module(name)
+            pending.extend(const for const in current.co_consts if hasattr(const, "co_names"))
 
     def load_one(self, name: str, class_name: str, code: str) -> object:
         filename = "<mechanism:" + name + ">"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         namespace = {"__name__": "mechanism_" + name, "__builtins__": self.mechanism_builtins}
+        code_object = compile(code, filename, "exec")
+        self.preload_allowed_modules(code_object)
+        if self.python_guards:
+            sys.addaudithook(deny_side_effects)
         self.reset_stdio()
-        exec(compile(code, filename, "exec"), namespace)
+        exec(code_object, namespace)
         cls = namespace.get(class_name)
         if not isinstance(cls, type):
             raise LookupError("the module defines no class named " + repr(class_name))
@@ -182,10 +224,16 @@ class Host:
         if not callable(method):
             return {"ok": False, "kind": "missing_hook", "error": name + " has no hook " + repr(hook)}
         self.reset_stdio()
+        REFUSED.clear()
         try:
             value = method(*args)
         except BaseException as exc:  # SystemExit and friends are the mechanism's errors too
-            return {"ok": False, "kind": "exception", "error": describe_exception(exc)}
+            refused = refusals()
+            return {"ok": False, "kind": "forbidden" if refused else "exception",
+                    "error": (refused + "\n" if refused else "") + describe_exception(exc)}
+        refused = refusals()
+        if refused:
+            return {"ok": False, "kind": "forbidden", "error": refused}
         return self.encode_value(value)
 
     def encode_value(self, value: object) -> Reply:
@@ -272,21 +320,51 @@ def apply_limits(limits: dict[str, int]) -> None:
         resource.setrlimit(getattr(resource, name), (value, value))
 
 
-def drop_privileges(uid: int, gid: int) -> bool:
-    if uid < 0 or os.geteuid() != 0:
-        return False
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.getuid() != uid or os.geteuid() != uid:
-        raise SystemExit("could not drop privileges")
-    return True
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def lock_down(program: bytes) -> None:
+    """Install a seccomp filter on this process (a kernel filter: it can never be removed)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise SystemExit("prctl(PR_SET_NO_NEW_PRIVS) failed: errno " + str(ctypes.get_errno()))
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise SystemExit("prctl(PR_SET_SECCOMP) failed: errno " + str(ctypes.get_errno()))
+
+
+PR_GET_SECCOMP = 21
+SECCOMP_MODE_REPORTED_FILTER = 2
+
+
+def confinement() -> dict[str, Any]:
+    """Facts the parent checks before it trusts this process with mechanism code."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {
+        "seccomp": "filter" if libc.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) == SECCOMP_MODE_REPORTED_FILTER else "none",
+        # Names only. The interpreter sets LC_CTYPE when it coerces the C locale (PEP 538) and
+        # bubblewrap sets PWD (/tmp); anything else came from outside.
+        "environment": sorted(name for name in os.environ if name not in ("LC_CTYPE", "PWD")),
+        "pid_namespace": 1 < os.getpid() < 10,
+        "proc_visible": os.path.exists("/proc"),
+        "uid": os.getuid(),
+        "hostname": os.uname().nodename,
+    }
 
 
 def main(argv: list[str]) -> None:
     allowed = [name for name in argv[1].split(",") if name]
-    uid, gid = int(argv[2]), int(argv[3])
-    limits = json.loads(argv[4])
+    limits = json.loads(argv[2])
+    locked_program = bytes.fromhex(argv[3])
+    # Off only in the isolation tests, to show that the kernel alone contains every attack.
+    python_guards = argv[4] == "guards"
     apply_limits(limits)
 
     protocol_out_fd = os.dup(1)
@@ -295,19 +373,15 @@ def main(argv: list[str]) -> None:
     os.close(devnull)
     requests = os.fdopen(os.dup(0), "rb")
 
-    for name in allowed:
-        importlib.import_module(name)
-    importlib.import_module("collections.abc")
-    dropped = drop_privileges(uid, gid)
-    host = Host(protocol_out_fd, allowed, limits["max_response_bytes"])
-    sys.addaudithook(deny_side_effects)
+    lock_down(locked_program)
+    proven = confinement()
+    host = Host(protocol_out_fd, allowed, limits["max_response_bytes"], python_guards)
     host.reset_stdio()
-    host.send({"id": 0, "ok": True, "value": {"uid": os.getuid(), "dropped_privileges": dropped,
-                                              "audit_hook": True, "pid": os.getpid()}})
+    host.send({"id": 0, "ok": True, "value": {"confinement": proven, "pid": os.getpid()}})
     for line in requests:
         try:
             request = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             host.send({"id": None, "ok": False, "kind": "protocol", "error": "request is not JSON"})
             continue
         response = host.handle(request)

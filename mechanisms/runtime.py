@@ -6,14 +6,16 @@ is counted (``hook_calls``) and every decision a mechanism changed is recorded (
 replay (which happens at every start and restart) are counted apart in ``replay_calls``, so a
 runtime rebuilt for every step does not inflate a mechanism's totals.
 Requirement 2: nothing fails silently. A hook that raises, times out or returns an ill-typed
-value deactivates its mechanism for the run (``deactivated``) and the iteration goes on
-without it; if the host process died, it is restarted with the remaining mechanisms, which
-are rebuilt by replaying the trace.
+value, or whose host dies, hangs or breaks the protocol, deactivates its mechanism for the run
+(``deactivated``, with the reason) and the iteration goes on without it; the other mechanisms'
+hosts are not touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict
 
 from mechanisms.protocol import (
@@ -66,42 +68,86 @@ def _short(value: Any) -> str:
 
 
 class MechanismRuntime:
-    """Calls the active mechanisms' hooks in activation order and records what they changed."""
+    """Calls the active mechanisms' hooks in activation order and records what they changed.
 
-    def __init__(self, host: MechanismHost, mechanisms: Sequence[MechanismSource], *,
-                 trace: Iterable[TraceRecord] = (), state: State | None = None,
-                 host_factory: Callable[[], MechanismHost] | None = None) -> None:
-        """Load ``mechanisms`` (activation order) into the fresh ``host`` and replay ``trace`` through them.
+    Each mechanism runs in its own confined host process, so attribution is by construction: a
+    value is credited to the mechanism whose host returned it, and a host that misbehaves (dies,
+    hangs, breaks the protocol) takes down only its own mechanism.
+    """
 
-        ``host_factory`` makes a replacement host when this one dies (default: same time limit).
-        """
-        self.host = host
+    def __init__(self, mechanisms: Sequence[MechanismSource], *, trace: Iterable[TraceRecord] = (),
+                 state: State | None = None, host_factory: Callable[[], MechanismHost] | None = None,
+                 time_limit_per_call: float = DEFAULT_CALL_TIMEOUT_SECONDS) -> None:
+        """Start one host per mechanism (activation order), load it and replay ``trace`` through it."""
+        self.host_factory = host_factory or (
+            lambda: MechanismHost(time_limit_per_call=time_limit_per_call, wait=False))
         self.sources = {m["name"]: m for m in mechanisms}
         self.active: list[str] = [m["name"] for m in mechanisms]
+        self.hosts: dict[str, MechanismHost] = {}
         self.hooks: dict[str, list[str]] = {}
         self.trace: list[TraceRecord] = list(trace)
         self.last_state = state
-        self.host_factory = host_factory or (lambda: MechanismHost(time_limit_per_call=host.time_limit_per_call))
         self.hook_calls: dict[str, dict[str, int]] = {m["name"]: {} for m in mechanisms}
         self.replay_calls: dict[str, int] = {m["name"]: 0 for m in mechanisms}
         self.effects: list[Effect] = []
         self.deactivated: list[Deactivation] = []
         self.warnings: list[Warning_] = []
-        self.host_restarts = 0
-        self._load_and_replay(restart=False)
+        # Hosts start concurrently (a run with three mechanisms waits for one start, not three), but
+        # are spawned here: a host dies with the thread that spawned it.
+        spawned: dict[str, MechanismHost | HostError] = {}
+        for name in self.active:
+            try:
+                spawned[name] = self.host_factory()
+            except HostError as error:
+                spawned[name] = error
+        with ThreadPoolExecutor(max_workers=max(1, len(self.active))) as pool:
+            outcomes = list(pool.map(self._start_one, list(self.active), [spawned[n] for n in self.active]))
+        for name, (host, hooks, replayed, failure) in zip(list(self.active), outcomes, strict=True):
+            self.replay_calls[name] = replayed
+            if host is not None:
+                self.hosts[name] = host
+                self.hooks[name] = hooks
+            if failure is not None:
+                self.deactivate(name, failure[0], failure[1])
 
     @classmethod
     def start(cls, mechanisms: Sequence[MechanismSource], trace: Sequence[TraceRecord], state: State, *,
               time_limit_per_call: float = DEFAULT_CALL_TIMEOUT_SECONDS,
               host_factory: Callable[[], MechanismHost] | None = None) -> MechanismRuntime:
-        """Start a host, load the mechanisms and rebuild their state by replaying the trace."""
-        factory = host_factory or (lambda: MechanismHost(time_limit_per_call=time_limit_per_call))
-        return cls(factory(), mechanisms, trace=trace, state=state, host_factory=factory)
+        """Start the hosts, load the mechanisms and rebuild their state by replaying the trace."""
+        return cls(mechanisms, trace=trace, state=state, host_factory=host_factory,
+                   time_limit_per_call=time_limit_per_call)
+
+    def _start_one(self, name: str, host: MechanismHost | HostError
+                   ) -> tuple[MechanismHost | None, list[str], int, tuple[str, str] | None]:
+        """(host or None, hooks, on_result calls replayed, (hook, reason) if the mechanism must go)."""
+        if isinstance(host, HostError):
+            return None, [], 0, ("load", f"host {host.kind}: {host}")
+        try:
+            host.wait_until_ready()
+            report = host.load([self.sources[name]])
+            if name in report["errors"]:
+                host.close()
+                return None, [], 0, ("load", f"failed to load: {report['errors'][name]}")
+            hooks = report["loaded"].get(name, [])
+            if not (self.trace and "on_result" in hooks):
+                return host, hooks, 0, None
+            replay = host.replay(self.trace, self._replay_state())
+            failure = replay["errors"].get(name)
+            if failure is None:
+                return host, hooks, len(self.trace), None
+            host.close()
+            return None, hooks, failure["index"] + 1, (
+                "on_result", f"replay failed at record {failure['index']}: {failure['kind']}: {failure['error']}")
+        except HostError as error:
+            host.close()
+            return None, [], 0, (error.hook or "load", f"host {error.kind}: {error}")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.host.close()
+        for host in self.hosts.values():
+            host.close()
 
     def __enter__(self) -> MechanismRuntime:
         return self
@@ -118,39 +164,11 @@ class MechanismRuntime:
         """Remove a mechanism for the rest of the run (also the engine's kill switch)."""
         if name in self.active:
             self.active.remove(name)
+            host = self.hosts.pop(name, None)
+            if host is not None:
+                host.close()
             iteration = self.last_state["iteration"] if self.last_state else None
             self.deactivated.append({"mechanism": name, "hook": hook, "reason": reason, "iteration": iteration})
-
-    def _load_and_replay(self, *, restart: bool) -> None:
-        """(Re)build the mechanisms in the current host; a mechanism that breaks it is deactivated."""
-        for _attempt in range(len(self.active) + 2):
-            if restart:
-                self.host.close()
-                self.host = self.host_factory()
-                self.host_restarts += 1
-            restart = True
-            try:
-                report = self.host.load([self.sources[name] for name in self.active])
-                for name, error in report["errors"].items():
-                    self.deactivate(name, "load", f"failed to load: {error}")
-                self.hooks = dict(report["loaded"])
-                replayable = [n for n in self.active if "on_result" in self.hooks.get(n, [])]
-                if self.trace and replayable:
-                    replay = self.host.replay(self.trace, self._replay_state(), replayable)
-                    for name in replayable:
-                        failure = replay["errors"].get(name)
-                        replayed = len(self.trace) if failure is None else failure["index"] + 1
-                        self.replay_calls[name] = self.replay_calls.get(name, 0) + replayed
-                        if failure is not None:
-                            self.deactivate(name, "on_result", f"replay failed at record {failure['index']}: "
-                                                               f"{failure['kind']}: {failure['error']}")
-                return
-            except HostError as error:
-                culprit = error.mechanism if error.mechanism in self.active else None
-                if culprit is None:
-                    raise
-                self.deactivate(culprit, error.hook or "load", f"host {error.kind}: {error}")
-        raise HostError("crashed", "the mechanism host could not be rebuilt")
 
     def _replay_state(self) -> State:
         if self.last_state is not None:
@@ -172,14 +190,13 @@ class MechanismRuntime:
         """Call a hook and return its normalized value; on any failure deactivate and raise _HookFailed."""
         self._count(name, hook)
         try:
-            return check_hook_return(hook, self.host.call(name, hook, *args))
+            return check_hook_return(hook, self.hosts[name].call(name, hook, *args))
         except MechanismCallError as error:
             self.deactivate(name, hook, f"{error.kind}: {error}")
         except HookReturnError as error:
             self.deactivate(name, hook, f"bad_return: {error}")
         except HostError as error:
             self.deactivate(name, hook, f"host {error.kind}: {error}")
-            self._load_and_replay(restart=True)
         raise _HookFailed(name)
 
     def _record(self, name: str, hook: str, effect: str, detail: Any, state: State) -> None:
@@ -278,10 +295,6 @@ class MechanismRuntime:
         """Show a finished iteration to every mechanism (state: as before the record)."""
         self.last_state = state
         self.trace.append(record)
-        restarts_before = self.host_restarts
         for name in self._with_hook("on_result"):
-            try:
+            with contextlib.suppress(_HookFailed):
                 self._call(name, "on_result", record, state)
-            except _HookFailed:
-                if self.host_restarts != restarts_before:
-                    return  # the restarted host replayed the whole trace, this record included

