@@ -157,11 +157,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "runs.tasks.run_step": {"queue": "train"},
-    "mechanisms.tasks.*": {"queue": "research"},
+    "runs.tasks.run_research_session": {"queue": "research"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "reap-expired-leases": {"task": "runs.tasks.reap_expired_leases", "schedule": 20.0},
+    "expire-reviews": {"task": "runs.tasks.expire_reviews", "schedule": 30.0},
 }
 CELERY_RESULT_EXPIRES = 3600
 

@@ -25,7 +25,7 @@ from mechanisms import research_prompts
 from mechanisms.catalogue import CatalogueEntry, catalogue_entries
 from mechanisms.ladder import LadderReport, TraceFixture, check_spec, default_fixtures, validate_mechanism
 from mechanisms.protocol import State, TraceRecord, protocol_description
-from runs.agents.base import without_nul
+from mechanisms.text import without_nul
 
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 STAGNATION_WINDOW = 6

@@ -5,11 +5,16 @@ from django.http import HttpRequest
 from .models import AttachmentStatus, MechanismAttachment
 from .sandbox import isolation_status
 
+# The status a run shows while it waits for a review decision (the engine's RunStatus value).
+BLOCKED_RUN_STATUS = "awaiting_review"
+
 
 def review_queue(request: HttpRequest) -> dict[str, int]:
+    """The navigation badge counts only reviews that hold a run up right now."""
     if not request.user.is_authenticated:
         return {}
-    return {"pending_review_count": MechanismAttachment.objects.filter(status=AttachmentStatus.PENDING).count()}
+    blocking = MechanismAttachment.objects.filter(status=AttachmentStatus.PENDING, run__status=BLOCKED_RUN_STATUS)
+    return {"pending_review_count": blocking.count()}
 
 
 def level2_isolation(request: HttpRequest) -> dict[str, str]:

@@ -1,21 +1,26 @@
 """Transitions of a mechanism attached to a run, each stored as a MechanismEvent (who, when, why).
 
 validating → invalid | pending (review gate on) | approved (gate off)
-pending → approved | rejected            (a person with mechanisms.review_mechanism)
+pending → approved | rejected            (a person with mechanisms.review_mechanism, while the run lives)
+pending → review timed out               (the experiment's review timeout passed; never "rejected")
 approved → active                        (the engine, at the next iteration boundary)
 active → deactivated                     (kill switch, or the runtime after a hook failed)
+active | approved → retired              (the run ended: retired with the run)
+
+A pending review of a run that has ended is *stale*: it can no longer act on that run, so it
+cannot be approved; the mechanism can be added to the library instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from runs.events import publish_run_event
-
 from .models import AttachmentStatus, MechanismAttachment, MechanismEvent
+from .signals import attachment_changed
 
 REVIEW_PERMISSION = "mechanisms.review_mechanism"
 
@@ -55,11 +60,8 @@ def transition(
             note=note,
             at_iteration=at_iteration,
         )
-    publish_run_event(
-        attachment.run_id,
-        {"type": "mechanism", "run": attachment.run_id, "attachment": attachment.pk,
-         "name": attachment.mechanism.name, "status": to_status, "note": note},
-    )
+    attachment_changed.send(MechanismAttachment, attachment=attachment, from_status=from_status,
+                            to_status=to_status, note=note)
     return attachment
 
 
@@ -68,8 +70,16 @@ def _require_reviewer(user: Any) -> None:
         raise ReviewError("you do not have permission to review mechanisms")
 
 
+def is_stale(attachment: MechanismAttachment) -> bool:
+    """A pending review whose run has ended: approving it could no longer change anything."""
+    return attachment.status == AttachmentStatus.PENDING and attachment.run.finished_at is not None
+
+
 def approve(attachment: MechanismAttachment, user: Any, comment: str = "") -> MechanismAttachment:
     _require_reviewer(user)
+    if is_stale(attachment):
+        raise ReviewError(f"run {attachment.run_id} has ended, so approving {attachment.mechanism.name} would not "
+                          f"act on it; add the mechanism to the library to use it in other runs")
     return transition(
         attachment, (AttachmentStatus.PENDING,), AttachmentStatus.APPROVED, actor=user, note=comment,
         reviewed_by=user, reviewed_at=timezone.now(), review_comment=comment,
@@ -93,3 +103,28 @@ def kill(attachment: MechanismAttachment, user: Any, reason: str = "") -> Mechan
         attachment, (AttachmentStatus.ACTIVE, AttachmentStatus.APPROVED), AttachmentStatus.DEACTIVATED,
         actor=user, note=reason or "kill switch", status_detail=f"deactivated by {user}: {reason or 'kill switch'}",
     )
+
+
+def time_out_review(attachment: MechanismAttachment, minutes: int) -> MechanismAttachment:
+    """The experiment's review timeout passed: the run goes on without this mechanism (no person decided)."""
+    return transition(
+        attachment, (AttachmentStatus.PENDING,), AttachmentStatus.REVIEW_TIMED_OUT,
+        note=f"no review decision within {minutes} min; the run continued without it",
+        status_detail=f"review timed out after {minutes} min (the experiment's policy); not rejected by a person",
+    )
+
+
+def retire_with_run(attachment: MechanismAttachment, at_iteration: int | None) -> MechanismAttachment:
+    return transition(
+        attachment, (AttachmentStatus.ACTIVE, AttachmentStatus.APPROVED), AttachmentStatus.RETIRED,
+        note="the run ended", at_iteration=at_iteration, status_detail="retired with the run",
+    )
+
+
+def retire_run_mechanisms(run_id: int) -> None:
+    """The run ended: its active and approved mechanisms retire with it (pending reviews become stale)."""
+    for attachment in MechanismAttachment.objects.filter(
+        run_id=run_id, status__in=(AttachmentStatus.ACTIVE, AttachmentStatus.APPROVED)
+    ).select_related("mechanism"):
+        with contextlib.suppress(ReviewError):  # a concurrent kill switch got there first
+            retire_with_run(attachment, at_iteration=None)

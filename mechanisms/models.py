@@ -66,6 +66,8 @@ class AttachmentStatus(models.TextChoices):
     REJECTED = "rejected", "Rejected by reviewer"
     ACTIVE = "active", "Active"
     DEACTIVATED = "deactivated", "Deactivated"
+    REVIEW_TIMED_OUT = "review_timed_out", "Review timed out (run continued without it)"
+    RETIRED = "retired", "Retired with the run"
 
 
 class MechanismAttachment(models.Model):

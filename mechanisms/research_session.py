@@ -1,106 +1,29 @@
-"""Running one Level 2 session for a run (in a `research` worker) and storing everything it made.
+"""Storing what one Level 2 session made: its artifacts, and its mechanism attached to the run.
 
-The session's four rounds come from the run's agent: the built-in heuristic drafts from the
-catalogue, an LLM writes whatever it writes; either way the code goes through the same
-validation ladder in the sandbox. A validated mechanism is stored once (by code hash) and
-attached to the run as `pending` (review gate on) or `approved` (gate off); the engine
-activates approved ones at the next iteration boundary.
+The session itself (``builtin_research.run_session``) is plain: a trace in, a result out. The
+engine (``runs.level2``) decides when a session runs and what happens to the run meanwhile. A
+validated mechanism is stored once (by code hash) and attached to the run as `pending` (review
+gate on) or `approved` (gate off); the engine activates approved ones at the next iteration.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from runs.agents.factory import build_llm_agent
-from runs.events import publish_run_event
-from runs.models import AgentBackend, Run
-from runs.state import RunState
-
-from .builtin_research import ResearchContext, SessionResult, builtin_responder, run_session
+from .builtin_research import SessionResult
 from .lifecycle import transition
 from .models import AttachmentStatus, Mechanism, MechanismAttachment, ResearchSession, SessionStatus
+from .signals import session_finished
 
-logger = logging.getLogger(__name__)
-RUNNER_SOURCES = ("runs/engine.py", "runs/mechanism_bridge.py", "mechanisms/runtime.py")
-RESEARCH_SYSTEM = (
-    "You are a research engineer improving an automated hyperparameter search by writing new search mechanisms "
-    "as Python code that plugs into the runner through the documented hooks. Follow the requested reply format."
-)
 LIVE_STATUSES = (AttachmentStatus.PENDING, AttachmentStatus.APPROVED, AttachmentStatus.ACTIVE)
-
-
-def runner_source() -> str:
-    root = Path(__file__).resolve().parent.parent
-    return "\n\n".join(f"# ---- {name} ----\n{(root / name).read_text()}" for name in RUNNER_SOURCES)
-
-
-def build_context(run: Run) -> ResearchContext:
-    state = RunState.load(run)
-    view: Any = state.view()
-    history = [
-        {
-            "index": c.index,
-            "after_iteration": c.after_iteration,
-            "frozen": c.frozen,
-            "newly_frozen": c.newly_frozen,
-            "unfrozen": c.unfrozen,
-            "guidance": c.guidance,
-            "strategy": c.strategy,
-            "reasons": c.reasons,
-        }
-        for c in state.outer_cycles
-    ]
-    active = list(
-        MechanismAttachment.objects.filter(run=run, status__in=LIVE_STATUSES).values_list("mechanism__name", flat=True)
-    )
-    return ResearchContext(
-        trace=view["trace"],
-        state=view,
-        runner_source=runner_source(),
-        level15_history=history,
-        active_mechanisms=active,
-    )
-
-
-def execute_research_session(session_id: int) -> str:
-    session = ResearchSession.objects.select_related("run__experiment").get(pk=session_id)
-    if session.status != SessionStatus.RUNNING:
-        return f"session {session_id} already {session.status}"
-    run = session.run
-    context = build_context(run)
-    respond: Callable[[str, str], str]
-    if run.experiment.agent_backend == AgentBackend.LLM:
-        agent = build_llm_agent(run, research_session_id=session.pk)
-
-        def respond_with_llm(round_name: str, prompt: str) -> str:
-            return agent.complete(
-                level="2",
-                purpose=round_name,
-                system=RESEARCH_SYSTEM,
-                prompt=prompt,
-                json_reply=round_name != "generate",
-            )
-
-        respond = respond_with_llm
-    else:
-        respond = builtin_responder(context, seed=run.seed * 1000 + session.outer_cycle_index)
-    try:
-        result = run_session(context, respond)
-    except Exception as error:  # an agent failure after its own retries: the session fails, visibly
-        logger.exception("research session %s failed", session_id)
-        result = SessionResult(status="failed", reason=f"{type(error).__name__}: {error}")
-    return store_session_result(session, result)
+LLM_BACKEND = "llm"
 
 
 def store_session_result(session: ResearchSession, result: SessionResult) -> str:
-    run = session.run
     artifacts = {
         "rounds": result.rounds,
         "explore": _parsed(result, "explore"),
@@ -116,17 +39,7 @@ def store_session_result(session: ResearchSession, result: SessionResult) -> str
         session.finished_at = timezone.now()
         session.save()
         attachment = _attach(session, result, artifacts)
-    publish_run_event(
-        run.pk,
-        {
-            "type": "research",
-            "run": run.pk,
-            "session": session.pk,
-            "status": session.status,
-            "detail": result.reason,
-            "attachment": attachment.pk if attachment else None,
-        },
-    )
+    session_finished.send(ResearchSession, session=session, attachment=attachment)
     return session.status
 
 
@@ -143,7 +56,7 @@ def _attach(session: ResearchSession, result: SessionResult, artifacts: dict[str
             "name": str(spec.get("name") or spec.get("class_name") or "unnamed")[:120],
             "code": code,
             "spec": spec,
-            "origin": "llm" if session.backend == AgentBackend.LLM else "builtin-catalogue",
+            "origin": "llm" if session.backend == LLM_BACKEND else "builtin-catalogue",
             "passed_ladder": passed,
         },
     )

@@ -2,9 +2,11 @@
 
 Design requirement 1: a mechanism is active only when it demonstrably fired. Every hook call
 is counted (``hook_calls``) and every decision a mechanism changed is recorded (``effects``).
-``hook_calls`` counts live calls made through the methods below; the on_result calls of a
-replay (which happens at every start and restart) are counted apart in ``replay_calls``, so a
-runtime rebuilt for every step does not inflate a mechanism's totals.
+``hook_calls`` counts live calls made through the methods below, plus one on_result call for
+the newest record of the trace (the result the mechanism sees for the first time in this
+step); the on_result calls that replay older records (which happens at every start) are
+counted apart in ``replay_calls``, so a runtime rebuilt for every step does not inflate a
+mechanism's totals.
 Requirement 2: nothing fails silently. A hook that raises, times out or returns an ill-typed
 value, or whose host dies, hangs or breaks the protocol, deactivates its mechanism for the run
 (``deactivated``, with the reason) and the iteration goes on without it; the other mechanisms'
@@ -103,7 +105,13 @@ class MechanismRuntime:
         with ThreadPoolExecutor(max_workers=max(1, len(self.active))) as pool:
             outcomes = list(pool.map(self._start_one, list(self.active), [spawned[n] for n in self.active]))
         for name, (host, hooks, replayed, failure) in zip(list(self.active), outcomes, strict=True):
-            self.replay_calls[name] = replayed
+            # The newest record reaches the mechanism for the first time in this step: a live
+            # on_result call (a mechanism that lived through the run got it once, after that
+            # iteration); the older ones are the replay that rebuilds its state.
+            live = 1 if failure is None and replayed and replayed == len(self.trace) else 0
+            if live:
+                self.hook_calls[name]["on_result"] = 1
+            self.replay_calls[name] = replayed - live
             if host is not None:
                 self.hosts[name] = host
                 self.hooks[name] = hooks

@@ -1,5 +1,6 @@
-"""Mechanism review: the queue, one attachment's review page (artifacts, diff, ladder, dry run,
-history, approve / reject / kill) and the library of validated mechanisms.
+"""Mechanism review: the queue and one attachment's review page (artifacts, diff, ladder, dry
+run, history, approve / reject / kill). The library, which adds mechanisms to experiments,
+lives with the experiments (``runs.views_library``).
 
 Everything generated (code, LLM text) is shown escaped: code goes through pygments (which
 escapes), everything else through Django's autoescaping. Only holders of
@@ -14,8 +15,8 @@ import json
 from typing import Any
 
 from django.contrib import messages
-from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -25,10 +26,9 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer, PythonLexer
 
-from runs.models import Experiment
-
 from . import lifecycle
-from .models import AttachmentStatus, Mechanism, MechanismAttachment
+from .context_processors import BLOCKED_RUN_STATUS
+from .models import AttachmentStatus, MechanismAttachment
 
 ROUNDS = (("explore", "Explore"), ("critique", "Critique"), ("spec", "Specify"), ("code", "Generate code"))
 MAX_COMMENT_CHARS = 5_000
@@ -83,43 +83,74 @@ def code_diff(old: str, new: str, old_label: str, new_label: str) -> str:
 
 
 def round_artifacts(artifacts: dict[str, Any]) -> list[dict[str, Any]]:
-    """The four rounds in order, each with prompt / reply / parsed / error / seconds when present."""
+    """The four rounds in order, each with prompt / reply / parsed / error / seconds when present.
+
+    Prompts and replies come from the session's round records (the last attempt of each round);
+    the generated code is not repeated here: the Code section below shows it once.
+    """
+    records = {r.get("round"): r for r in artifacts.get("rounds") or [] if isinstance(r, dict)}
+    round_names = {"explore": "explore", "critique": "critique", "spec": "specify", "code": "generate"}
     out = []
     for key, title in ROUNDS:
         raw = artifacts.get(key)
-        entry: dict[str, Any] = {"key": key, "title": title, "present": raw is not None}
-        if isinstance(raw, dict):
-            entry.update({
-                "prompt": raw.get("prompt") or "",
-                "reply": raw.get("reply") or "",
-                "parsed": pretty_json(raw["parsed"]) if raw.get("parsed") not in (None, "", {}) else "",
-                "error": raw.get("error") or "",
-                "seconds": raw.get("seconds"),
-            })
+        record = records.get(round_names[key], {})
+        entry: dict[str, Any] = {"key": key, "title": title, "present": raw is not None or bool(record),
+                                 "prompt": record.get("prompt") or "", "reply": record.get("reply") or "",
+                                 "error": record.get("error") or "", "seconds": record.get("seconds"), "parsed": ""}
+        if key == "code":
+            entry["reply"] = ""  # the code itself is in the Code section
+            entry["parsed"] = "(the generated code is shown in the Code section below)" if raw else ""
+        elif isinstance(raw, dict) and ("prompt" in raw or "reply" in raw or "parsed" in raw):
+            entry.update({k: raw.get(k) or entry[k] for k in ("prompt", "reply", "error", "seconds")})
+            entry["parsed"] = pretty_json(raw["parsed"]) if raw.get("parsed") not in (None, "", {}) else ""
         elif raw is not None:
-            entry.update({"prompt": "", "reply": "", "parsed": pretty_json(raw), "error": "", "seconds": None})
+            entry["parsed"] = pretty_json(raw)
         out.append(entry)
     return out
 
 
+def builtin_label(attachment: MechanismAttachment) -> str:
+    """How a built-in (no LLM) mechanism is named wherever a person sees it; "" for an LLM's."""
+    if attachment.mechanism.origin != "builtin-catalogue":
+        return ""
+    return f"catalogue pick: {attachment.mechanism.name} (built-in, no LLM)"
+
+
+QUEUE_FILTERS = {
+    "open": "Open: the run waits for (or will use) the decision",
+    "stale": "Stale: the run ended before a decision",
+    "decided": "Decided",
+}
+DECIDED_STATUSES = (AttachmentStatus.APPROVED, AttachmentStatus.REJECTED, AttachmentStatus.REVIEW_TIMED_OUT,
+                    AttachmentStatus.ACTIVE, AttachmentStatus.DEACTIVATED, AttachmentStatus.RETIRED)
+
+
 @require_GET
 def review_queue(request: HttpRequest) -> HttpResponse:
-    pending = list(
-        MechanismAttachment.objects.filter(status=AttachmentStatus.PENDING)
-        .select_related("mechanism", "run__experiment")
-        .order_by("created_at")
-    )
+    show = request.GET.get("show", "open")
+    if show not in QUEUE_FILTERS:
+        show = "open"
+    base = MechanismAttachment.objects.select_related("mechanism", "run__experiment", "reviewed_by")
+    pending = base.filter(status=AttachmentStatus.PENDING)
+    queries = {
+        "open": pending.filter(run__finished_at__isnull=True).order_by("created_at"),
+        "stale": pending.filter(run__finished_at__isnull=False).order_by("-created_at"),
+        "decided": base.filter(Q(reviewed_at__isnull=False) | Q(status=AttachmentStatus.REVIEW_TIMED_OUT))
+        .filter(status__in=DECIDED_STATUSES).order_by("-reviewed_at", "-created_at"),
+    }
+    attachments = list(queries[show][:200])
     now = timezone.now()
-    for attachment in pending:
+    for attachment in attachments:
         attachment.age = now - attachment.created_at  # type: ignore[attr-defined]
         attachment.ladder_text = ladder_summary(attachment.ladder)  # type: ignore[attr-defined]
-    recent = (
-        MechanismAttachment.objects.filter(reviewed_at__isnull=False)
-        .select_related("mechanism", "run__experiment", "reviewed_by")
-        .order_by("-reviewed_at")[:10]
-    )
-    return render(request, "mechanisms/review_queue.html",
-                  {"pending": pending, "recent": recent, "can_review": can_review(request.user)})
+        # The run's status is the engine's word for "waiting for this decision".
+        attachment.blocks_run = attachment.run.status == BLOCKED_RUN_STATUS  # type: ignore[attr-defined]
+    counts = {name: query.count() for name, query in queries.items()}
+    return render(request, "mechanisms/review_queue.html", {
+        "attachments": attachments, "show": show, "show_label": QUEUE_FILTERS[show],
+        "tabs": [(name, label, counts[name]) for name, label in QUEUE_FILTERS.items()],
+        "can_review": can_review(request.user),
+    })
 
 
 @require_GET
@@ -144,6 +175,7 @@ def _detail_context(request: HttpRequest, attachment: MechanismAttachment, error
     report = attachment.dry_run_report or {}
     read_only = attachment.run.experiment.is_reference
     reviewer = can_review(request.user) and not read_only
+    stale = lifecycle.is_stale(attachment)
     return {
         "attachment": attachment,
         "mechanism": mechanism,
@@ -164,7 +196,9 @@ def _detail_context(request: HttpRequest, attachment: MechanismAttachment, error
         "dry_run_json": pretty_json(report),
         "events": attachment.events.select_related("actor").order_by("created_at"),
         "can_review": reviewer,
-        "show_review_buttons": reviewer and attachment.status == AttachmentStatus.PENDING,
+        "show_review_buttons": reviewer and attachment.status == AttachmentStatus.PENDING and not stale,
+        "stale": stale,
+        "builtin_label": builtin_label(attachment),
         "show_kill": reviewer and attachment.status in (AttachmentStatus.ACTIVE, AttachmentStatus.APPROVED),
         "read_only_reason": "reference experiments are read-only" if read_only else "",
         "pygments_css": HtmlFormatter(cssclass="highlight").get_style_defs(".highlight"),
@@ -218,45 +252,3 @@ def attachment_action(request: HttpRequest, attachment_id: int, action: str) -> 
 def _bad_request(request: HttpRequest, attachment: MechanismAttachment, message: str) -> HttpResponse:
     attachment.refresh_from_db()
     return render(request, "mechanisms/review.html", _detail_context(request, attachment, error=message), status=400)
-
-
-@require_GET
-def library(request: HttpRequest) -> HttpResponse:
-    mechanisms = (
-        Mechanism.objects.filter(passed_ladder=True)
-        .annotate(
-            runs_using=Count("attachments__run", distinct=True,
-                             filter=Q(attachments__status__in=[AttachmentStatus.ACTIVE, AttachmentStatus.DEACTIVATED])),
-            attachments_total=Count("attachments", distinct=True),
-            experiments_count=Count("experiments", distinct=True),
-        )
-        .order_by("name", "-created_at")
-    )
-    experiments = Experiment.objects.filter(is_reference=False).order_by("-created_at")[:100]
-    return render(request, "mechanisms/library.html", {
-        "mechanisms": mechanisms, "experiments": experiments, "can_attach": can_review(request.user),
-    })
-
-
-@require_POST
-def library_attach(request: HttpRequest, mechanism_id: int) -> HttpResponse:
-    """Add a validated mechanism to an experiment's library set (its runs load it at their next step)."""
-    mechanism = get_object_or_404(Mechanism, pk=mechanism_id)
-    if not can_review(request.user):
-        return HttpResponse(
-            "You do not have permission to attach mechanisms (mechanisms.review_mechanism); nothing was changed.",
-            status=403, content_type="text/plain; charset=utf-8",
-        )
-    if not mechanism.passed_ladder:
-        messages.error(request, f"{mechanism.name} has not passed the validation ladder; it cannot be attached.")
-        return HttpResponseRedirect(reverse("mechanism_library"))
-    raw = request.POST.get("experiment", "")
-    experiment = Experiment.objects.filter(pk=int(raw)).first() if raw.isascii() and raw.isdigit() else None
-    if experiment is None:
-        messages.error(request, "Choose an experiment.")
-    elif experiment.is_reference:
-        messages.error(request, f"{experiment.name} is a reference experiment (read-only).")
-    else:
-        experiment.library_mechanisms.add(mechanism)
-        messages.success(request, f"{mechanism.name} is now part of experiment {experiment.name}.")
-    return HttpResponseRedirect(reverse("mechanism_library"))

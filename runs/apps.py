@@ -4,3 +4,13 @@ from django.apps import AppConfig
 class RunsConfig(AppConfig):
     name = "runs"
     verbose_name = "Runs and experiments"
+
+    def ready(self) -> None:
+        # The engine listens to Level 2 (which never imports the engine): live events, and
+        # resuming a run that waited for a session or a review.
+        from mechanisms.signals import attachment_changed, session_finished
+
+        from .level2 import on_attachment_changed, on_session_finished
+
+        attachment_changed.connect(on_attachment_changed, dispatch_uid="runs.level2.attachment_changed")
+        session_finished.connect(on_session_finished, dispatch_uid="runs.level2.session_finished")

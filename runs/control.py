@@ -6,14 +6,16 @@ cannot interleave into an impossible state.
 
 from __future__ import annotations
 
+from celery import current_app
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from mechanisms.lifecycle import retire_run_mechanisms
 from trainer.schema import config_to_json, default_config, validate_config
 
 from .events import publish_run_event
-from .models import GROUP_LEVELS, Experiment, Run, RunStatus
+from .models import GROUP_LEVELS, WAITING_RUN_STATUSES, Experiment, Run, RunStatus
 
 
 class TransitionError(Exception):
@@ -50,12 +52,13 @@ def create_runs(experiment: Experiment) -> list[Run]:
 
 
 def enqueue_step(run_id: int) -> None:
-    """Issue a new step ticket and queue a step task carrying it (older tickets become no-ops)."""
-    from .tasks import run_step
+    """Issue a new step ticket and queue a step task carrying it (older tickets become no-ops).
 
+    The task is sent by name: this module is imported by the tasks, not the other way round.
+    """
     Run.objects.filter(pk=run_id).update(step_ticket=F("step_ticket") + 1, last_enqueued_at=timezone.now())
     ticket = Run.objects.values_list("step_ticket", flat=True).get(pk=run_id)
-    transaction.on_commit(lambda: run_step.delay(run_id, ticket))
+    transaction.on_commit(lambda: current_app.send_task("runs.tasks.run_step", args=[run_id, ticket]))
 
 
 def start_experiment(experiment: Experiment) -> None:
@@ -76,7 +79,8 @@ def _transition(run: Run, allowed: tuple[str, ...], target: str, detail: str) ->
 
 def pause_run(run: Run) -> None:
     """The iteration in flight finishes and is recorded; no further step is started."""
-    _transition(run, (RunStatus.QUEUED, RunStatus.RUNNING), RunStatus.PAUSED, "paused by a user")
+    _transition(run, (RunStatus.QUEUED, RunStatus.RUNNING, *WAITING_RUN_STATUSES), RunStatus.PAUSED,
+                "paused by a user")
 
 
 def resume_run(run: Run) -> None:
@@ -88,9 +92,11 @@ def resume_run(run: Run) -> None:
 def cancel_run(run: Run) -> None:
     """Stops the run; a training in flight is killed and its iteration is not recorded."""
     _transition(
-        run, (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED), RunStatus.CANCELLED, "cancelled by a user"
+        run, (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED, *WAITING_RUN_STATUSES), RunStatus.CANCELLED,
+        "cancelled by a user",
     )
     Run.objects.filter(pk=run.pk, finished_at__isnull=True).update(finished_at=timezone.now())
+    retire_run_mechanisms(run.pk)
 
 
 def start_run(run: Run) -> None:

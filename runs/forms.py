@@ -101,6 +101,12 @@ class ExperimentForm(forms.ModelForm):
     review_gate = forms.BooleanField(
         required=False, initial=True, label="Review gate: a person approves each mechanism before it runs"
     )
+    review_timeout_minutes = forms.IntegerField(
+        required=False, min_value=1, max_value=7 * 24 * 60, label="Review timeout (minutes)",
+        help_text="With the gate on, a run waits for the reviewer. Empty: wait as long as it takes. "
+                  "N: after N minutes the run continues without the mechanism (recorded as 'review timed out', "
+                  "never as a rejection).",
+    )
 
     class Meta:
         model = Experiment
@@ -126,6 +132,7 @@ class ExperimentForm(forms.ModelForm):
             "noise_k",
             "baseline_repeats",
             "review_gate",
+            "review_timeout_minutes",
         ]
         widgets = {
             "objective": forms.RadioSelect,
@@ -174,6 +181,9 @@ class ExperimentForm(forms.ModelForm):
             )
             if not low <= budget <= high:
                 self.add_error("budget_value", f"A {unit} budget must be between {low:g} and {high:g}.")
+
+        if not data.get("review_gate"):
+            data["review_timeout_minutes"] = None  # no review, no timeout
 
         if data.get("agent_backend") == AgentBackend.LLM:
             if not data.get("llm_base_url") and "llm_base_url" not in self.errors:

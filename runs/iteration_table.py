@@ -89,6 +89,24 @@ def mechanism_names(iteration: Iteration) -> list[str]:
     return names
 
 
+def mechanism_activity(iteration: Iteration) -> list[dict[str, Any]]:
+    """Per mechanism: every hook call made for this iteration, and every decision it changed."""
+    calls = iteration.hook_calls if isinstance(iteration.hook_calls, dict) else {}
+    effects = [e for e in iteration.mechanism_effects or [] if isinstance(e, dict)]
+    names = list(calls) + [n for n in mechanism_names(iteration) if n not in calls]
+    activity = []
+    for name in names:
+        raw = calls.get(name)
+        per_hook: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        changed = [f"{e.get('effect')}: {e.get('detail', '')}" for e in effects if e.get("mechanism") == name]
+        activity.append({
+            "name": name,
+            "calls": ", ".join(f"{hook} {count}" for hook, count in sorted(per_hook.items())) or "no hook called",
+            "changed": changed,
+        })
+    return activity
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

@@ -83,6 +83,9 @@ class Experiment(models.Model):
     noise_k = models.FloatField(default=2.0, help_text="Noise-aware: keep iff gain > k × noise sd.")
     baseline_repeats = models.PositiveIntegerField(default=3, help_text="Noise-aware: baseline trainings (r).")
     review_gate = models.BooleanField(default=True)
+    # Review policy with the gate on: None = wait for a reviewer (default); N = continue without
+    # the mechanism after N minutes, recorded as "review timed out" (never as a person's rejection).
+    review_timeout_minutes = models.PositiveIntegerField(null=True, blank=True)
     library_mechanisms = models.ManyToManyField("mechanisms.Mechanism", blank=True, related_name="experiments")
 
     class Meta:
@@ -95,6 +98,9 @@ class Experiment(models.Model):
 class RunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
+    # Level 2 is a step of the outer loop: the run waits (holding no worker and no lease).
+    RESEARCHING = "researching", "Researching (Level 2 session)"
+    AWAITING_REVIEW = "awaiting_review", "Awaiting review"
     PAUSED = "paused", "Paused"
     CANCELLED = "cancelled", "Cancelled"
     COMPLETED = "completed", "Completed"
@@ -102,6 +108,7 @@ class RunStatus(models.TextChoices):
 
 
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+WAITING_RUN_STATUSES = (RunStatus.RESEARCHING, RunStatus.AWAITING_REVIEW)
 
 
 class Run(models.Model):
@@ -115,6 +122,8 @@ class Run(models.Model):
 
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     status_detail = models.TextField(blank=True)
+    # Since when the run has waited for Level 2 (a session, then a review); None while it runs.
+    waiting_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

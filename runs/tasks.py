@@ -26,6 +26,22 @@ def run_step(run_id: int, ticket: int) -> str:
     return execute_step(run_id, ticket, worker=socket.gethostname())
 
 
+@shared_task(name="runs.tasks.run_research_session", acks_late=True, reject_on_worker_lost=True)
+def run_research_session(session_id: int) -> str:
+    """A Level 2 session (queue `research`): LLM work never holds a training slot."""
+    from .level2 import execute_research_session
+
+    return execute_research_session(session_id)
+
+
+@shared_task(name="runs.tasks.expire_reviews")
+def expire_reviews() -> list[int]:
+    """Runs whose review outlasted the experiment's timeout continue without the mechanism."""
+    from .level2 import expire_reviews as expire
+
+    return expire()
+
+
 @shared_task(name="runs.tasks.record_worker_heartbeat")
 def record_worker_heartbeat(hostname: str, queues: list[str]) -> int:
     """Record that a worker is alive; the dashboard lists workers seen recently."""

@@ -2,9 +2,12 @@ from django.urls import path
 
 from . import views
 from . import views_compare as compare
+from . import views_library as library
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("mechanisms/library/", library.library, name="mechanism_library"),
+    path("mechanisms/library/<int:mechanism_id>/attach/", library.library_attach, name="mechanism_library_attach"),
     path("experiments/new/", views.experiment_new, name="experiment_new"),
     path("experiments/<int:experiment_id>/", views.experiment_detail, name="experiment_detail"),
     path("experiments/<int:experiment_id>/iterations/", views.experiment_iterations, name="experiment_iterations"),

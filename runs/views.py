@@ -125,8 +125,10 @@ def run_snapshot(run: Run) -> dict[str, Any]:
                 "status_detail": session.status_detail,
                 "backend": session.backend,
                 "repair_rounds": session.repair_rounds,
+                "picked": ", ".join(a.mechanism.name for a in session.attachments.all()),
             }
-            for session in run.research_sessions.order_by("outer_cycle_index")
+            for session in run.research_sessions.prefetch_related("attachments__mechanism")
+            .order_by("outer_cycle_index")
         ],
         "live_progress": run.live_progress or {},
         "last_curve": _last_curve(run),
@@ -307,6 +309,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     context.update(_table_context(request, run.iteration_set.all(), experiment_view=False))
     context["table_url"] = reverse("run_iterations", args=[run.pk])
     context["snapshot"] = run_snapshot(run)
+    context["pending_reviews"] = run.mechanism_attachments.filter(status="pending").select_related("mechanism")
     context["page_config"] = {
         "run": run.pk,
         "snapshotUrl": reverse("run_snapshot", args=[run.pk]),

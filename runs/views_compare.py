@@ -133,11 +133,39 @@ def experiment_compare(request: HttpRequest, experiment_id: int) -> HttpResponse
     return render(request, "runs/compare.html", {
         "experiment": experiment,
         "data": data,
+        "level2": level2_activity(experiment),
         "chart": chart,
         "rows": display_rows(data),
         "candidates": [(e, e.pk in selected) for e in candidates],
         "query": f"?{query}" if query else "",
     })
+
+
+def level2_activity(experiment: Experiment) -> list[dict[str, Any]]:
+    """Per Level 2 run: each mechanism, from which iteration it acted, and what its review did to the run."""
+    rows = []
+    runs = experiment.runs.filter(level_research=True).order_by("group", "repeat")
+    for run in runs.prefetch_related("mechanism_attachments__mechanism", "mechanism_attachments__reviewed_by"):
+        attachments = sorted(run.mechanism_attachments.all(), key=lambda a: a.created_at)
+        if not attachments:
+            rows.append({"run": run, "mechanism": "", "status": "no mechanism produced", "active_from": None,
+                         "review": "", "decisions_changed": 0})
+        for a in attachments:
+            if a.status == "review_timed_out":
+                review = "review timed out: the run continued without it"
+            elif a.status == "pending":
+                review = "held: the run waits for a reviewer" if not run.is_finished else "stale: the run ended first"
+            elif a.reviewed_by_id:
+                verdict = "rejected" if a.status == "rejected" else "approved"
+                review = f"{verdict} by {a.reviewed_by} after the run waited for it"
+            elif experiment.review_gate:
+                review = "no review recorded"
+            else:
+                review = "gate off"
+            rows.append({"run": run, "mechanism": a.mechanism.name, "status": a.get_status_display(),
+                         "active_from": a.activated_at_iteration, "review": review,
+                         "decisions_changed": a.decisions_changed})
+    return rows
 
 
 # --- reports ---------------------------------------------------------------------------------

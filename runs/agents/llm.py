@@ -15,6 +15,8 @@ from typing import Any
 
 import openai
 
+from mechanisms.text import without_nul
+
 from .base import (
     AgentError,
     AgentReply,
@@ -23,7 +25,6 @@ from .base import (
     ProposalRequest,
     StrategyReply,
     StrategyRequest,
-    without_nul,
 )
 from .prompts import PROPOSER_SYSTEM, STRATEGIST_SYSTEM, proposal_prompt, strategy_prompt
 

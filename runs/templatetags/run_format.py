@@ -7,6 +7,7 @@ from typing import Any
 from django import template
 
 from ..iteration_table import changes_text as _changes_text
+from ..iteration_table import mechanism_activity as _mechanism_activity
 from ..iteration_table import mechanism_names as _mechanism_names
 from ..models import Iteration
 
@@ -43,6 +44,11 @@ def changes_text(changes: Any) -> str:
 @register.filter
 def mechanism_names(iteration: Iteration) -> list[str]:
     return _mechanism_names(iteration)
+
+
+@register.filter
+def mechanism_activity(iteration: Iteration) -> list[dict[str, Any]]:
+    return _mechanism_activity(iteration)
 
 
 @register.simple_tag

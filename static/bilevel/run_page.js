@@ -187,7 +187,7 @@
       case "status":
         this.run.status = event.status;
         this.run.status_detail = event.detail || "";
-        this.run.status_display = event.status.charAt(0).toUpperCase() + event.status.slice(1);
+        this.run.status_display = (event.status.charAt(0).toUpperCase() + event.status.slice(1)).replace("_", " ");
         this.renderStatus();
         this.refreshSnapshot(300);
         break;
@@ -237,8 +237,28 @@
     badge.textContent = this.run.status_display || status;
     badge.className = "status status-" + status;
     byId("run-status-detail").textContent = this.run.status_detail || "";
+    this.renderWaiting(status);
     document.querySelectorAll("#run-controls " + CONTROL_WHEN).forEach((button) => {
       button.hidden = button.dataset.when.split(" ").indexOf(status) === -1;
+    });
+  };
+
+  // Level 2 is a step: while it researches or waits for a reviewer, say so and link the reviews.
+  RunPage.prototype.renderWaiting = function (status) {
+    const box = byId("run-waiting");
+    if (!box) return;
+    box.hidden = status !== "researching" && status !== "awaiting_review";
+    byId("run-waiting-text").textContent = status === "researching"
+      ? "Level 2 is researching a new mechanism; the run continues when the session ends."
+      : "The run is waiting for a review decision before its next iteration.";
+    const links = byId("run-waiting-links");
+    links.textContent = "";
+    if (status !== "awaiting_review") return;
+    Array.from(this.attachments.values()).filter((a) => a.status === "pending").forEach((a) => {
+      const link = document.createElement("a");
+      link.href = a.review_url;
+      link.textContent = "review " + a.name;
+      links.append(" ", link);
     });
   };
 
@@ -433,10 +453,12 @@
       const row = el("tr");
       row.dataset.attachment = a.id;
       const name = el("td");
-      const link = el("a", a.name);
+      const builtin = a.origin === "builtin-catalogue";
+      const link = el("a", builtin ? "catalogue pick: " + a.name : a.name);
       link.href = a.review_url;
       name.appendChild(link);
-      if (a.origin) name.appendChild(el("span", " " + a.origin, "muted small"));
+      if (builtin) name.appendChild(el("span", " (built-in, no LLM)", "muted small"));
+      else if (a.origin) name.appendChild(el("span", " " + a.origin, "muted small"));
       row.appendChild(name);
       const status = el("td");
       status.appendChild(el("span", a.status_display || a.status, "status status-" + a.status));
@@ -452,6 +474,7 @@
       row.appendChild(el("td", a.status_detail || "", "muted small"));
       body.appendChild(row);
     });
+    this.renderWaiting(this.run.status || "");
   };
 
   RunPage.prototype.renderSessions = function () {
@@ -462,7 +485,9 @@
       const item = el("li");
       item.appendChild(el("span", "after outer cycle " + session.outer_cycle_index + " "));
       item.appendChild(el("span", session.status_display || session.status, "status status-" + session.status));
-      const extra = [session.backend === "builtin" ? "built-in heuristic (no LLM)" : session.backend];
+      const extra = [session.backend === "builtin"
+        ? (session.picked ? "catalogue pick: " + session.picked + " (built-in, no LLM)" : "built-in heuristic (no LLM)")
+        : session.backend];
       if (session.repair_rounds) extra.push(session.repair_rounds + " repair round" + (session.repair_rounds === 1 ? "" : "s"));
       if (session.status_detail) extra.push(session.status_detail);
       item.appendChild(el("span", " " + extra.join(" · "), "muted"));

@@ -10,9 +10,11 @@ import pytest
 from django.test import override_settings
 
 from runs.control import create_runs
-from runs.engine import LeaseKeeper, Step, claim_step
+from runs.engine import Step
+from runs.lease import LeaseKeeper, claim_step
 from runs.mechanism_bridge import NoMechanisms
 from runs.models import Experiment, IterationKind, IterationStatus, LLMCall, Run
+from runs.proposals import propose as propose_change
 from runs.state import RunState
 from tests.openai_stub import ScriptedOpenAI, scripted_openai
 from trainer.schema import config_to_json, default_config
@@ -67,7 +69,7 @@ def llm_run(stub: ScriptedOpenAI) -> Run:
 def propose(run: Run) -> Any:
     assert claim_step(run.pk, run.step_ticket, "test-owner")
     step = Step(run.pk, "test-owner", LeaseKeeper(run.pk, "test-owner"))
-    return step._propose(NoMechanisms())
+    return propose_change(step.ctx, NoMechanisms())
 
 
 fast_llm = override_settings(LLM_RETRY_BACKOFF_SECONDS=0.01, LLM_TIMEOUT_SECONDS=1.0)

@@ -16,9 +16,9 @@ import pytest
 from django.test import override_settings
 
 from mechanisms.models import ResearchSession, SessionStatus
-from mechanisms.research_session import execute_research_session
 from runs import control
 from runs.engine import execute_step
+from runs.level2 import execute_research_session
 from runs.models import IterationKind, IterationStatus, LLMCall, Run, RunStatus
 from tests.engine.helpers import drive, make_experiment
 from tests.openai_stub import ScriptedOpenAI, scripted_openai

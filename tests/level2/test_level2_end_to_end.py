@@ -9,8 +9,9 @@ import pytest
 from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, MechanismAttachment, SessionStatus
 from runs import control
+from runs.engine import execute_step
 from runs.mechanism_bridge import runtime_name
-from runs.models import Run
+from runs.models import Run, RunStatus
 from tests.conftest import ServiceProcess
 from tests.engine.helpers import make_experiment, wait_for
 
@@ -44,21 +45,21 @@ def test_review_gate_holds_a_validated_mechanism_until_approved_then_it_fires(
     assert [step["step"] for step in attachment.ladder] == ["spec", "static", "import", "dry_run"]
     assert all(step["ok"] for step in attachment.ladder)
 
-    # The run keeps searching while the mechanism waits, and the mechanism does not run.
+    # Level 2 is a step: the run waits for the review, holding no worker and no lease.
     name = runtime_name(attachment)
-    wait_for(lambda: run.iteration_set.filter(index__gt=12).exists(), 60, "the search to go on during review")
-    assert not any(name in (it.hook_calls or {}) for it in run.iteration_set.all())
-
-    control.pause_run(run)
-    wait_for(lambda: Run.objects.get(pk=run.pk).lease_owner == "", 60, "the step in flight to finish")
+    wait_for(lambda: Run.objects.get(pk=run.pk).status == RunStatus.AWAITING_REVIEW, 60, "the run to await review")
+    waiting = Run.objects.get(pk=run.pk)
+    assert waiting.lease_owner == "" and waiting.proposals_done == 4
+    assert execute_step(run.pk, waiting.step_ticket, "test") == "not-claimed"
     paused_at = run.iteration_set.count()
-    lifecycle.approve(attachment, users.reviewer, "looks right")
-    control.resume_run(Run.objects.get(pk=run.pk))
+    assert paused_at == 5  # baseline + K proposals, nothing after the boundary
+    lifecycle.approve(attachment, users.reviewer, "looks right")  # re-queues the run at once
 
     def fired() -> bool:
         return any(name in (it.hook_calls or {}) for it in run.iteration_set.filter(index__gte=paused_at))
 
     wait_for(fired, 60, "the approved mechanism to be called")
+    assert run.iteration_set.filter(index=paused_at).exists()
     control.cancel_run(Run.objects.get(pk=run.pk))
 
     attachment.refresh_from_db()

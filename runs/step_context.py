@@ -1,0 +1,32 @@
+"""What one step works with: the claimed run, its state rebuilt from the database, its lease."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .lease import LeaseKeeper
+from .models import Experiment, Run
+from .state import RunState
+
+
+class StepAborted(Exception):
+    """The run was paused/cancelled or the lease was lost while training: drop this iteration."""
+
+
+@dataclass
+class StepContext:
+    run: Run
+    state: RunState
+    owner: str
+    keeper: LeaseKeeper
+    started: float = field(default_factory=time.monotonic)
+    strategy_seconds: float = 0.0
+
+    @property
+    def experiment(self) -> Experiment:
+        return self.run.experiment
+
+    @property
+    def run_id(self) -> int:
+        return int(self.run.pk)

@@ -1,0 +1,85 @@
+"""Rooms with one-way doors, checked on the source (every import, also those inside functions):
+``trainer`` imports neither Django nor the apps, ``mechanisms`` never imports ``runs``, and the
+modules of ``runs`` import each other without a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of every module imported anywhere in the file (relative imports resolved)."""
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.add(module)
+            # "from . import views" imports the module runs.views
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _sources(package: str) -> list[Path]:
+    return [p for p in (ROOT / package).rglob("*.py") if "migrations" not in p.parts]
+
+
+def test_mechanisms_never_import_runs() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n == "runs" or n.startswith("runs."))
+                 for p in _sources("mechanisms")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_trainer_imports_neither_django_nor_the_apps() -> None:
+    forbidden = ("django", "runs", "mechanisms", "bilevel_site", "celery", "channels")
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.split(".")[0] in forbidden)
+                 for p in _sources("trainer")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_import_circle_between_modules_of_runs() -> None:
+    modules = {_module_name(p): p for p in _sources("runs")}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    # A package imports what its __init__ re-exports; that is not a circle through the package.
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+    visiting: list[str] = []
+    done: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            cycles.append([*visiting[visiting.index(name):], name])
+            return
+        visiting.append(name)
+        for target in sorted(graph[name]):
+            visit(target)
+        visiting.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+    assert cycles == []
+
+
+def test_the_rule_sees_imports_inside_functions() -> None:
+    """The checker would catch a lazy import (how circles used to hide)."""
+    assert "runs.control" in _imports(ROOT / "runs" / "lease.py")
+    assert "runs.level2" in _imports(ROOT / "runs" / "tasks.py")
