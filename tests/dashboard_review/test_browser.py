@@ -26,6 +26,7 @@ def _shot(page: Any, name: str) -> None:
 
 def test_reviewer_approves_a_pending_mechanism(asgi_server: LiveServer, page: Any, users: Any) -> None:
     attachment = make_attachment()
+    Run.objects.filter(pk=attachment.run_id).update(status="awaiting_review")  # the run waits for this review
     log_in(page, asgi_server, users.reviewer.username)
     page.goto(f"{asgi_server.url}/mechanisms/review/")
     assert page.locator("#pending-count").inner_text() == "1"

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from mechanisms.models import AttachmentStatus, MechanismAttachment, MechanismEvent
-from runs.models import Experiment
+from runs.models import Experiment, Run
 from tests.dashboard_review.factories import CODE_V1, HOSTILE, make_attachment, make_run
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +37,34 @@ def test_queue_lists_pending_attachments_with_ladder_status(client: Client, user
     assert f'data-attachment="{pending.pk}"' in html
     assert html.count("data-attachment=") == 1
     assert "passed 4 steps" in html and "review experiment" in html
+    # The badge counts only reviews that hold a run up.
+    assert 'id="pending-count"' not in html
+    Run.objects.filter(pk=pending.run_id).update(status="awaiting_review")
+    html = client.get("/mechanisms/review/").content.decode()
     assert '<span class="badge" id="pending-count">1</span>' in html
+    assert "yes: the run waits" in html
+
+
+def test_queue_filters_open_stale_and_decided(client: Client, users: Any) -> None:
+    from django.utils import timezone
+
+    open_one = make_attachment()
+    stale = make_attachment(cycle=2)
+    Run.objects.filter(pk=stale.run_id).update(status="cancelled", finished_at=timezone.now())
+    decided = make_attachment(status=AttachmentStatus.REJECTED, cycle=3)
+    MechanismAttachment.objects.filter(pk=decided.pk).update(reviewed_at=timezone.now(), reviewed_by=users.reviewer)
+    client.force_login(users.plain)
+    for show, expected in (("open", open_one), ("stale", stale), ("decided", decided)):
+        html = client.get(f"/mechanisms/review/?show={show}").content.decode()
+        assert f'data-attachment="{expected.pk}"' in html, show
+        assert html.count("data-attachment=") == 1, show
+    client.force_login(users.reviewer)
+    page = client.get(f"/mechanisms/{stale.pk}/").content.decode()
+    assert 'id="stale-note"' in page and 'id="approve-button"' not in page
+    response = client.post(f"/mechanisms/{stale.pk}/approve/", {"comment": ""})
+    assert response.status_code == 400
+    stale.refresh_from_db()
+    assert stale.status == AttachmentStatus.PENDING
 
 
 def test_review_page_shows_everything_escaped(client: Client, users: Any) -> None:
