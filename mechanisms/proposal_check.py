@@ -65,13 +65,15 @@ def proposal_problems(changes: Any, state: State, allowed: Collection[str] | Non
     params = {p.get("name"): p for p in state["search_space"]}
     config = state.get("config", {})
     problems: list[str] = []
-    updated: dict[str, Any] = {}
+    incumbent: dict[str, Any] = {}  # typed, as the engine holds it
+    broken: dict[str, str] = {}
     for name, param in params.items():
         if name in config:
             try:
-                updated[str(name)] = coerce_knob(knob_of(param), config[name], preset=_PRESET)
+                incumbent[str(name)] = coerce_knob(knob_of(param), config[name], preset=_PRESET)
             except ConfigError as error:
-                problems.append(f"the incumbent config is invalid: {error}")
+                broken[str(name)] = str(error)
+    updated = dict(incumbent)
     for name, raw in changes.items():
         if (reason := unchangeable(name, state)) is not None:
             problems.append(reason)
@@ -84,10 +86,12 @@ def proposal_problems(changes: Any, state: State, allowed: Collection[str] | Non
         except ConfigError as error:
             problems.extend(error.problems)
             continue
-        if name in updated and value == updated[name]:
-            problems.append(f"{name} is already {format_value(updated[name])}; the change would do nothing")
-            continue
-        updated[name] = value
+        if name in broken:
+            problems.append(f"the incumbent's {name} is invalid: {broken[name]}")
+        elif name in incumbent and value == incumbent[name]:
+            problems.append(f"{name} is already {format_value(incumbent[name])}; the change would do nothing")
+        else:
+            updated[name] = value
     # Relations between knobs are the trainer's; they apply when the state describes its full config.
     if not problems and set(KNOBS) <= set(updated):
         problems.extend(cross_field_problems(updated))
