@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
+from mechanisms.proposal_check import describe_changes, proposal_problems, tunable, unchangeable
 from mechanisms.protocol import (
     HOOK_NAMES,
     HookReturnError,
@@ -28,6 +29,7 @@ from mechanisms.protocol import (
 )
 from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
 from mechanisms.static_check import static_check
+from trainer.schema import DEFAULT_PRESET, schema_json
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 # In a checkout the shared data sits beside the repository (in CI the clone has shared/ next to it).
@@ -71,8 +73,8 @@ class LadderReport:
 
 
 def default_search_space() -> list[dict[str, Any]]:
-    data: dict[str, Any] = json.loads((FIXTURES_DIR / "search_space.json").read_text())
-    return list(data["search_space"])
+    """The trainer's own search space: a dry run must judge proposals by the rules of a real run."""
+    return schema_json(DEFAULT_PRESET)
 
 
 def state_for_trace(trace: list[TraceRecord], search_space: list[dict[str, Any]] | None = None,
@@ -95,8 +97,6 @@ def recorded_fixtures() -> list[TraceFixture]:
     """The project's recorded traces in mechanisms/fixtures/ (realistic failure modes)."""
     fixtures = []
     for path in sorted(FIXTURES_DIR.glob("*.json")):
-        if path.name == "search_space.json":
-            continue
         data = json.loads(path.read_text())
         fixtures.append(TraceFixture(path.stem, data["trace"], state_for_trace(data["trace"],
                                                                                 noise_sd=data.get("noise_sd"))))
@@ -194,18 +194,20 @@ class _DryRunFailure(Exception):
     pass
 
 
-def _tunable(state: State) -> set[str]:
-    frozen = set(state.get("frozen", []))
-    return {p["name"] for p in state["search_space"] if not p.get("locked") and p["name"] not in frozen}
-
-
 def _dry_run_trace(host: MechanismHost, name: str, hooks: list[str], fixture: TraceFixture) -> dict[str, Any]:
-    """Walk one trace: before each record, the decision hooks; after it, on_result."""
+    """Walk one trace: before each record, the decision hooks; after it, on_result.
+
+    A restriction or proposal counts only if the engine would act on it: a proposal is checked
+    against the state's search space, frozen set and incumbent (and the restriction in force), as
+    the engine checks every proposal. Those it would refuse are counted apart, with the reason.
+    """
     changed: dict[str, int] = {"prompt_added": 0, "restricted": 0, "proposal_replaced": 0, "proposal_rejected": 0,
                                "acceptance_overridden": 0}
+    invalid: dict[str, int] = {"proposals": 0, "restrictions": 0}
     calls: dict[str, int] = {}
     max_seconds: dict[str, float] = {}
     examples: list[dict[str, Any]] = []
+    invalid_examples: list[dict[str, Any]] = []
 
     def call(hook: str, *args: Any) -> Any:
         started = time.monotonic()
@@ -228,19 +230,36 @@ def _dry_run_trace(host: MechanismHost, name: str, hooks: list[str], fixture: Tr
         if len(examples) < MAX_EXAMPLES_PER_TRACE:
             examples.append({"iteration": iteration, "effect": effect, "detail": str(detail)[:300]})
 
+    def refuse(kind: str, iteration: int, detail: str, problems: list[str]) -> None:
+        invalid[kind] += 1
+        if len(invalid_examples) < MAX_EXAMPLES_PER_TRACE:
+            invalid_examples.append({"iteration": iteration, "kind": kind, "detail": detail[:300],
+                                     "reason": "; ".join(problems)[:300]})
+
     for index, record in enumerate(fixture.trace):
         state = state_before(fixture.state, fixture.trace, index)
         iteration = state["iteration"]
         is_proposal = record.get("kind") == "proposal"
+        allowed: set[str] | None = None
         if is_proposal and "prompt_sections" in hooks and (sections := call("prompt_sections", state)):
             note("prompt_added", iteration, sections[0])
-        if is_proposal and "restrict" in hooks:
-            allowed = call("restrict", state)
-            tunable = _tunable(state)
-            if allowed is not None and set(allowed) & tunable and set(allowed) & tunable != tunable:
-                note("restricted", iteration, sorted(set(allowed) & tunable))
+        if is_proposal and "restrict" in hooks and (names := call("restrict", state)) is not None:
+            changeable = tunable(state)
+            kept = set(names) & changeable
+            if not kept:  # the engine ignores a restriction that leaves nothing to change
+                refuse("restrictions", iteration, f"restricted to {', '.join(names)}",
+                       [reason for n in names if (reason := unchangeable(n, state))])
+            elif kept != changeable:
+                allowed = kept
+                note("restricted", iteration, sorted(kept))
         if is_proposal and "propose" in hooks and (proposal := call("propose", state)) is not None:
-            note("proposal_replaced", iteration, proposal)
+            problems = proposal_problems(proposal["changes"], state, allowed)
+            if problems:
+                refuse("proposals", iteration, "proposed " + describe_changes(proposal["changes"], state["config"]),
+                       problems)
+            else:
+                note("proposal_replaced", iteration, proposal)
+        # A recorded proposal is one the engine took, so a rejection of it always changes a decision.
         if is_proposal and record.get("changes") and "filter" in hooks:
             verdict = call("filter", proposal_of(record), state)
             if verdict is not None:
@@ -253,7 +272,8 @@ def _dry_run_trace(host: MechanismHost, name: str, hooks: list[str], fixture: Tr
         if "on_result" in hooks:
             call("on_result", record, state)
     return {"trace": fixture.name, "records": len(fixture.trace), "changed": changed,
-            "changed_total": sum(changed.values()), "hook_calls": calls, "max_seconds": max_seconds,
+            "changed_total": sum(changed.values()), "invalid": invalid, "invalid_total": sum(invalid.values()),
+            "invalid_examples": invalid_examples, "hook_calls": calls, "max_seconds": max_seconds,
             "examples": examples}
 
 
@@ -273,14 +293,21 @@ def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: 
                 errors.append(f"{fixture.name}: {error}")
                 per_trace.append({"trace": fixture.name, "records": len(fixture.trace), "error": str(error)})
     total = sum(t.get("changed_total", 0) for t in per_trace)
-    report_data = {"traces": per_trace, "changed_decisions": total, "inert": total == 0, "type_errors": errors}
+    refused = sum(t.get("invalid_total", 0) for t in per_trace)
+    report_data = {"traces": per_trace, "changed_decisions": total, "invalid_decisions": refused,
+                   "inert": total == 0, "type_errors": errors}
     if errors:
         return False, "hook errors: " + " | ".join(errors)[:2000], report_data
     if not fixtures:
         return False, "no traces to dry-run on", report_data
     if total == 0:
-        return False, (f"inert: the mechanism changed no decision on {len(fixtures)} traces "
-                       f"({sum(len(f.trace) for f in fixtures)} records)"), report_data
+        inert = (f"inert: the mechanism changed no decision on {len(fixtures)} traces "
+                 f"({sum(len(f.trace) for f in fixtures)} records)")
+        if refused:
+            trace, first = next((t["trace"], e) for t in per_trace for e in t.get("invalid_examples", []))
+            inert += (f"; the engine would refuse all {refused} of its changes, e.g. on {trace} at iteration "
+                      f"{first['iteration']}: {first['detail']}, but {first['reason']}")
+        return False, inert, report_data
     summary = ", ".join(f"{t['trace']}: {t['changed_total']}" for t in per_trace)
     return True, f"changed {total} decisions ({summary})", report_data
 

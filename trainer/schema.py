@@ -428,7 +428,8 @@ def model_width(config: Mapping[str, Any]) -> int:
     return max(head_dim, -(-raw // head_dim) * head_dim)
 
 
-def _cross_field_problems(config: Mapping[str, Any]) -> list[str]:
+def cross_field_problems(config: Mapping[str, Any]) -> list[str]:
+    """Problems between knobs of a complete typed config (each knob alone is already valid)."""
     # TOTAL_BATCH_SIZE needs no check against the context: every power of two in a preset's range
     # is a multiple of its context length (a test guards this), and DEVICE_BATCH_SIZE is capped at
     # TOTAL_BATCH_SIZE / context by the trainer.
@@ -465,7 +466,7 @@ def validate_config(config: Mapping[str, Any], *, preset: str = DEFAULT_PRESET) 
         except ConfigError as error:
             problems.extend(error.problems)
     if not problems:
-        problems.extend(_cross_field_problems(typed))
+        problems.extend(cross_field_problems(typed))
     if problems:
         raise ConfigError(problems)
     return typed
@@ -513,7 +514,7 @@ def apply_changes(
         updated[name] = value
         diff[name] = {"old": current[name], "new": value}
     if not problems:
-        problems.extend(_cross_field_problems(updated))
+        problems.extend(cross_field_problems(updated))
     if problems:
         raise ConfigError(problems)
     return updated, diff

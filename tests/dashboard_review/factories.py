@@ -64,10 +64,13 @@ def make_attachment(
                 {"step": "import", "ok": True, "detail": "imported in the sandbox", "seconds": 0.3},
                 {"step": "dry_run", "ok": True, "detail": "changed 3 decisions", "seconds": 1.1}],
         dry_run_report={"traces": [{"trace": "paper_A1", "records": 31, "changed": {"proposal_rejected": 3},
-                                    "changed_total": 3, "hook_calls": {"filter": 30},
+                                    "changed_total": 3, "invalid": {"proposals": 2, "restrictions": 0},
+                                    "invalid_total": 2, "hook_calls": {"filter": 30, "propose": 30},
                                     "max_seconds": {"filter": 0.002},
-                                    "examples": [{"iteration": 5, "effect": "proposal_rejected", "detail": HOSTILE}]}],
-                        "changed_decisions": 3, "inert": False, "type_errors": []},
+                                    "examples": [{"iteration": 5, "effect": "proposal_rejected", "detail": HOSTILE}],
+                                    "invalid_examples": [{"iteration": 7, "kind": "proposals",
+                                                          "detail": "proposed DEPTH 4→5", "reason": HOSTILE}]}],
+                        "changed_decisions": 3, "invalid_decisions": 2, "inert": False, "type_errors": []},
     )
     MechanismEvent.objects.create(attachment=attachment, from_status="validating", to_status=status,
                                   note="ladder passed")

@@ -80,6 +80,8 @@ def test_review_page_shows_everything_escaped(client: Client, users: Any) -> Non
     assert f'href="/mechanisms/{first.pk}/"' in html  # diff against the previous version
     assert 'id="mechanism-diff"' in html and "seen" in html
     assert "paper_A1" in html and "proposal_rejected: 3" in html
+    assert "Changes the engine would refuse (not counted above): <strong>2</strong>" in html
+    assert "refused proposals: 2" in html and "#7 refused: proposed DEPTH 4→5, but &lt;script&gt;" in html
     assert 'id="approve-button"' in html and 'id="reject-button"' in html
     assert "ladder passed" in html  # event history
     assert "1200 / 300" in html  # the session's LLM call

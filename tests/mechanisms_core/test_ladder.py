@@ -35,6 +35,7 @@ def test_catalogue_mechanism_passes(entry: Any, fixtures: list[TraceFixture]) ->
     assert report.ok, report.steps
     assert [s["step"] for s in report.steps] == ["spec", "static", "import", "dry_run"]
     assert report.dry_run_report["changed_decisions"] > 0
+    assert report.dry_run_report["invalid_decisions"] == 0  # each counted change is one the engine would take
     for trace_report in report.dry_run_report["traces"]:
         assert set(trace_report["max_seconds"]) <= set(entry.spec["hooks"])
 
@@ -55,6 +56,75 @@ def test_tabu_rejects_exactly_the_repeated_moves(fixtures: list[TraceFixture]) -
     assert rejected == [3, 5, 7, 9, 11]
     report = validate_mechanism(tabu.spec, tabu.code, [repeated])
     assert report.dry_run_report["traces"][0]["changed"]["proposal_rejected"] == 5
+
+
+PROPOSER: dict[str, Any] = {**SPEC, "name": "proposer", "class_name": "Proposer", "hooks": ["propose"],
+                             "expected_effect": "replaces proposals"}
+
+
+def _proposer(changes: str, restrict: str | None = None) -> str:
+    code = ("class Proposer:\n    def propose(self, state):\n"
+            f"        return {{'changes': {changes}, 'hypothesis': 'h'}}\n")
+    if restrict is not None:
+        code += f"\n    def restrict(self, state):\n        return {restrict}\n"
+    return code
+
+
+def _fixated(fixtures: list[TraceFixture], frozen: list[str] | None = None) -> TraceFixture:
+    fixated = next(f for f in fixtures if f.name == "fixated_matrix_lr")
+    return TraceFixture(fixated.name, fixated.trace, {**fixated.state, "frozen": frozen or []})
+
+
+@pytest.mark.parametrize(("changes", "frozen", "shown", "why"), [
+    ("{'DEPTH': state['config']['DEPTH'] + 1}", [], "DEPTH 4→5", "DEPTH is locked"),
+    ("{'MATRIX_LR': state['config']['MATRIX_LR'] / 2}", ["MATRIX_LR"], "MATRIX_LR 0.09→0.045",
+     "MATRIX_LR is frozen by the strategy level"),
+    ("{'MATRIX_LR': state['config']['MATRIX_LR'] * 100}", [], "MATRIX_LR 0.09→9.0",
+     "MATRIX_LR must be between 0.001 and 1, got 9"),
+    ("{'MATRIX_LR': state['config']['MATRIX_LR']}", [], "MATRIX_LR 0.09→0.09",
+     "MATRIX_LR is already 0.09; the change would do nothing"),
+    ("{'WARMUP_RATIO': 0.3, 'WARMDOWN_RATIO': 0.8}", [], "WARMUP_RATIO 0.0→0.3, WARMDOWN_RATIO 0.5→0.8",
+     "WARMUP_RATIO + WARMDOWN_RATIO must be at most 1"),
+])
+def test_proposals_the_engine_would_refuse_change_no_decision(changes: str, frozen: list[str], shown: str, why: str,
+                                                              fixtures: list[TraceFixture]) -> None:
+    report = validate_mechanism(PROPOSER, _proposer(changes), [_fixated(fixtures, frozen)])
+    failed = report.failed_step
+    assert failed is not None and failed["step"] == "dry_run", report.steps
+    assert failed["detail"].startswith("inert") and f"proposed {shown}, but {why}" in failed["detail"], failed["detail"]
+    dry_run = report.dry_run_report
+    proposals = sum(1 for record in _fixated(fixtures).trace if record["kind"] == "proposal")
+    assert (dry_run["changed_decisions"], dry_run["invalid_decisions"]) == (0, proposals)
+    assert dry_run["traces"][0]["invalid"] == {"proposals": proposals, "restrictions": 0}
+    assert why in dry_run["traces"][0]["invalid_examples"][0]["reason"]
+
+
+def test_a_valid_matrix_lr_proposal_changes_decisions(fixtures: list[TraceFixture]) -> None:
+    report = validate_mechanism(PROPOSER, _proposer("{'MATRIX_LR': state['config']['MATRIX_LR'] / 2}"),
+                                [_fixated(fixtures)])
+    assert report.ok, report.steps
+    proposals = sum(1 for record in _fixated(fixtures).trace if record["kind"] == "proposal")
+    assert report.dry_run_report["traces"][0]["changed"]["proposal_replaced"] == proposals
+    assert report.dry_run_report["invalid_decisions"] == 0
+
+
+def test_restrictions_count_only_tunable_names_and_bind_the_proposal(fixtures: list[TraceFixture]) -> None:
+    locked_only = validate_mechanism(PROPOSER | {"hooks": ["propose", "restrict"]},
+                                     _proposer("{'MATRIX_LR': 0.05}", restrict="['DEPTH', 'ASPECT_RATIO']"),
+                                     [_fixated(fixtures)])
+    trace = locked_only.dry_run_report["traces"][0]
+    # The restriction is ignored (as the engine ignores it), so the proposal stands.
+    assert trace["changed"]["restricted"] == 0 and trace["changed"]["proposal_replaced"] > 0
+    assert trace["invalid"]["restrictions"] == trace["invalid"]["proposals"] + trace["changed"]["proposal_replaced"]
+    assert trace["invalid_examples"][0]["reason"] == "DEPTH is locked; ASPECT_RATIO is locked"
+
+    elsewhere = validate_mechanism(PROPOSER | {"hooks": ["propose", "restrict"]},
+                                   _proposer("{'WEIGHT_DECAY': 0.3}", restrict="['MATRIX_LR']"), [_fixated(fixtures)])
+    trace = elsewhere.dry_run_report["traces"][0]
+    assert trace["changed"]["restricted"] > 0 and trace["changed"]["proposal_replaced"] == 0
+    assert trace["invalid"]["proposals"] == trace["changed"]["restricted"]
+    assert "WEIGHT_DECAY is outside this iteration's restriction to MATRIX_LR" in \
+        trace["invalid_examples"][0]["reason"]
 
 
 @pytest.mark.parametrize(("spec", "code", "step", "message"), [
