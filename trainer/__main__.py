@@ -95,6 +95,15 @@ def run_test_hook(hook: str, workdir: Path) -> None:
         os._exit(EXIT_CODES["crashed"])
 
 
+def prepare_environment() -> None:
+    """Variables that must be set before torch loads (here, or in the warm zygote before its imports)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+    # OpenMP threads that spin while waiting are ruinous on a shared machine: with 2 threads on 2 busy
+    # cores a run measured 5x slower than with sleeping waits (same val_bpb either way). Must be set
+    # before torch (and its OpenMP runtime) loads; a caller's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -110,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CODES["invalid_config"]
     workdir: Path | None = args.workdir
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
-    # OpenMP threads that spin while waiting are ruinous on a shared machine: with 2 threads on 2 busy
-    # cores a run measured 5x slower than with sleeping waits (same val_bpb either way). Must be set
-    # before torch (and its OpenMP runtime) loads; a caller's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    prepare_environment()
     base: dict[str, Any] = {
         "type": "summary",
         "objective": "trainer",
