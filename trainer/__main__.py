@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from trainer.budget import BUDGET_KINDS, check_budget
 from trainer.corpus import CORPUS_VERSION
+from trainer.corpus_dir import CorpusDirError, corpus_files
 from trainer.outcomes import CORPUS_PACKAGE, EXIT_CODES
 from trainer.schema import DEFAULT_PRESET, PRESETS, ConfigError, config_to_json, validate_config
 
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="if given, summary.json is also written there")
+    parser.add_argument(
+        "--corpus-dir", default=None, help="train on this directory's .txt / .parquet text (trainer.corpus_dir)"
+    )
     return parser.parse_args(argv)
 
 
@@ -140,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         check_budget(config, args.preset, args.budget_kind, args.budget)
         if args.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {args.threads}")
-    except (OSError, json.JSONDecodeError, ConfigError) as exc:
+        if args.corpus_dir is not None:
+            corpus_files(Path(args.corpus_dir))
+    except (OSError, json.JSONDecodeError, ConfigError, CorpusDirError) as exc:
         summary = base | {"val_bpb": None, "failure_class": "invalid_config", "error": str(exc)}
     else:
         from trainer.train import run  # imports torch: only once the config is known to be valid
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             threads=args.threads,
             emit=emit,
+            corpus_dir=args.corpus_dir,
         )
     emit(summary)
     if workdir is not None:

@@ -189,6 +189,7 @@ def run_training(
     on_progress: ProgressCallback | None = None,
     env: Mapping[str, str] | None = None,
     warm: bool | None = None,
+    corpus_dir: Path | str | None = None,
 ) -> TrainingSummary:
     """Train ``config`` in a subprocess and return its summary.
 
@@ -198,7 +199,8 @@ def run_training(
     the inherited environment. ``workdir`` receives config.json, stderr.log and summary.json.
     ``warm`` (default: on unless ``BILEVEL_TRAINER_WARM=0``) forks the training from this
     process's warm zygote instead of starting a new interpreter (``trainer.warm``); the timeout
-    counts from the fork or the start.
+    counts from the fork or the start. ``corpus_dir`` trains on a user's text directory instead of
+    the embedded plays (``trainer.corpus_dir``).
     """
     use_warm = warm_enabled() if warm is None else warm
     workdir = Path(workdir)
@@ -224,6 +226,7 @@ def run_training(
         str(threads),
         "--workdir",
         str(workdir),
+        *(["--corpus-dir", str(Path(corpus_dir).resolve())] if corpus_dir is not None else []),
     ]
     child_env = _child_env(env)
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from trainer.budget import check_budget
 from trainer.corpus import VOCAB_SIZE, load_corpus
+from trainer.corpus_dir import CorpusDirError, load_corpus_dir
 from trainer.model import GPT, GPTConfig
 from trainer.optim import build_optimizer, lr_multiplier
 from trainer.schema import PRESET_SETTINGS, ConfigError, model_width
@@ -96,6 +97,34 @@ def sample_batch(
     return windows[:, :-1], windows[:, 1:]
 
 
+def training_text(corpus_dir: str | None, val_bytes: int) -> tuple[torch.Tensor, bytes, dict[str, Any]]:
+    """The training stream (uint8 tensor), the fixed validation range, and what the summary says about them.
+
+    The embedded plays by default; a user's corpus directory (``trainer.corpus_dir``) is memory-mapped.
+    """
+    if corpus_dir is None:
+        corpus = load_corpus()
+        return (
+            torch.frombuffer(bytearray(corpus.train), dtype=torch.uint8),
+            corpus.validation_range(val_bytes),
+            {
+                "corpus_train_bytes": len(corpus.train),
+                "corpus_validation_plays": [name.rsplit("/", 1)[-1] for name in corpus.validation_plays],
+            },
+        )
+    user = load_corpus_dir(corpus_dir)
+    return (
+        torch.from_numpy(user.train),
+        user.validation_range(val_bytes),
+        {
+            "corpus": user.label,
+            "corpus_train_bytes": len(user.train),
+            "corpus_documents": user.documents,
+            "corpus_validation_documents": user.validation_documents,
+        },
+    )
+
+
 def autocast_context(device: torch.device) -> Any:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -161,6 +190,7 @@ def train(
     seed: int,
     progress: RunProgress,
     emit: Emit,
+    corpus_dir: str | None = None,
 ) -> float:
     """Train ``config`` (already validated) under the budget; returns val_bpb. Updates ``progress`` as it goes."""
     planned_steps = check_budget(config, preset, budget_kind, budget_value)
@@ -169,9 +199,7 @@ def train(
     progress.device = str(device)
     seed_everything(seed)
 
-    corpus = load_corpus()
-    train_data = torch.frombuffer(bytearray(corpus.train), dtype=torch.uint8)
-    validation = corpus.validation_range(settings.val_bytes)
+    train_data, validation, corpus_details = training_text(corpus_dir, settings.val_bytes)
     model = build_model(config, preset).to(device)
     optimizer = build_optimizer(model, config)
     progress.params = model.num_params()
@@ -187,8 +215,7 @@ def train(
         flops_per_token=model.flops_per_token(),
         planned_steps=planned_steps,
         val_bytes=len(validation) - 1,
-        corpus_train_bytes=len(corpus.train),
-        corpus_validation_plays=[name.rsplit("/", 1)[-1] for name in corpus.validation_plays],
+        **corpus_details,
         width=model.config.width,
         layer_windows=model.config.layer_windows(),
     )
@@ -294,6 +321,7 @@ def run(
     seed: int,
     threads: int,
     emit: Emit,
+    corpus_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate, classifying any failure. Returns the summary dict (``type: summary``)."""
     torch.set_num_threads(threads)
@@ -312,8 +340,9 @@ def run(
             seed=seed,
             progress=progress,
             emit=emit,
+            corpus_dir=corpus_dir,
         )
-    except ConfigError as exc:
+    except (ConfigError, CorpusDirError) as exc:
         failure_class, error = "invalid_config", str(exc)
     except DivergedError as exc:
         failure_class, error = "diverged", str(exc)
