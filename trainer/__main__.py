@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trainer.budget import BUDGET_KINDS, check_budget
+from trainer.budget import BUDGET_KINDS, DETERMINISTIC_CHOICES, check_budget
 from trainer.corpus import CORPUS_VERSION
 from trainer.corpus_dir import CorpusDirError, corpus_files
 from trainer.outcomes import CORPUS_PACKAGE, EXIT_CODES
@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="if given, summary.json is also written there")
+    parser.add_argument(
+        "--deterministic",
+        default="auto",
+        choices=DETERMINISTIC_CHOICES,
+        help="CUDA: deterministic kernels (auto = on for FLOP budgets); CPU is always deterministic",
+    )
     parser.add_argument(
         "--corpus-dir", default=None, help="train on this directory's .txt / .parquet text (trainer.corpus_dir)"
     )
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             emit=emit,
             corpus_dir=args.corpus_dir,
+            deterministic=args.deterministic,
         )
     emit(summary)
     if workdir is not None:
