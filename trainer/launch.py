@@ -190,6 +190,7 @@ def run_training(
     env: Mapping[str, str] | None = None,
     warm: bool | None = None,
     corpus_dir: Path | str | None = None,
+    deterministic: str = "auto",
 ) -> TrainingSummary:
     """Train ``config`` in a subprocess and return its summary.
 
@@ -200,7 +201,8 @@ def run_training(
     ``warm`` (default: on unless ``BILEVEL_TRAINER_WARM=0``) forks the training from this
     process's warm zygote instead of starting a new interpreter (``trainer.warm``); the timeout
     counts from the fork or the start. ``corpus_dir`` trains on a user's text directory instead of
-    the embedded plays (``trainer.corpus_dir``).
+    the embedded plays (``trainer.corpus_dir``). ``deterministic`` is the trainer's
+    ``--deterministic`` (CUDA kernels; ``auto`` = on for FLOP budgets).
     """
     use_warm = warm_enabled() if warm is None else warm
     workdir = Path(workdir)
@@ -227,6 +229,8 @@ def run_training(
         "--workdir",
         str(workdir),
         *(["--corpus-dir", str(Path(corpus_dir).resolve())] if corpus_dir is not None else []),
+        "--deterministic",
+        deterministic,
     ]
     child_env = _child_env(env)
 

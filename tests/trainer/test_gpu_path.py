@@ -109,3 +109,11 @@ def test_an_unknown_determinism_choice_is_an_invalid_config(tmp_path: Path) -> N
     )
     assert result.returncode == EXIT_CODES["invalid_config"]
     assert "--deterministic" in json.loads(result.stdout)["error"]
+
+
+def test_the_gpu_bench_says_there_is_no_gpu_and_exits_0() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/trainer_gpu.py"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no CUDA GPU" in result.stdout
