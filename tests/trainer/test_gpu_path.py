@@ -111,6 +111,7 @@ def test_an_unknown_determinism_choice_is_an_invalid_config(tmp_path: Path) -> N
     assert "--deterministic" in json.loads(result.stdout)["error"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the bench really runs (minutes)")
 def test_the_gpu_bench_says_there_is_no_gpu_and_exits_0() -> None:
     result = subprocess.run(
         [sys.executable, "bench/trainer_gpu.py"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120
