@@ -17,8 +17,9 @@ child, as in a cold start, which is why warm results are bit-identical to cold o
 
 The client side (``WarmTrainer``) does not import torch. One zygote serves one training at a
 time. Each child gets the environment of its request; the zygote is keyed by that environment
-less the ``BILEVEL_*`` variables (which only this project reads, at run time), because torch and
-its libraries read other variables when they load: it is replaced when those change or it dies.
+less the ``BILEVEL_*`` variables (which only this project reads, at run time) and pytest's
+per-test ``PYTEST_CURRENT_TEST``, because torch and its libraries read other variables when they
+load: it is replaced when those change or it dies.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ READY_TIMEOUT_SECONDS = 120.0
 MESSAGE_BYTES = 65536
 WARM_ENV = "BILEVEL_TRAINER_WARM"
 RUNTIME_ENV_PREFIX = "BILEVEL_"
+RUNTIME_ENV_NAMES = ("PYTEST_CURRENT_TEST",)
 
 
 def die_with_parent() -> None:
@@ -63,7 +65,11 @@ def warm_enabled() -> bool:
 
 def import_time_env(env: Mapping[str, str]) -> dict[str, str]:
     """The part of an environment that a zygote must have had when it loaded torch."""
-    return {name: value for name, value in env.items() if not name.startswith(RUNTIME_ENV_PREFIX)}
+    return {
+        name: value
+        for name, value in env.items()
+        if not name.startswith(RUNTIME_ENV_PREFIX) and name not in RUNTIME_ENV_NAMES
+    }
 
 
 # --- the zygote (server side) -------------------------------------------------------------------

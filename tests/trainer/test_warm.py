@@ -77,3 +77,4 @@ def test_the_zygote_is_keyed_by_the_environment_torch_reads_at_import() -> None:
     base = {"PATH": "/usr/bin", "OMP_NUM_THREADS": "1"}
     assert import_time_env(base | {"BILEVEL_TRAINER_TEST_HOOK": "hang"}) == base
     assert import_time_env(base | {"OMP_NUM_THREADS": "2"}) != base
+    assert import_time_env(base | {"PYTEST_CURRENT_TEST": "test_x (call)"}) == base
