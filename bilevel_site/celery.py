@@ -21,6 +21,5 @@ def start_warm_trainer(**_: Any) -> None:
     first training: importing torch there would add seconds to that iteration."""
     from trainer.launch import prestart_warm_trainer
 
-    queues = app.amqp.queues.consume_from or app.amqp.queues
-    if TRAIN_QUEUE in queues:
+    if TRAIN_QUEUE in app.amqp.queues.consume_from:  # the -Q selection, or every queue without one
         prestart_warm_trainer()

@@ -78,3 +78,17 @@ def test_the_zygote_is_keyed_by_the_environment_torch_reads_at_import() -> None:
     assert import_time_env(base | {"BILEVEL_TRAINER_TEST_HOOK": "hang"}) == base
     assert import_time_env(base | {"OMP_NUM_THREADS": "2"}) != base
     assert import_time_env(base | {"PYTEST_CURRENT_TEST": "test_x (call)"}) == base
+
+
+@pytest.mark.parametrize(("queues", "starts"), [({"train": None}, True), ({"research": None, "default": None}, False)])
+def test_a_train_workers_pool_process_starts_its_warm_trainer_when_it_starts(
+    monkeypatch: pytest.MonkeyPatch, queues: dict[str, Any], starts: bool
+) -> None:
+    import trainer.launch
+    from bilevel_site import celery
+
+    started: list[bool] = []
+    monkeypatch.setattr(trainer.launch, "prestart_warm_trainer", lambda: started.append(True))
+    monkeypatch.setattr(celery.app.amqp.queues, "_consume_from", queues)
+    celery.start_warm_trainer()
+    assert started == ([True] if starts else [])
