@@ -83,9 +83,12 @@ def _preload() -> None:
     import torch
 
     import trainer.train  # noqa: F401  (the model, optimizer and loop modules)
-    from trainer.corpus import load_corpus
+    from trainer.corpus import CorpusError, load_corpus
 
-    load_corpus()
+    # A missing corpus package is each training's error to report (as a cold start would), not a
+    # reason for the zygote to fail and be restarted before every training.
+    with contextlib.suppress(CorpusError):
+        load_corpus()
     # The first optimizer built in a process imports torch._dynamo (~1-3 s); a one-element
     # parameter triggers that without running a parallel op.
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
