@@ -7,7 +7,8 @@ Celery worker calls, in this process so every phase can be timed. Phases are tim
 the engine's functions (exclusive time: a nested phase is not counted twice). The headline is the
 dashboard's own definition, from the Iteration rows: (wall − training − eval − agent) ÷ wall.
 The trainer process's start-up is split further by timing `python -c pass`, `import torch` and
-loading the corpus in fresh interpreters. Options: proposals=3.
+loading the corpus in fresh interpreters, and a warm start (a fork of the worker's zygote, which a
+train worker starts when it starts, `trainer.warm`) is compared with a cold one. Options: proposals=3.
 """
 
 from __future__ import annotations
@@ -96,38 +97,25 @@ print(imported - started, time.perf_counter() - imported)
     return {name: statistics.median(values) for name, values in parts.items()}
 
 
-def trainer_timeline(rounds: int = 3) -> dict[str, float]:
-    """Median seconds of a short real training's phases, from its stdout lines' arrival times:
-    start-up (launch until training starts: the first progress line's time minus its `elapsed`),
-    and teardown (the summary line until the process has exited)."""
-    import json
+def start_modes(rounds: int = 2) -> dict[str, float]:
+    """Median seconds of start-up + teardown (wall − training − eval, the dashboard's definition) of a
+    short real training through the launcher, started cold (a new interpreter) and warm (a fork of
+    this process's zygote, already started)."""
     import tempfile
 
-    from trainer.schema import config_to_json, default_config
+    from trainer.launch import run_training
+    from trainer.schema import default_config
 
     parts: dict[str, list[float]] = defaultdict(list)
     for seed in range(rounds):
-        with tempfile.TemporaryDirectory() as workdir:
-            config = Path(workdir) / "config.json"
-            config.write_text(json.dumps(config_to_json(default_config())))
-            launched = time.perf_counter()
-            process = subprocess.Popen(
-                [sys.executable, "-m", "trainer", "--config", str(config), "--budget", "1.2e11", "--seed", str(seed),
-                 "--threads", "2", "--workdir", workdir], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            assert process.stdout is not None
-            training_started = summary_at = None
-            for raw in process.stdout:
-                line = json.loads(raw)
-                if line["type"] == "progress" and training_started is None:
-                    training_started = time.perf_counter() - float(line["elapsed"])
-                if line["type"] == "summary":
-                    summary_at = time.perf_counter()
-            process.wait()
-            exited = time.perf_counter()
-            if training_started is None or summary_at is None:
-                raise RuntimeError("the probe training printed no progress or no summary")
-            parts["start-up"].append(training_started - launched)
-            parts["teardown"].append(exited - summary_at)
+        for mode in ("cold", "warm"):
+            with tempfile.TemporaryDirectory() as workdir:
+                summary = run_training(default_config(), preset="cpu-tiny", budget_kind="flops", budget_value=1.2e11,
+                                       seed=seed, threads=2, workdir=Path(workdir), timeout_seconds=600,
+                                       warm=mode == "warm")
+            if summary.failure_class != "ok" or summary.extra["warm"] != (mode == "warm"):
+                raise RuntimeError(f"the {mode} probe training failed: {summary.failure_class} {summary.error}")
+            parts[mode].append(summary.wall_seconds - summary.training_seconds - summary.eval_seconds)
     return {name: statistics.median(values) for name, values in parts.items()}
 
 
@@ -140,6 +128,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     from runs.control import create_runs
     from runs.models import Experiment, Iteration
     from runs.state import RunState
+    from trainer.launch import prestart_warm_trainer
 
     proposals = int(options.get("proposals", 3))
     tabu = next(entry for entry in catalogue_entries() if entry.name == "tabu")
@@ -151,6 +140,10 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
                                            seed_base=0)
     experiment.library_mechanisms.add(mechanism)
     run_row = create_runs(experiment)[0]
+    # What a train worker's pool process does when it starts (bilevel_site.celery), before any step.
+    zygote_started = time.perf_counter()
+    prestart_warm_trainer(wait=True)
+    zygote_seconds = time.perf_counter() - zygote_started
 
     clock = PhaseClock()
     summaries: list[Any] = []
@@ -164,7 +157,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
             clock.stack[-1][2] += summary.wall_seconds
             clock.totals["trainer: training (reported)"] += summary.training_seconds
             clock.totals["trainer: evaluation (reported)"] += summary.eval_seconds
-            clock.totals["trainer: process start-up + teardown"] += (
+            clock.totals["trainer: start-up + teardown (warm fork)"] += (
                 summary.wall_seconds - summary.training_seconds - summary.eval_seconds)
             return summary
 
@@ -230,25 +223,24 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     rows.append(["all", wall, sum(i.training_seconds for i in iterations), sum(i.eval_seconds for i in iterations),
                  sum(i.agent_seconds for i in iterations), over, 100 * over / wall])
     total_steps = sum(step_seconds[:len(iterations)])
-    trainer_overhead = clock.totals["trainer: process start-up + teardown"]
+    trainer_overhead = clock.totals["trainer: start-up + teardown (warm fork)"]
     full_over = total_steps - clock.totals["trainer: training (reported)"] \
         - clock.totals["trainer: evaluation (reported)"] - clock.totals["agent (built-in heuristic)"]
 
     phases = sorted(clock.totals.items(), key=lambda item: -item[1])
     phase_rows = [[name, seconds, 1000 * seconds / len(iterations), 100 * seconds / total_steps]
                   for name, seconds in phases]
-    timeline = trainer_timeline()
+    modes = start_modes()
     torch_import, corpus = startup["import torch"], startup["load the corpus"]
     per_training = trainer_overhead / len(iterations)
     startup_rows = [
-        ["the run's trainings: start-up + teardown (wall − training − eval)", per_training],
-        ["probe trainings: start-up (launch → training starts)", timeline["start-up"]],
+        ["the run's trainings (warm): start-up + teardown (wall − training − eval)", per_training],
+        ["probe trainings, warm (forked from the worker's zygote)", modes["warm"]],
+        ["probe trainings, cold (python -m trainer)", modes["cold"]],
         ["… of which interpreter start", startup["interpreter"]],
         ["… of which import torch", torch_import],
         ["… of which load the corpus", corpus],
-        ["… the rest: trainer imports, seeding, model and optimizer build",
-         timeline["start-up"] - startup["interpreter"] - torch_import - corpus],
-        ["probe trainings: teardown (summary printed → process gone)", timeline["teardown"]],
+        ["the worker's zygote: start until ready (once per worker process, before its first step)", zygote_seconds],
     ]
     recorded = 100 * over / wall
     trainer_total = sum(seconds for name, seconds in clock.totals.items() if name.startswith("trainer"))
@@ -266,16 +258,19 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
         extra_tables=[
             ("Where a whole step's time goes (exclusive seconds; the step also covers claiming and releasing, "
              "which the iteration's wall does not):", ["phase", "total s", "per step ms", "% of steps"], phase_rows),
-            ("The trainer process's start-up and teardown (seconds per training; probes right after the run: "
-             "3 short trainings timed by their output lines, 5 fresh interpreters for the imports; medians):",
+            ("A training's start-up and teardown, warm vs cold (seconds per training; probes right after the run: "
+             "2 short trainings per mode through the launcher, 5 fresh interpreters for the imports; medians):",
              ["part", "seconds"], startup_rows),
         ],
         targets=[(f"orchestration overhead ≤ 1% of iteration wall: {recorded:.1f}% (dashboard definition); "
                   f"{100 * full_over / total_steps:.1f}% over whole steps", recorded <= 1.0)],
         notes=[
-            f"Trainer process start-up + teardown is {trainer_overhead / len(iterations):.1f} s per training, "
-            f"{100 * trainer_overhead / max(over, 1e-9):.0f}% of the recorded overhead: a fresh interpreter, "
-            f"`import torch` ({torch_import:.1f} s) and the corpus ({corpus:.1f} s) for every iteration.",
+            f"Warm trainer: each training is forked from a zygote that imported torch and loaded the corpus once "
+            f"({zygote_seconds:.1f} s when the worker started), so its start-up + teardown is "
+            f"{per_training:.2f} s instead of a cold start's {modes['cold']:.1f} s (a fresh interpreter, "
+            f"`import torch` {torch_import:.1f} s, the trainer's lazy imports, the interpreter's teardown); warm is "
+            f"{modes['cold'] / max(modes['warm'], 1e-9):.0f}x faster to start, with bit-identical results "
+            "(tests/trainer/test_warm.py).",
             "Everything the orchestrator itself does (DB, mechanism host, live events, lease thread, checks) is "
             f"{orchestrator_ms:.0f} ms per step.",
             f"While training, the worker sent {overlapped['events']} live progress events (and wrote live progress "

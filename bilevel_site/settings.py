@@ -172,6 +172,9 @@ TRAINER_THREADS = int(os.environ.get("BILEVEL_TRAINER_THREADS", "2"))
 TRAINER_WORKDIR = DATA_DIR / "trainings"
 # An operator cap on the hard timeout of one training (seconds; unset = the budget-derived default).
 TRAINER_TIMEOUT_SECONDS = float(os.environ.get("BILEVEL_TRAINER_TIMEOUT_SECONDS", "0")) or None
+# This worker's training text: a directory of .txt / .parquet files (trainer.corpus_dir); unset = the
+# embedded Shakespeare plays. A path on the worker's own disk, so it is a worker setting.
+TRAINER_CORPUS_DIR = os.environ.get("BILEVEL_CORPUS_DIR") or None
 
 # LLM defaults (an experiment may override base URL and model).
 LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "")

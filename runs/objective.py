@@ -48,4 +48,5 @@ def evaluate(
         workdir=workdir,
         timeout_seconds=timeout,
         on_progress=on_progress,
+        corpus_dir=settings.TRAINER_CORPUS_DIR,
     )

@@ -278,7 +278,18 @@ def processes_matching(*needles: str) -> list[int]:
 
 def trainers_of(run_id: int) -> list[int]:
     """pids of trainer processes working for this run (by its work directory: other runs, even of
-    other checkouts with the same run id, do not count)."""
+    other checkouts with the same run id, do not count). A cold trainer names the directory on its
+    command line; a warm one, forked from `python -m trainer.warm`, runs in it."""
     from django.conf import settings
 
-    return processes_matching("-m trainer", f"{settings.TRAINER_WORKDIR}/run-{run_id}/")
+    workdir = f"{settings.TRAINER_WORKDIR}/run-{run_id}/"
+    found = []
+    for pid in processes_matching("-m trainer"):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd") + "/"
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended while we looked
+        if workdir in cmdline or cwd.startswith(workdir):
+            found.append(pid)
+    return found

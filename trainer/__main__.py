@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trainer.budget import BUDGET_KINDS, check_budget
+from trainer.budget import BUDGET_KINDS, DETERMINISTIC_CHOICES, check_budget
 from trainer.corpus import CORPUS_VERSION
+from trainer.corpus_dir import CorpusDirError, corpus_files
 from trainer.outcomes import CORPUS_PACKAGE, EXIT_CODES
 from trainer.schema import DEFAULT_PRESET, PRESETS, ConfigError, config_to_json, validate_config
 
@@ -50,6 +51,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="if given, summary.json is also written there")
+    parser.add_argument(
+        "--deterministic",
+        default="auto",
+        choices=DETERMINISTIC_CHOICES,
+        help="CUDA: deterministic kernels (auto = on for FLOP budgets); CPU is always deterministic",
+    )
+    parser.add_argument(
+        "--corpus-dir", default=None, help="train on this directory's .txt / .parquet text (trainer.corpus_dir)"
+    )
     return parser.parse_args(argv)
 
 
@@ -95,6 +105,15 @@ def run_test_hook(hook: str, workdir: Path) -> None:
         os._exit(EXIT_CODES["crashed"])
 
 
+def prepare_environment() -> None:
+    """Variables that must be set before torch loads (here, or in the warm zygote before its imports)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+    # OpenMP threads that spin while waiting are ruinous on a shared machine: with 2 threads on 2 busy
+    # cores a run measured 5x slower than with sleeping waits (same val_bpb either way). Must be set
+    # before torch (and its OpenMP runtime) loads; a caller's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -110,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CODES["invalid_config"]
     workdir: Path | None = args.workdir
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
-    # OpenMP threads that spin while waiting are ruinous on a shared machine: with 2 threads on 2 busy
-    # cores a run measured 5x slower than with sleeping waits (same val_bpb either way). Must be set
-    # before torch (and its OpenMP runtime) loads; a caller's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    prepare_environment()
     base: dict[str, Any] = {
         "type": "summary",
         "objective": "trainer",
@@ -135,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         check_budget(config, args.preset, args.budget_kind, args.budget)
         if args.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {args.threads}")
-    except (OSError, json.JSONDecodeError, ConfigError) as exc:
+        if args.corpus_dir is not None:
+            corpus_files(Path(args.corpus_dir))
+    except (OSError, json.JSONDecodeError, ConfigError, CorpusDirError) as exc:
         summary = base | {"val_bpb": None, "failure_class": "invalid_config", "error": str(exc)}
     else:
         from trainer.train import run  # imports torch: only once the config is known to be valid
@@ -149,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             threads=args.threads,
             emit=emit,
+            corpus_dir=args.corpus_dir,
+            deterministic=args.deterministic,
         )
     emit(summary)
     if workdir is not None:

@@ -10,6 +10,8 @@ from trainer.flops import flops_per_step, planned_steps
 from trainer.schema import ConfigError
 
 BUDGET_KINDS = ("flops", "seconds")
+# --deterministic: "auto" is deterministic kernels for FLOP budgets only (trainer.accel).
+DETERMINISTIC_CHOICES = ("auto", "on", "off")
 
 
 def check_budget(config: Mapping[str, Any], preset: str, budget_kind: str, budget_value: float) -> int | None:

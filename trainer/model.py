@@ -14,8 +14,11 @@ Choices and why:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +78,33 @@ def sliding_window_mask(context_length: int, window: int) -> torch.Tensor:
     return (distance >= 0) & (distance < window)
 
 
+def sliding_window_block_mask(context_length: int, window: int, device: torch.device) -> Any:
+    """FlexAttention's block-sparse form of ``sliding_window_mask`` (a full window is plain causal):
+    only the blocks on the band are computed, and no (T, T) mask is ever materialised."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def in_window(batch: Any, head: Any, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        return (query >= key) & (query - key < window)
+
+    return create_block_mask(in_window, None, None, context_length, context_length, device=str(device))
+
+
+@functools.cache
+def compiled_flex_attention() -> Callable[..., torch.Tensor]:
+    """FlexAttention is only fast compiled (eager, it materialises the scores); compiled once per process."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, window: int) -> None:
         super().__init__()
+        self.window = window
+        self.context_length = config.context_length
+        # Set by GPT.use_flex_attention (the CUDA path): used for full-length sequences only.
+        self.block_mask: Any = None
+        self.flex_attention: Callable[..., torch.Tensor] | None = None
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         self.c_q = nn.Linear(config.width, config.width, bias=False)
@@ -96,7 +123,10 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(F.rms_norm(q, (self.head_dim,)), cos, sin)
         k = apply_rotary(F.rms_norm(k, (self.head_dim,)), cos, sin)
-        if self.window_mask is None:
+        if self.flex_attention is not None and length == self.context_length:
+            # Autocast leaves the normed q, k in float32 while v is bf16; FlexAttention needs one dtype.
+            y = self.flex_attention(q.to(v.dtype), k.to(v.dtype), v, block_mask=self.block_mask)
+        elif self.window_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.window_mask[:length, :length])
@@ -168,6 +198,25 @@ class GPT(nn.Module):
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         logits = self.forward(idx)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+
+    def use_flex_attention(self, device: torch.device, *, compiled: bool) -> None:
+        """Attend with FlexAttention block masks (one per distinct window) for full-length sequences.
+
+        The CUDA path: a sliding window then costs its band, not the whole (T, T) square. Shorter
+        sequences (the last evaluation chunk) keep the SDPA path. ``compiled=False`` (the eager,
+        unfused reference) exists for CPU tests of the masks.
+        """
+        from torch.nn.attention.flex_attention import flex_attention
+
+        kernel = compiled_flex_attention() if compiled else cast(Callable[..., torch.Tensor], flex_attention)
+        masks: dict[int, Any] = {}
+        for block in self.blocks:
+            assert isinstance(block, Block)
+            window = block.attn.window
+            if window not in masks:
+                masks[window] = sliding_window_block_mask(self.config.context_length, window, device)
+            block.attn.block_mask = masks[window]
+            block.attn.flex_attention = kernel
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

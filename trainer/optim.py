@@ -56,6 +56,24 @@ def orthogonalize(gradient: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> t
     return x.to(gradient.dtype)
 
 
+@torch.no_grad()
+def orthogonalize_batched(gradients: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> torch.Tensor:
+    """``orthogonalize`` of a stack (n, rows, cols) of same-shaped matrices at once: one batched
+    matmul per iteration instead of one small matmul per matrix (the CUDA path)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = gradients.bfloat16() if gradients.is_cuda else gradients.float()
+    transposed = x.size(-2) > x.size(-1)
+    if transposed:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if transposed:
+        x = x.mT
+    return x.to(gradients.dtype)
+
+
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton-Schulz, with Nesterov momentum and decoupled weight decay."""
 
@@ -67,6 +85,9 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
+            if any(param.is_cuda for param in group["params"]):
+                self._step_batched(group)
+                continue
             for param in group["params"]:
                 if param.grad is None:
                     continue
@@ -81,6 +102,31 @@ class Muon(torch.optim.Optimizer):
                 scale = max(1.0, param.size(0) / param.size(1)) ** 0.5
                 param.mul_(1 - group["lr"] * group["weight_decay"])
                 param.add_(update, alpha=-group["lr"] * scale)
+
+    @torch.no_grad()
+    def _step_batched(self, group: dict[str, Any]) -> None:
+        """The same update with same-shaped matrices stacked: a handful of batched kernels per shape
+        instead of ~20 small ones per matrix (the CPU path stays per matrix, bit for bit as before)."""
+        by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for param in group["params"]:
+            if param.grad is not None:
+                by_shape.setdefault(tuple(param.shape), []).append((param, param.grad))
+        momentum, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
+        for shape, pairs in by_shape.items():
+            params = [param for param, _ in pairs]
+            grads = [grad for _, grad in pairs]
+            buffers = []
+            for param, grad in pairs:
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(grad)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_lerp_(buffers, grads, 1 - momentum)
+            nesterov = torch.stack(grads).lerp_(torch.stack(buffers), momentum)
+            updates = orthogonalize_batched(nesterov).unbind(0)
+            scale = max(1.0, shape[0] / shape[1]) ** 0.5
+            torch._foreach_mul_(params, 1 - lr * decay)
+            torch._foreach_add_(params, updates, alpha=-lr * scale)
 
 
 class CombinedOptimizer:
@@ -126,6 +172,8 @@ def build_optimizer(model: GPT, config: Mapping[str, Any]) -> CombinedOptimizer:
         betas=tuple(config["ADAM_BETAS"]),
         eps=ADAM_EPS,
         weight_decay=0.0,
+        # One fused kernel for all AdamW parameters on CUDA; the CPU default stays (same numbers as before).
+        fused=True if model.lm_head.weight.is_cuda else None,
     )
     muon = Muon(matrix_params, lr=config["MATRIX_LR"], weight_decay=config["WEIGHT_DECAY"])
     muon.param_groups[0]["name"] = "matrix"

@@ -19,7 +19,6 @@ import resource
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.accel import (
+    autocast_context,
+    compile_enabled,
+    configure_backends,
+    select_device,
+    training_loss,
+    wants_determinism,
+    warm_up,
+)
 from trainer.budget import check_budget
 from trainer.corpus import VOCAB_SIZE, load_corpus
+from trainer.corpus_dir import CorpusDirError, load_corpus_dir
 from trainer.model import GPT, GPTConfig
 from trainer.optim import build_optimizer, lr_multiplier
 from trainer.schema import PRESET_SETTINGS, ConfigError, model_width
@@ -59,10 +68,6 @@ class RunProgress:
     initial_train_loss: float | None = None
     final_train_loss: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def select_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -96,10 +101,32 @@ def sample_batch(
     return windows[:, :-1], windows[:, 1:]
 
 
-def autocast_context(device: torch.device) -> Any:
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def training_text(corpus_dir: str | None, val_bytes: int) -> tuple[torch.Tensor, bytes, dict[str, Any]]:
+    """The training stream (uint8 tensor), the fixed validation range, and what the summary says about them.
+
+    The embedded plays by default; a user's corpus directory (``trainer.corpus_dir``) is memory-mapped.
+    """
+    if corpus_dir is None:
+        corpus = load_corpus()
+        return (
+            torch.frombuffer(bytearray(corpus.train), dtype=torch.uint8),
+            corpus.validation_range(val_bytes),
+            {
+                "corpus_train_bytes": len(corpus.train),
+                "corpus_validation_plays": [name.rsplit("/", 1)[-1] for name in corpus.validation_plays],
+            },
+        )
+    user = load_corpus_dir(corpus_dir)
+    return (
+        torch.from_numpy(user.train),
+        user.validation_range(val_bytes),
+        {
+            "corpus": user.label,
+            "corpus_train_bytes": len(user.train),
+            "corpus_documents": user.documents,
+            "corpus_validation_documents": user.validation_documents,
+        },
+    )
 
 
 # Bytes each token stands for. With a byte-level tokenizer every token is one byte, but val_bpb
@@ -161,17 +188,19 @@ def train(
     seed: int,
     progress: RunProgress,
     emit: Emit,
+    corpus_dir: str | None = None,
+    deterministic: str = "auto",
 ) -> float:
     """Train ``config`` (already validated) under the budget; returns val_bpb. Updates ``progress`` as it goes."""
     planned_steps = check_budget(config, preset, budget_kind, budget_value)
     settings = PRESET_SETTINGS[preset]
     device = select_device()
     progress.device = str(device)
+    is_deterministic = wants_determinism(deterministic, budget_kind)
+    configure_backends(device, deterministic=is_deterministic)
     seed_everything(seed)
 
-    corpus = load_corpus()
-    train_data = torch.frombuffer(bytearray(corpus.train), dtype=torch.uint8)
-    validation = corpus.validation_range(settings.val_bytes)
+    train_data, validation, corpus_details = training_text(corpus_dir, settings.val_bytes)
     model = build_model(config, preset).to(device)
     optimizer = build_optimizer(model, config)
     progress.params = model.num_params()
@@ -181,16 +210,24 @@ def train(
     micro_batch = min(int(config["DEVICE_BATCH_SIZE"]), total_batch // context)
     accumulation = total_batch // (micro_batch * context)
     flops_per_step = model.flops_per_token() * total_batch
+    loss_of = training_loss(model, device)
+    compile_started = time.perf_counter()
+    if compile_enabled(device):
+        warm_up(loss_of, micro_batch, context, device)
+        optimizer.zero_grad()
     progress.details.update(
         micro_batch=micro_batch,
         grad_accumulation=accumulation,
         flops_per_token=model.flops_per_token(),
         planned_steps=planned_steps,
         val_bytes=len(validation) - 1,
-        corpus_train_bytes=len(corpus.train),
-        corpus_validation_plays=[name.rsplit("/", 1)[-1] for name in corpus.validation_plays],
+        **corpus_details,
         width=model.config.width,
         layer_windows=model.config.layer_windows(),
+        compiled=compile_enabled(device),
+        compile_seconds=round(time.perf_counter() - compile_started, 3),
+        attention="flex" if device.type == "cuda" else "sdpa",
+        deterministic=is_deterministic if device.type == "cuda" else True,
     )
 
     generator = torch.Generator().manual_seed(seed)
@@ -215,7 +252,7 @@ def train(
         for _ in range(accumulation):
             inputs, targets = sample_batch(train_data, micro_batch, context, generator, device)
             with autocast_context(device):
-                loss = model.loss(inputs, targets)
+                loss = loss_of(inputs, targets)
             (loss / accumulation).backward()
             loss_sum += loss.detach()
         optimizer.step()
@@ -229,6 +266,7 @@ def train(
         progress.final_train_loss = train_loss
         if progress.initial_train_loss is None:
             progress.initial_train_loss = train_loss
+            progress.details["first_step_seconds"] = round(progress.training_seconds, 3)
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss became {train_loss} at step {progress.steps}")
         if fraction >= warmup and train_loss > DIVERGENCE_FACTOR * progress.initial_train_loss:
@@ -294,13 +332,11 @@ def run(
     seed: int,
     threads: int,
     emit: Emit,
+    corpus_dir: str | None = None,
+    deterministic: str = "auto",
 ) -> dict[str, Any]:
     """Train and evaluate, classifying any failure. Returns the summary dict (``type: summary``)."""
     torch.set_num_threads(threads)
-    if torch.cuda.is_available():
-        # CPU kernels are already deterministic at a fixed thread count (and this call imports
-        # torch._inductor, ~1.5 s); on CUDA ask for deterministic kernels, warning where none exist.
-        torch.use_deterministic_algorithms(True, warn_only=True)
     progress = RunProgress()
     failure_class, error, val_bpb = "ok", None, None
     try:
@@ -312,8 +348,10 @@ def run(
             seed=seed,
             progress=progress,
             emit=emit,
+            corpus_dir=corpus_dir,
+            deterministic=deterministic,
         )
-    except ConfigError as exc:
+    except (ConfigError, CorpusDirError) as exc:
         failure_class, error = "invalid_config", str(exc)
     except DivergedError as exc:
         failure_class, error = "diverged", str(exc)

