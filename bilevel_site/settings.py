@@ -166,6 +166,8 @@ CELERY_RESULT_EXPIRES = 3600
 
 # Search engine defaults.
 STEP_LEASE_SECONDS = int(os.environ.get("BILEVEL_LEASE_SECONDS", "60"))
+# The lease's holder renews it this often; a holder silent for five beats is taken over (runs/lease.py).
+STEP_HEARTBEAT_SECONDS = float(os.environ.get("BILEVEL_LEASE_HEARTBEAT_SECONDS", "2"))
 TRAINER_THREADS = int(os.environ.get("BILEVEL_TRAINER_THREADS", "2"))
 TRAINER_WORKDIR = DATA_DIR / "trainings"
 # An operator cap on the hard timeout of one training (seconds; unset = the budget-derived default).

@@ -10,17 +10,14 @@ worker's step is simply done again by the next one.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from mechanisms.models import AttachmentStatus, MechanismAttachment
@@ -30,9 +27,9 @@ from trainer.schema import ConfigError, apply_changes, config_to_json
 from . import acceptance
 from .agents import AgentError, AgentUnavailable, ProposalRequest, StrategyRequest, build_agent
 from .events import publish_run_event
+from .lease import LeaseKeeper, claim_step, release_lease
 from .mechanism_bridge import RuntimeHandle, open_runtime, record_runtime_outcome
 from .models import (
-    ACTIVE_RUN_STATUSES,
     IterationKind,
     IterationStatus,
     OuterCycle,
@@ -54,58 +51,6 @@ LIVE_PROGRESS_EVERY_SECONDS = 1.0
 
 class StepAborted(Exception):
     """The run was paused/cancelled or the lease was lost while training: drop this iteration."""
-
-
-# -- claiming and the lease ---------------------------------------------------------------
-
-
-def claim_step(run_id: int, ticket: int, owner: str) -> bool:
-    now = timezone.now()
-    claimed = (
-        Run.objects.filter(pk=run_id, step_ticket=ticket, status__in=ACTIVE_RUN_STATUSES)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-        .update(
-            status=RunStatus.RUNNING,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=settings.STEP_LEASE_SECONDS),
-            steps_claimed=F("steps_claimed") + 1,
-        )
-    )
-    if claimed and Run.objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now):
-        publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.RUNNING, "detail": "started"})
-    return bool(claimed)
-
-
-def renew_lease(run_id: int, owner: str) -> bool:
-    return bool(
-        Run.objects.filter(pk=run_id, lease_owner=owner).update(
-            lease_expires_at=timezone.now() + timedelta(seconds=settings.STEP_LEASE_SECONDS)
-        )
-    )
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews the step's lease every third of its length while the step runs in this process."""
-
-    def __init__(self, run_id: int, owner: str) -> None:
-        super().__init__(daemon=True, name=f"lease-{run_id}")
-        self.run_id = run_id
-        self.owner = owner
-        self.stopped = threading.Event()
-        self.lost = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.wait(settings.STEP_LEASE_SECONDS / 3):
-                if not renew_lease(self.run_id, self.owner):
-                    self.lost.set()
-                    return
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=10)
 
 
 # -- the step ---------------------------------------------------------------------------
@@ -155,7 +100,7 @@ def release_lease_and_continue(run_id: int, owner: str) -> None:
     from .control import enqueue_step
 
     with transaction.atomic():
-        released = Run.objects.filter(pk=run_id, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+        released = release_lease(run_id, owner)
         if released and Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).exists():
             enqueue_step(run_id)
 
