@@ -85,6 +85,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "mechanisms.context_processors.review_queue",
+                "runs.context_processors.backend_status",
             ],
         },
     },
@@ -135,6 +136,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # exports REDIS_URL to its children when none is configured.
 # Commands run beside a launcher (manage.py start_run, ...) find its embedded Redis in REDIS_URL_FILE.
 REDIS_URL_FILE = DATA_DIR / "redis.url"
+# Written by the launcher while it restarts a dead part; the pages show it (runs.context_processors).
+BACKEND_STATUS_FILE = DATA_DIR / "backend-status.json"
 REDIS_URL = (
     os.environ.get("REDIS_URL")
     or (REDIS_URL_FILE.read_text().strip() if REDIS_URL_FILE.exists() else "")
