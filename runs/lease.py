@@ -4,8 +4,8 @@ A claim is a conditional UPDATE on the run row (step ticket + lease), so two wor
 the same step. The lease records its holder's host, kernel identity and pid, and a heartbeat
 thread renews it every couple of seconds. A step may be taken over when its lease expired, or
 at once when its holder is gone: on the same machine (same kernel and pid namespace, so pids
-mean the same thing) its process no longer runs; anywhere, its heartbeat is older than
-STALE_HEARTBEAT_SECONDS. What the dead holder was doing is kept as an InterruptedAttempt.
+mean the same thing) its process no longer runs; on another, its heartbeat is older than
+stale_heartbeat_seconds(). What the dead holder was doing is kept as an InterruptedAttempt.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def holder_gone_reason(lease: dict[str, Any], now: datetime) -> str | None:
     if expires is None or expires < now:
         return "its lease expired"
     where = f"pid {lease['lease_pid']} on {lease['lease_host'] or 'an unknown host'}"
-    if lease["lease_node"] == this_node() and lease["lease_pid"] and not pid_is_running(lease["lease_pid"]):
-        return f"its worker process ({where}) is no longer running"
+    if lease["lease_node"] == this_node() and lease["lease_pid"]:
+        # Here the pid says it all; a live but slow holder (a loaded machine) keeps its step.
+        return None if pid_is_running(lease["lease_pid"]) else f"its worker process ({where}) is no longer running"
     if beat is not None and (now - beat).total_seconds() > stale_heartbeat_seconds():
         return f"its worker ({where}) sent no heartbeat for {(now - beat).total_seconds():.0f} s"
     return None
