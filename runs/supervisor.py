@@ -207,7 +207,10 @@ class Supervisor:
     def _write_status(self) -> None:
         recovering = [{"part": c.name, "cause": c.cause} for c in self.children if c.down_since is not None]
         if recovering:
-            self.status_file.write_text(json.dumps({"recovering": recovering}))
+            # Replace, never rewrite in place: the web server may read it at any moment.
+            draft = self.status_file.with_suffix(".tmp")
+            draft.write_text(json.dumps({"recovering": recovering}))
+            os.replace(draft, self.status_file)
         else:
             self.status_file.unlink(missing_ok=True)
 
