@@ -64,7 +64,7 @@ def started_pid(output: str, part: str) -> int:
     return int(re.findall(rf"started {part} \(pid (\d+)", output)[-1])
 
 
-def test_killed_workers_and_redis_are_restarted_and_the_run_completes(users: Any) -> None:
+def test_killed_workers_and_redis_are_restarted_and_the_run_completes() -> None:
     experiment = make_experiment(
         name="self-healing", objective="trainer", iterations=2, strategy_interval=10,
         budget_value=1e11, threads=1, review_gate=False,
@@ -140,7 +140,7 @@ def test_killed_workers_and_redis_are_restarted_and_the_run_completes(users: Any
     # The crash message quotes the dead Redis's own log (its lines carry its pid), not another's.
     redis_message = output[output.index("redis (pid"):]
     assert f"{redis_pid}:M" in redis_message.split("redis is back")[0]
-    assert "giving up" not in output
+    assert "worker-train is back" in output and "redis is back" in output and "giving up" not in output
 
 
 def manage_env(data_dir: Path) -> dict[str, str]:

@@ -89,9 +89,11 @@ def test_a_child_that_needs_redis_waits_for_it_and_the_status_clears_when_all_ar
             assert child.process is not None
             child.process.send_signal(signal.SIGKILL)
             child.process.wait()
+        sup.tick()
+        recovering = json.loads((tmp_path / "status.json").read_text())["recovering"]
+        assert [part["part"] for part in recovering] == ["redis", "worker"]
         tick_until(sup, lambda: worker.restarts == 1)
         assert redis.ready, "the worker was restarted before Redis was back"
-        assert json.loads((tmp_path / "status.json").read_text())["recovering"][0]["part"] == "worker"
         tick_until(sup, lambda: worker.ready)
         sup.tick()
         assert not (tmp_path / "status.json").exists()
