@@ -73,9 +73,11 @@ def test_a_dead_pid_on_another_machine_counts_only_once_its_heartbeat_is_stale()
     assert claim_step(run.pk, run.step_ticket, "new-worker:2")
 
 
-def test_the_run_page_lists_interrupted_attempts(client: Any, users: Any) -> None:
+def test_the_run_page_and_its_snapshot_list_interrupted_attempts(client: Any, users: Any) -> None:
     run = held_run(lease_pid=dead_pid())
     assert claim_step(run.pk, run.step_ticket, "new-worker:2")
     client.force_login(users.plain)
     page = client.get(f"/runs/{run.pk}/").content.decode()
     assert "Interrupted attempts" in page and "#3" in page and "is no longer running" in page
+    snapshot = client.get(f"/runs/{run.pk}/snapshot.json").json()
+    assert [(a["iteration"], a["steps_done"]) for a in snapshot["interrupted_attempts"]] == [(3, 2)]
