@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -120,6 +121,7 @@ def test_killed_workers_and_redis_are_restarted_and_the_run_completes() -> None:
     finally:
         poller.stopped.set()
         launcher.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
     output = launcher.output()
     print(f"\nlauncher up in {up:.0f} s; step taken over {pool_child:.1f} s after killing the pool child, "
           f"{main:.1f} s after killing the worker's main process (lease: {LEASE_SECONDS} s); "
