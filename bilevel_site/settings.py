@@ -86,6 +86,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "mechanisms.context_processors.review_queue",
                 "mechanisms.context_processors.level2_isolation",
+                "runs.context_processors.backend_status",
             ],
         },
     },
@@ -136,6 +137,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # exports REDIS_URL to its children when none is configured.
 # Commands run beside a launcher (manage.py start_run, ...) find its embedded Redis in REDIS_URL_FILE.
 REDIS_URL_FILE = DATA_DIR / "redis.url"
+# Written by the launcher while it restarts a dead part; the pages show it (runs.context_processors).
+BACKEND_STATUS_FILE = DATA_DIR / "backend-status.json"
 REDIS_URL = (
     os.environ.get("REDIS_URL")
     or (REDIS_URL_FILE.read_text().strip() if REDIS_URL_FILE.exists() else "")
@@ -168,6 +171,8 @@ CELERY_RESULT_EXPIRES = 3600
 
 # Search engine defaults.
 STEP_LEASE_SECONDS = int(os.environ.get("BILEVEL_LEASE_SECONDS", "60"))
+# The lease's holder renews it this often; a holder silent for five beats is taken over (runs/lease.py).
+STEP_HEARTBEAT_SECONDS = float(os.environ.get("BILEVEL_LEASE_HEARTBEAT_SECONDS", "2"))
 TRAINER_THREADS = int(os.environ.get("BILEVEL_TRAINER_THREADS", "2"))
 TRAINER_WORKDIR = DATA_DIR / "trainings"
 # An operator cap on the hard timeout of one training (seconds; unset = the budget-derived default).

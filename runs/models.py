@@ -131,6 +131,12 @@ class Run(models.Model):
     # Step lease: a worker owns the next step while lease_expires_at is in the future.
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Who holds the lease (see runs/lease.py): on the same machine a dead holder is noticed at
+    # once by its pid; elsewhere by a heartbeat much more frequent than the lease's length.
+    lease_host = models.CharField(max_length=255, blank=True)
+    lease_node = models.CharField(max_length=120, blank=True, help_text="Kernel boot + pid namespace of the holder.")
+    lease_pid = models.PositiveIntegerField(null=True, blank=True)
+    lease_heartbeat_at = models.DateTimeField(null=True, blank=True)
     steps_claimed = models.PositiveIntegerField(default=0)
 
     # Summary columns, written with the iteration that changes them.
@@ -240,6 +246,31 @@ class Iteration(models.Model):
             "proposal_source": self.proposal_source,
             "training_seconds": self.training_seconds,
         }
+
+
+class InterruptedAttempt(models.Model):
+    """A step whose worker died mid-way: what it had done is kept, and the step was done again."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="interrupted_attempts")
+    index = models.PositiveIntegerField(help_text="The iteration the attempt was working on.")
+    holder = models.CharField(max_length=64, help_text="The lease owner that died.")
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(help_text="Why the holder was judged gone.")
+    # The run's live progress when the holder died: {"iteration", "points", "step", ...}.
+    progress = models.JSONField(default=dict, blank=True)
+    taken_over_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run_id", "taken_over_at"]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} #{self.index} interrupted ({self.holder})"
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.progress.get("step") or 0)
 
 
 class OuterCycle(models.Model):

