@@ -43,15 +43,15 @@ from .models import (
 
 ComparisonData = dict[str, Any]
 
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 20260323
+SIGNIFICANCE = 0.05
+TEST_LABELS = {"permutation": "exact permutation test", "welch": "Welch's t-test"}
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 GROUP_ORDER = ["R", "A", "B", "C", "D"]
 
 
 @lru_cache(maxsize=256)
 def _t975(df: int) -> float:
-    return stats.student_t_quantile(0.975, df)
+    return stats.t_quantile(0.975, df)
 
 
 def _band(values: Sequence[float]) -> dict[str, Any]:
@@ -140,8 +140,11 @@ def build_comparison(
     experiment: Experiment,
     others: Sequence[Experiment] = (),
     budget: int | None = None,
-    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+    test: str = "permutation",
 ) -> ComparisonData:
+    """``test`` ("permutation" or "welch") decides which Holm-adjusted p-value highlights a pair."""
+    if test not in stats.TESTS:
+        raise ValueError(f"unknown test {test!r} (expected one of {', '.join(stats.TESTS)})")
     experiments = [experiment, *[o for o in others if o.pk != experiment.pk]]
     runs = list(
         Run.objects.filter(experiment__in=experiments)
@@ -180,17 +183,24 @@ def build_comparison(
         groups.append(_group_block(series_meta[key], members, budget))
         deltas[key] = [r["delta"] for r in groups[-1]["runs"] if r["included"] and r["delta"] is not None]
 
-    pairs = []
-    for first, second in itertools.combinations([g["key"] for g in groups], 2):
-        pairs.append(_pair(first, second, deltas[first], deltas[second], bootstrap_resamples))
+    pairs = [_pair(first, second, deltas[first], deltas[second])
+             for first, second in itertools.combinations([g["key"] for g in groups], 2)]
+    for name in stats.TESTS:
+        for pair, adjusted in zip(pairs, stats.holm_adjust([p[f"p_{name}"] for p in pairs]), strict=True):
+            pair[f"p_{name}_holm"] = adjusted
+    for pair in pairs:
+        chosen = pair[f"p_{test}_holm"]
+        pair["highlighted"] = chosen is not None and chosen < SIGNIFICANCE
 
     notes = [
         "Δ = best − baseline in val_bpb at the same budget of proposals; negative is better.",
         f"Runs enter the summary only once they reach {budget} proposals; the others are listed as excluded.",
-        "p-values are two-sided Welch t-tests without correction for multiple comparisons; with 3 repeats per "
-        "group the tests have little power, so read the confidence intervals, not only the p-values.",
-        f"Bootstrap: percentile intervals from {bootstrap_resamples:,} resamples of each group (seed "
-        f"{BOOTSTRAP_SEED}); with n ≤ 5 per group they are narrower than they should be.",
+        f"Highlighted pairs: {TEST_LABELS[test]} (two-sided), p < {SIGNIFICANCE} after Holm's correction across "
+        f"all {len(pairs)} pairs. Both tests are shown, raw and Holm-adjusted; the exact permutation test assumes "
+        "nothing about the distribution and is the default at small n.",
+        "Effect: the difference of mean Δ with Welch's 95% interval, and Hedges' g (difference in pooled sds, "
+        "small-sample corrected) with its approximate 95% interval. With 3–5 repeats per group the tests have "
+        "little power: an unhighlighted pair is not evidence of no difference.",
     ]
     if any(e.is_reference for e in experiments):
         notes.append(
@@ -216,6 +226,8 @@ def build_comparison(
         "max_proposals": max((t.proposals_done for t in traces.values()), default=0),
         "groups": groups,
         "pairs": pairs,
+        "test": test,
+        "test_label": TEST_LABELS[test],
         "reference_group": "R" if "R" in series_runs else None,
         "parameters": _parameter_importance(traces.values()),
         "llm_usage": _llm_usage(experiments, runs, traces),
@@ -284,9 +296,9 @@ def _group_block(meta: dict[str, Any], members: list[RunTrace], budget: int) -> 
     }
 
 
-def _pair(first: str, second: str, a: list[float], b: list[float], resamples: int) -> dict[str, Any]:
+def _pair(first: str, second: str, a: list[float], b: list[float]) -> dict[str, Any]:
     welch = stats.welch_t_test(a, b)
-    boot = stats.bootstrap_difference_ci(a, b, resamples=resamples, seed=BOOTSTRAP_SEED)
+    effect = stats.hedges_g(a, b)
     difference = (sum(a) / len(a) - sum(b) / len(b)) if a and b else None
     note = ""
     if welch is None:
@@ -301,9 +313,13 @@ def _pair(first: str, second: str, a: list[float], b: list[float], resamples: in
         "difference": difference,
         "t": welch.t if welch else None,
         "df": welch.df if welch else None,
-        "p_value": welch.p_value if welch else None,
-        "ci_low": boot.ci_low if boot else None,
-        "ci_high": boot.ci_high if boot else None,
+        "p_welch": welch.p_value if welch else None,
+        "p_permutation": stats.permutation_p_value(a, b),
+        "ci_low": welch.ci_low if welch else None,
+        "ci_high": welch.ci_high if welch else None,
+        "hedges_g": effect.hedges_g if effect else None,
+        "g_ci_low": effect.ci_low if effect else None,
+        "g_ci_high": effect.ci_high if effect else None,
         "involves_control": "R" in (first, second),
         "note": note,
     }

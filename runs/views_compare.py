@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from .comparison import ComparisonData, build_comparison, mechanism_counts
 from .models import Experiment
 from .paper_import import DEFAULT_EXPERIMENT_NAME, MAX_FILE_BYTES, PaperImportError, import_reports
+from .stats import TESTS
 
 GROUP_COLOURS = {"R": "#7a8594", "A": "#2f6fd6", "B": "#e07b00", "C": "#1f9d55", "D": "#8a4fd0"}
 MAX_COMPARED_EXPERIMENTS = 5
@@ -47,7 +48,9 @@ def comparison_for_request(request: HttpRequest, experiment: Experiment) -> Comp
         if raw.isascii() and raw.isdigit() and int(raw) != experiment.pk and int(raw) <= 2**62:
             other_ids.append(int(raw))
     others = list(Experiment.objects.filter(pk__in=other_ids).order_by("pk"))
-    return build_comparison(experiment, others, budget=_int_param(request, "budget", 0, 100_000))
+    test = request.GET.get("test", "permutation")
+    return build_comparison(experiment, others, budget=_int_param(request, "budget", 0, 100_000),
+                            test=test if test in TESTS else "permutation")
 
 
 def fmt(value: float | None, digits: int = 5, signed: bool = False) -> str:
@@ -99,10 +102,14 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
             "difference_text": fmt(pair["difference"], signed=True),
             "t_text": fmt(pair["t"], 3, signed=True),
             "df_text": fmt(pair["df"], 2),
-            "p_text": fmt_p(pair["p_value"]),
+            "p_welch_text": fmt_p(pair["p_welch"]),
+            "p_welch_holm_text": fmt_p(pair["p_welch_holm"]),
+            "p_permutation_text": fmt_p(pair["p_permutation"]),
+            "p_permutation_holm_text": fmt_p(pair["p_permutation_holm"]),
             "ci_text": (f"[{fmt(pair['ci_low'], signed=True)}, {fmt(pair['ci_high'], signed=True)}]"
                         if pair["ci_low"] is not None else "—"),
-            "excludes_zero": pair["ci_low"] is not None and (pair["ci_low"] > 0 or pair["ci_high"] < 0),
+            "g_text": (f"{fmt(pair['hedges_g'], 2, signed=True)} [{fmt(pair['g_ci_low'], 2, signed=True)}, "
+                       f"{fmt(pair['g_ci_high'], 2, signed=True)}]" if pair["hedges_g"] is not None else "—"),
         })
     parameters = [
         {**row, "gain_text": fmt(row["gain_from_keeps"]),
