@@ -5,6 +5,7 @@
     ws_load              50 WebSocket clients on one run's socket during a surrogate run
     dashboard_scale      page server times and sizes for an experiment of 50 runs x 30 iterations
     ablation_throughput  a surrogate ablation with 1 and 2 train workers
+    surrogate_ablation   the ablation's Table 2 on the surrogate: search and confirmed Δ, tests per pair
 
 Each prints a table and replaces its section of bench/RESULTS.md. Options (key=value) are
 passed to the benchmark (see each bench_NAME.py). "all" runs each in its own process. The
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import bench_env, machine, print_table, write_results
 
-BENCHMARKS = ("overhead", "live_latency", "ws_load", "dashboard_scale", "ablation_throughput")
+BENCHMARKS = ("overhead", "live_latency", "ws_load", "dashboard_scale", "ablation_throughput", "surrogate_ablation")
 
 
 def run_one(name: str, options: dict[str, str]) -> None:

@@ -230,6 +230,7 @@ def experiment_to_dict(experiment: Experiment, runs: list[Run] | None = None) ->
         "acceptance_policy": experiment.acceptance_policy,
         "noise_k": experiment.noise_k,
         "baseline_repeats": experiment.baseline_repeats,
+        "confirmation_repeats": experiment.confirmation_repeats,
         "review_gate": experiment.review_gate,
     }
     if runs is not None:

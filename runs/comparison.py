@@ -9,7 +9,11 @@ Definitions (shown on the page too):
   re-evaluations are not proposals); p = 0 is the baseline.
 - running best at p: the lowest val_bpb among the run's baseline, kept results and later
   baseline rows (the paper's group C re-baselines every batch) up to proposal p.
-- Δ = running best at the budget − baseline. Negative is better.
+- search Δ = running best at the budget − baseline. Negative is better. Biased low: a minimum
+  over many noisy evaluations.
+- confirmed Δ = the mean over r fresh seeds of (best config − baseline config), re-trained when
+  the run ended (runs/confirmation.py). Comparisons use it by default once the experiment has it,
+  at the full budget T (a run was confirmed at its end, not at an earlier proposal).
 - A run enters the summary only if it reached the budget (number of proposals); others are
   listed as excluded, so groups are compared at equal budget.
 """
@@ -29,6 +33,7 @@ from django.db.models.functions import Coalesce
 from mechanisms.models import MechanismAttachment
 
 from . import stats
+from .confirmation import ConfirmedDelta, confirmed_deltas
 from .models import (
     GROUP_LEVELS,
     AgentBackend,
@@ -44,6 +49,7 @@ from .models import (
 ComparisonData = dict[str, Any]
 
 SIGNIFICANCE = 0.05
+DELTA_SOURCES = ("auto", "confirmed", "search")
 TEST_LABELS = {"permutation": "exact permutation test", "welch": "Welch's t-test"}
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 GROUP_ORDER = ["R", "A", "B", "C", "D"]
@@ -141,8 +147,12 @@ def build_comparison(
     others: Sequence[Experiment] = (),
     budget: int | None = None,
     test: str = "permutation",
+    delta_source: str = "auto",
 ) -> ComparisonData:
-    """``test`` ("permutation" or "welch") decides which Holm-adjusted p-value highlights a pair."""
+    """``test`` ("permutation" or "welch") decides which Holm-adjusted p-value highlights a pair;
+    ``delta_source`` ("confirmed", "search", or "auto": confirmed when available) which Δ is compared."""
+    if delta_source not in DELTA_SOURCES:
+        raise ValueError(f"unknown delta source {delta_source!r} (expected one of {', '.join(DELTA_SOURCES)})")
     if test not in stats.TESTS:
         raise ValueError(f"unknown test {test!r} (expected one of {', '.join(stats.TESTS)})")
     experiments = [experiment, *[o for o in others if o.pk != experiment.pk]]
@@ -161,6 +171,12 @@ def build_comparison(
     if budget is None:
         budget = min(e.iterations for e in experiments)
     budget = max(0, budget)
+    confirmed = confirmed_deltas(runs)
+    at_full_budget = budget >= experiment.iterations
+    available = at_full_budget and any(
+        value is not None for run_id, value in confirmed.items() if traces[run_id].run.experiment_id == experiment.pk
+    )
+    source = ("confirmed" if available else "search") if delta_source == "auto" else delta_source
 
     group_order = {g: i for i, g in enumerate(GROUP_ORDER)}
     series_runs: dict[str, list[RunTrace]] = defaultdict(list)
@@ -174,13 +190,14 @@ def build_comparison(
         series_meta.setdefault(
             key,
             {"key": key, "group": run.group, "label": _series_label(run.experiment, run.group, experiment),
-             "experiment": run.experiment_id, "is_reference": run.experiment.is_reference},
+             "experiment": run.experiment_id, "is_reference": run.experiment.is_reference,
+             "objective": run.experiment.objective},
         )
 
     groups = []
     deltas: dict[str, list[float]] = {}
     for key, members in series_runs.items():
-        groups.append(_group_block(series_meta[key], members, budget))
+        groups.append(_group_block(series_meta[key], members, budget, confirmed, source))
         deltas[key] = [r["delta"] for r in groups[-1]["runs"] if r["included"] and r["delta"] is not None]
 
     pairs = [_pair(first, second, deltas[first], deltas[second])
@@ -194,6 +211,12 @@ def build_comparison(
 
     notes = [
         "Δ = best − baseline in val_bpb at the same budget of proposals; negative is better.",
+        ("Δ compared here: confirmed — each run's best and baseline configs re-trained on fresh seeds when it "
+         "ended (mean of the paired differences); runs without a confirmation are excluded."
+         if source == "confirmed" else
+         "Δ compared here: search — the best of the run's noisy evaluations minus its baseline, biased low (a "
+         "minimum over many draws)."
+         + ("" if at_full_budget else " Confirmed Δ exists only at the full budget T.")),
         f"Runs enter the summary only once they reach {budget} proposals; the others are listed as excluded.",
         f"Highlighted pairs: {TEST_LABELS[test]} (two-sided), p < {SIGNIFICANCE} after Holm's correction across "
         f"all {len(pairs)} pairs. Both tests are shown, raw and Holm-adjusted; the exact permutation test assumes "
@@ -227,6 +250,8 @@ def build_comparison(
         "groups": groups,
         "pairs": pairs,
         "test": test,
+        "delta_source": source,
+        "confirmed_available": available,
         "test_label": TEST_LABELS[test],
         "reference_group": "R" if "R" in series_runs else None,
         "parameters": _parameter_importance(traces.values()),
@@ -249,22 +274,30 @@ def _experiment_dict(experiment: Experiment) -> dict[str, Any]:
     }
 
 
-def _group_block(meta: dict[str, Any], members: list[RunTrace], budget: int) -> dict[str, Any]:
+def _group_block(
+    meta: dict[str, Any], members: list[RunTrace], budget: int, confirmed: dict[int, ConfirmedDelta | None],
+    source: str,
+) -> dict[str, Any]:
     run_rows: list[dict[str, Any]] = []
     for trace in members:
         reached = trace.baseline is not None and trace.proposals_done >= budget
         best = trace.running[budget] if reached else None
+        search_delta = best - trace.baseline if best is not None and trace.baseline is not None else None
+        confirmation = confirmed.get(trace.run.pk)
+        delta = search_delta if source == "search" else (confirmation.delta if confirmation else None)
         run_rows.append({
             "id": trace.run.pk,
             "repeat": trace.run.repeat,
             "status": trace.run.status,
             "baseline": trace.baseline,
             "best": best,
-            "delta": best - trace.baseline if best is not None and trace.baseline is not None else None,
+            "delta": delta,
+            "search_delta": search_delta,
+            "confirmed": confirmation.as_dict() if confirmation else None,
             "proposals": trace.proposals_done,
             "keeps": sum(1 for p in trace.keeps_at if p <= budget),
             "crashes": sum(1 for p in trace.crashes_at if p <= budget),
-            "included": reached,
+            "included": reached and delta is not None,
             "running_best": trace.running,
             "running_delta": [
                 v - trace.baseline if v is not None and trace.baseline is not None else None for v in trace.running
@@ -272,11 +305,11 @@ def _group_block(meta: dict[str, Any], members: list[RunTrace], budget: int) -> 
         })
     included = [r for r in run_rows if r["included"]]
     longest = max((len(t.running) for t in members), default=0)
-    absolute, delta = [], []
+    absolute, running_delta = [], []
     for p in range(longest):
         absolute.append(_band([r["running_best"][p] for r in run_rows
                                if p < len(r["running_best"]) and r["running_best"][p] is not None]))
-        delta.append(_band([r["running_delta"][p] for r in run_rows
+        running_delta.append(_band([r["running_delta"][p] for r in run_rows
                             if p < len(r["running_delta"]) and r["running_delta"][p] is not None]))
     level_strategy, level_research = GROUP_LEVELS.get(meta["group"], (False, False))
     return {
@@ -284,15 +317,18 @@ def _group_block(meta: dict[str, Any], members: list[RunTrace], budget: int) -> 
         "levels": {"strategy": level_strategy, "research": level_research},
         "n": len(included),
         "n_runs": len(run_rows),
-        "excluded": [{"id": r["id"], "repeat": r["repeat"], "proposals": r["proposals"], "status": r["status"]}
+        "excluded": [{"id": r["id"], "repeat": r["repeat"], "proposals": r["proposals"], "status": r["status"],
+                      "reason": "budget not reached" if r["proposals"] < budget or r["baseline"] is None
+                      else "not confirmed"}
                      for r in run_rows if not r["included"]],
         "baseline": stats.summarize([r["baseline"] for r in included]).as_dict(),
         "best": stats.summarize([r["best"] for r in included]).as_dict(),
         "delta": stats.summarize([r["delta"] for r in included]).as_dict(),
+        "search_delta": stats.summarize([r["search_delta"] for r in included]).as_dict(),
         "keeps": sum(r["keeps"] for r in included),
         "crashes": sum(r["crashes"] for r in included),
         "runs": run_rows,
-        "series": {"absolute": absolute, "delta": delta},
+        "series": {"absolute": absolute, "delta": running_delta},
     }
 
 

@@ -27,7 +27,7 @@ from mechanisms.models import AttachmentStatus, MechanismAttachment
 from trainer.outcomes import TrainingSummary
 from trainer.schema import ConfigError, apply_changes, config_to_json
 
-from . import acceptance
+from . import acceptance, confirmation
 from .agents import AgentError, AgentUnavailable, ProposalRequest, StrategyRequest, build_agent
 from .events import publish_run_event
 from .mechanism_bridge import RuntimeHandle, open_runtime, record_runtime_outcome
@@ -42,6 +42,7 @@ from .models import (
 from .objective import evaluate
 from .serializers import iteration_to_dict, outer_cycle_to_dict
 from .state import RunState, config_key
+from .step_errors import StepAborted
 from .strategy import freeze_rule
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ MAX_PROPOSAL_ATTEMPTS = 4
 REEVALUATION_SEED_OFFSET = 7919
 BASELINE_REPEAT_SEED_OFFSET = 1000
 LIVE_PROGRESS_EVERY_SECONDS = 1.0
-
-
-class StepAborted(Exception):
-    """The run was paused/cancelled or the lease was lost while training: drop this iteration."""
 
 
 # -- claiming and the lease ---------------------------------------------------------------
@@ -175,8 +172,7 @@ class Step:
 
     def run(self) -> str:
         if self.state.proposals_done >= self.experiment.iterations:
-            self._finish(RunStatus.COMPLETED, f"{self.state.proposals_done} of {self.experiment.iterations} done")
-            return "completed"
+            return confirmation.confirm_or_finish(self)
         if not self.run_obj.random_control:
             attach_library_mechanisms(self.run_obj)
             activate_approved_mechanisms(self.run_obj, self.state.next_index)
@@ -535,7 +531,8 @@ class Step:
         publish_run_event(
             self.run_id, {"type": "iteration", "run": self.run_id, "iteration": iteration_to_dict(iteration)}
         )
-        if kind == IterationKind.PROPOSAL and self.state.proposals_done >= self.experiment.iterations:
+        done = self.state.proposals_done >= self.experiment.iterations
+        if kind == IterationKind.PROPOSAL and done and not self.experiment.confirmation_repeats:
             self._finish(RunStatus.COMPLETED, f"all {self.experiment.iterations} proposals done")
 
     def _finish(self, status: str, detail: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 from runs import stats
-from runs.models import Run
+from runs.models import Experiment, Run
 from tests.stats.factories import make_experiment
 
 pytestmark = pytest.mark.django_db
@@ -146,3 +146,24 @@ def test_an_interval_that_excludes_zero_is_not_a_highlight_without_the_test(clie
     pair = data["pairs"][0]
     assert pair["p_welch"] > 0.05 and not pair["highlighted"]
     assert pair["ci_low"] < 0 < pair["ci_high"] and pair["hedges_g"] > 0
+
+
+def test_surrogate_results_say_so_wherever_they_travel(client: Client, users: Any) -> None:
+    experiment = make_experiment(groups=("A", "B"))
+    Experiment.objects.filter(pk=experiment.pk).update(objective="surrogate")
+    label = "Surrogate (fitted model, not real training)"
+    client.force_login(users.plain)
+    page = client.get(f"/experiments/{experiment.pk}/compare/").content.decode()
+    assert label in page.split("</h1>")[0]
+    assert label in client.get(f"/experiments/{experiment.pk}/report.html").content.decode().split("</h1>")[0]
+    summary = client.get(f"/experiments/{experiment.pk}/summary.csv").content.decode()
+    assert {row["objective"] for row in csv.DictReader(io.StringIO(summary))} == {label}
+    run = experiment.runs.get(group="B", repeat=1)
+    export = client.get(f"/runs/{run.pk}/iterations/?format=csv")
+    iterations = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))  # type: ignore[attr-defined]
+    assert iterations and {row["objective"] for row in iterations} == {label}
+    Run.objects.filter(pk=run.pk).update(level_strategy=True)  # the factory's runs have no Level 1.5 section
+    run_page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert label in run_page and 'id="guidance-ignored"' in run_page
+    Experiment.objects.filter(pk=experiment.pk).update(objective="trainer")
+    assert label not in client.get(f"/experiments/{experiment.pk}/compare/").content.decode()
