@@ -17,6 +17,7 @@ Chromium is Debian's (/usr/bin/chromium) driven by Playwright, 1280 px wide, who
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from bench_common import BenchEnv, bench_env, make_user, wait_until  # noqa: E402
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls between page actions are
+# plain synchronous queries, as in the browser tests (tests/conftest.py).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 def log_in(page: Any, url: str) -> None:

@@ -272,6 +272,8 @@ def summary_dict(data: ComparisonData) -> dict[str, Any]:
         "experiment": data["experiment"],
         "compared_with": data["compared_with"],
         "budget": data["budget"],
+        "delta_source": data["delta_source"],
+        "test": data["test"],
         "groups": [{k: v for k, v in g.items() if k not in ("series", "runs")} for g in data["groups"]],
         "pairs": data["pairs"],
         "runs": summary_rows(data),

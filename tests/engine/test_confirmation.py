@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from runs.comparison import build_comparison
 from runs.confirmation import CONFIRMATION_SEED_OFFSET, confirm_or_finish, confirmed_deltas
 from runs.engine import LeaseKeeper, Step, claim_step, execute_step
 from runs.forms import ExperimentForm
@@ -46,6 +47,12 @@ def test_best_and_baseline_are_retrained_once_on_fresh_paired_seeds() -> None:
     assert confirmed is not None and confirmed.pairs == 3 and confirmed.ci_low is not None
     rows = {(r.role, r.replicate): r.val_bpb or 0.0 for r in Confirmation.objects.filter(run=run)}
     assert confirmed.delta == pytest.approx(sum(rows["best", i] - rows["baseline", i] for i in range(3)) / 3)
+    # Comparisons use the confirmed Δ once it exists, and say so; the search Δ stays available.
+    default, search = build_comparison(experiment), build_comparison(experiment, delta_source="search")
+    assert default["delta_source"] == "confirmed" and search["delta_source"] == "search"
+    assert default["groups"][0]["delta"]["mean"] == pytest.approx(confirmed.delta)
+    assert search["groups"][0]["delta"]["mean"] == pytest.approx((run.best_val_bpb or 0) - (run.baseline_val_bpb or 0))
+    assert default["groups"][0]["runs"][0]["confirmed"]["pairs"] == 3
     # A finished run takes no more steps: nothing is trained or recorded twice.
     assert execute_step(run.pk, run.step_ticket, "late") == "not-claimed"
     assert Confirmation.objects.filter(run=run).count() == 6

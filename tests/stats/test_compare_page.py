@@ -134,6 +134,7 @@ def test_the_highlight_follows_the_chosen_test(client: Client, users: Any) -> No
         by_test[test] = "sig" in row.group(1)
     assert by_test == {"": False, "?test=permutation": False, "?test=welch": True}
     data = client.get(f"/experiments/{experiment.pk}/summary.json?test=welch").json()
+    assert data["test"] == "welch" and data["delta_source"] == "search"  # nothing confirmed in this experiment
     assert data["pairs"][0]["p_welch"] < 0.001 and data["pairs"][0]["p_permutation"] == pytest.approx(0.1)
     assert "Welch's t-test (two-sided), p < 0.05 after Holm's correction across all 1 pairs" in " ".join(data["notes"])
 
