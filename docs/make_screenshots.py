@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ def demo_mid_training(page: Any, url: str) -> None:
     page.wait_for_function("document.getElementById('live-indicator').textContent === 'live'")
     page.wait_for_function("window.bilevelRunPage.curveChart.data.datasets[0].data.length >= 6", timeout=300_000)
     page.screenshot(path=str(SHOTS / "run-page-mid-training.png"), full_page=True)
-    control.cancel_run(Run.objects.get(pk=run.pk))
+    # Cancelling publishes a live event through async_to_sync, which must not run on Playwright's loop thread.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(control.cancel_run, Run.objects.get(pk=run.pk)).result()
 
 
 def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> None:
