@@ -37,6 +37,7 @@ from mechanisms.models import AttachmentStatus, MechanismAttachment
 
 from . import control
 from .comparison import build_comparison
+from .confirmation import confirmed_deltas
 from .forms import ExperimentForm
 from .models import Experiment, Group, Iteration, IterationKind, IterationStatus, Run, RunStatus
 from .paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
@@ -408,6 +409,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     data = run_to_dict(run)
     data["iterations_url"] = f"/api/iterations/?run={run.pk}"
     data["outer_cycles"] = [outer_cycle_to_dict(c) for c in run.outer_cycles.order_by("index")]
+    confirmed = confirmed_deltas([run])[run.pk]
+    data["confirmed"] = confirmed.as_dict() if confirmed else None  # None until every confirmation is trained
     data["mechanisms"] = [attachment_to_dict(a) for a in
                           run.mechanism_attachments.select_related("mechanism", "run", "reviewed_by")]
     return JsonResponse(data)

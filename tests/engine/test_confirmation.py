@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from runs.comparison import build_comparison
@@ -27,7 +28,7 @@ def _confirmations(run: Run) -> list[tuple[str, int, int]]:
     return sorted(Confirmation.objects.filter(run=run).values_list("role", "replicate", "seed"))
 
 
-def test_best_and_baseline_are_retrained_once_on_fresh_paired_seeds() -> None:
+def test_best_and_baseline_are_retrained_once_on_fresh_paired_seeds(client: Client, users: Any) -> None:
     experiment = make_experiment(iterations=6, confirmation_repeats=3, seed_base=5)
     run = experiment.runs.get()
     outcomes = drive(run)
@@ -53,6 +54,8 @@ def test_best_and_baseline_are_retrained_once_on_fresh_paired_seeds() -> None:
     assert default["groups"][0]["delta"]["mean"] == pytest.approx(confirmed.delta)
     assert search["groups"][0]["delta"]["mean"] == pytest.approx((run.best_val_bpb or 0) - (run.baseline_val_bpb or 0))
     assert default["groups"][0]["runs"][0]["confirmed"]["pairs"] == 3
+    client.force_login(users.plain)
+    assert client.get(f"/api/runs/{run.pk}/").json()["confirmed"] == confirmed.as_dict()
     # A finished run takes no more steps: nothing is trained or recorded twice.
     assert execute_step(run.pk, run.step_ticket, "late") == "not-claimed"
     assert Confirmation.objects.filter(run=run).count() == 6
