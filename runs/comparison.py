@@ -50,7 +50,7 @@ ComparisonData = dict[str, Any]
 
 SIGNIFICANCE = 0.05
 DELTA_SOURCES = ("auto", "confirmed", "search")
-TEST_LABELS = {"permutation": "exact permutation test", "welch": "Welch's t-test"}
+TEST_LABELS = {"permutation": "permutation test", "welch": "Welch's t-test"}
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 GROUP_ORDER = ["R", "A", "B", "C", "D"]
 
@@ -176,7 +176,9 @@ def build_comparison(
     available = at_full_budget and any(
         value is not None for run_id, value in confirmed.items() if traces[run_id].run.experiment_id == experiment.pk
     )
-    source = ("confirmed" if available else "search") if delta_source == "auto" else delta_source
+    # A run is confirmed at its end: at an earlier budget only the search Δ exists.
+    source = "search" if not at_full_budget else (
+        ("confirmed" if available else "search") if delta_source == "auto" else delta_source)
 
     group_order = {g: i for i, g in enumerate(GROUP_ORDER)}
     series_runs: dict[str, list[RunTrace]] = defaultdict(list)
@@ -219,8 +221,9 @@ def build_comparison(
          + ("" if at_full_budget else " Confirmed Δ exists only at the full budget T.")),
         f"Runs enter the summary only once they reach {budget} proposals; the others are listed as excluded.",
         f"Highlighted pairs: {TEST_LABELS[test]} (two-sided), p < {SIGNIFICANCE} after Holm's correction across "
-        f"all {len(pairs)} pairs. Both tests are shown, raw and Holm-adjusted; the exact permutation test assumes "
-        "nothing about the distribution and is the default at small n.",
+        f"all {len(pairs)} pairs. Both tests are shown, raw and Holm-adjusted; the permutation test (exact up to 7 "
+        "runs per group, 4,999 sampled relabellings beyond) assumes nothing about the distribution and is the "
+        "default at small n.",
         "Effect: the difference of mean Δ with Welch's 95% interval, and Hedges' g (difference in pooled sds, "
         "small-sample corrected) with its approximate 95% interval. With 3–5 repeats per group the tests have "
         "little power: an unhighlighted pair is not evidence of no difference.",

@@ -20,9 +20,10 @@ The model, and why it is this simple:
 - seed noise: as in the real trainer, where a seed fixes the initialisation and the data order,
   a part shared by every config of a seed plus a part of the (config, seed) pair, both Gaussian
   with sds fitted to real runs of several configs on the same seeds (``trainer/seed_noise.py``;
-  0.027 and 0.024 on the shipped data, see bench/TRAINER_RESULTS.md); the pair's part is keyed by what the config computes, so a change
-  that does not change the maths (DEVICE_BATCH_SIZE) gives the identical value, as it does in the
-  real trainer (seed 2: 3.0922887 with 16 and with 4 sequences per micro-batch);
+  0.027 and 0.024 on the shipped data, see bench/TRAINER_RESULTS.md); the pair's part is keyed by
+  what the config computes, so a change that does not change the maths (DEVICE_BATCH_SIZE) gives
+  the identical value, as it does in the real trainer (seed 2: 3.0922887 with 16 and with 4
+  sequences per micro-batch);
 - budget: val_bpb shifts by ``budget_slope x ln(FLOPs / fitted FLOPs)`` (slope fitted to the
   default config measured at other budgets), and a wall-clock budget is turned into FLOPs with
   a fitted seconds-per-step model (``a + b x FLOPs per step``), so smaller batches buy more
