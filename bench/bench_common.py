@@ -363,7 +363,8 @@ trainer's own benchmarks are in `TRAINER_RESULTS.md`.
 """
 
 
-ORDER = ("overhead", "live_latency", "ws_load", "dashboard_scale", "ablation_throughput", "sandbox")
+ORDER = ("overhead", "live_latency", "ws_load", "dashboard_scale", "ablation_throughput", "sandbox",
+         "surrogate_ablation")
 SECTION = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n.*?<!-- /bench:(?P=name) -->\n", re.DOTALL)
 
 

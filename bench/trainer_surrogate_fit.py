@@ -18,7 +18,15 @@ from pathlib import Path
 from trainer_common import DEFAULT_FLOPS
 
 from trainer.schema import config_to_json, default_config
-from trainer.surrogate import FEATURE_NAMES, cross_validate, fit_surrogate, load_measurements, surrogate_evaluate
+from trainer.seed_noise import load_split_records, split_table
+from trainer.surrogate import (
+    FEATURE_NAMES,
+    cross_validate,
+    default_replicates,
+    fit_surrogate,
+    load_measurements,
+    surrogate_evaluate,
+)
 
 JSONL = Path(__file__).resolve().parent / "out" / "surrogate_measurements.jsonl"
 
@@ -54,6 +62,20 @@ def main() -> None:
         f"budget slope {model.budget_slope:+.3f} val_bpb per ln(FLOPs)"
     )
     print(f"seconds per step = {model.seconds_per_step[0]:.3f} + {model.seconds_per_step[1]:.3e} x FLOPs per step")
+    split = model.noise
+    print(
+        f"noise split ({split.configs} configs x {split.seeds} seeds, trainer/seed_noise.py): per-seed sd "
+        f"{split.seed_sd:.4f}, per-config sd {split.config_sd:.4f} (95% {split.config_sd_interval[0]:.4f}-"
+        f"{split.config_sd_interval[1]:.4f}), seed share of the variance {split.seed_share:.2f} (95% "
+        f"{split.seed_share_interval[0]:.2f}-{split.seed_share_interval[1]:.2f})"
+    )
+    table = split_table(load_split_records(default_replicates(data)))
+    paired = (table[1:] - table[0]).std(axis=1, ddof=1)  # each config minus the default, seed by seed
+    print(
+        f"  sd of (config - default) on the same seed, measured per config: {', '.join(f'{v:.4f}' for v in paired)}; "
+        f"the model's sqrt(2) x per-config sd {2**0.5 * split.config_sd:.4f}; unpaired sqrt(2) x total "
+        f"{2**0.5 * split.total_sd:.4f}"
+    )
     print(f"\n{report['folds']}-fold held-out ({report['ok_runs']} ok runs, {report['diverged_runs']} diverged):")
     print(
         f"  val_bpb  Spearman {report['spearman']:.3f}  MAE {report['mae']:.4f}  RMSE {report['rmse']:.4f}  "

@@ -32,8 +32,10 @@ from mechanisms.static_check import static_check
 from trainer.schema import DEFAULT_PRESET, schema_json
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
-# In a checkout the shared data sits beside the repository (in CI the clone has shared/ next to it).
-PAPER_RUNS_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "paper_runs"
+# The paper's published per-repeat reports (MIT, notice in that folder), kept in the repository so a
+# fresh clone replays them too.
+PAPER_RUNS_DIR = FIXTURES_DIR / "paper_runs"
+PAPER_RUN_FILES = ("A1.json", "C1.json", "D1.json")
 SPEC_TEXT_FIELDS = ("rationale", "state_kept", "expected_effect")
 MAX_EXAMPLES_PER_TRACE = 5
 
@@ -126,11 +128,12 @@ def paper_run_trace(data: dict[str, Any]) -> list[TraceRecord]:
 
 
 def paper_run_fixtures(directory: Path = PAPER_RUNS_DIR) -> list[TraceFixture]:
-    """The paper's published runs, when the shared fixtures are present (skipped otherwise)."""
-    if not directory.is_dir():
-        return []
+    """The paper's published runs; a missing file is an error, never a dry run with fewer traces."""
+    missing = [name for name in PAPER_RUN_FILES if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"paper run data missing from {directory}: {', '.join(missing)}")
     fixtures = []
-    for path in sorted(directory.glob("*.json")):
+    for path in (directory / name for name in PAPER_RUN_FILES):
         trace = paper_run_trace(json.loads(path.read_text()))
         fixtures.append(TraceFixture(f"paper_{path.stem}", trace, state_for_trace(trace)))
     return fixtures

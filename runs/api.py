@@ -37,10 +37,12 @@ from mechanisms.models import AttachmentStatus, MechanismAttachment
 
 from . import control
 from .comparison import build_comparison
+from .confirmation import confirmed_deltas
 from .forms import ExperimentForm
 from .models import Experiment, Group, Iteration, IterationKind, IterationStatus, Run, RunStatus
 from .paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
 from .serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
+from .stats import TESTS
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 100
@@ -229,6 +231,7 @@ def experiment_to_dict(experiment: Experiment, runs: list[Run] | None = None) ->
         "acceptance_policy": experiment.acceptance_policy,
         "noise_k": experiment.noise_k,
         "baseline_repeats": experiment.baseline_repeats,
+        "confirmation_repeats": experiment.confirmation_repeats,
         "review_gate": experiment.review_gate,
     }
     if runs is not None:
@@ -383,7 +386,10 @@ def experiment_comparison(request: HttpRequest, experiment_id: int) -> HttpRespo
     missing = sorted(set(other_ids) - {e.pk for e in others})
     if missing:
         raise ApiError(404, f"experiment(s) {', '.join(map(str, missing))} not found")
-    return JsonResponse(build_comparison(experiment, others, budget=budget))
+    test = request.GET.get("test", "permutation")
+    if test not in TESTS:
+        raise ApiError(400, f"query parameter test must be one of {', '.join(TESTS)}")
+    return JsonResponse(build_comparison(experiment, others, budget=budget, test=test))
 
 
 @endpoint("GET")
@@ -407,6 +413,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     data = run_to_dict(run)
     data["iterations_url"] = f"/api/iterations/?run={run.pk}"
     data["outer_cycles"] = [outer_cycle_to_dict(c) for c in run.outer_cycles.order_by("index")]
+    confirmed = confirmed_deltas([run])[run.pk]
+    data["confirmed"] = confirmed.as_dict() if confirmed else None  # None until every confirmation is trained
     data["mechanisms"] = [attachment_to_dict(a) for a in
                           run.mechanism_attachments.select_related("mechanism", "run", "reviewed_by")]
     return JsonResponse(data)
@@ -619,9 +627,11 @@ ROUTES: list[Route] = [
     Route("experiments/<int:experiment_id>/", experiment_detail, "api_experiment",
           {"get": Operation("An experiment with its runs")}),
     Route("experiments/<int:experiment_id>/comparison/", experiment_comparison, "api_experiment_comparison", {
-        "get": Operation("Comparison data (running best per group, summary, Welch tests, bootstrap CIs, parameters, "
-                         "LLM usage)", query=(("budget", "integer", "proposals; default the experiment's T"),
-                                              ("with", "integer", "another experiment id; repeatable (max 5)"))),
+        "get": Operation("Comparison data (running best per group, summary, permutation and Welch tests with Holm's "
+                         "correction, effect sizes, parameters, LLM usage)",
+                         query=(("budget", "integer", "proposals; default the experiment's T"),
+                                ("with", "integer", "another experiment id; repeatable (max 5)"),
+                                ("test", "string", "permutation (default) or welch: which test highlights a pair"))),
     }),
     Route("runs/", runs, "api_runs", {"get": Operation("List runs", query=(
         *PAGE, ("experiment", "integer", "experiment id"), ("group", "string", "A,B,C,D,R (comma-separated)"),

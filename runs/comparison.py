@@ -9,7 +9,11 @@ Definitions (shown on the page too):
   re-evaluations are not proposals); p = 0 is the baseline.
 - running best at p: the lowest val_bpb among the run's baseline, kept results and later
   baseline rows (the paper's group C re-baselines every batch) up to proposal p.
-- Δ = running best at the budget − baseline. Negative is better.
+- search Δ = running best at the budget − baseline. Negative is better. Biased low: a minimum
+  over many noisy evaluations.
+- confirmed Δ = the mean over r fresh seeds of (best config − baseline config), re-trained when
+  the run ended (runs/confirmation.py). Comparisons use it by default once the experiment has it,
+  at the full budget T (a run was confirmed at its end, not at an earlier proposal).
 - A run enters the summary only if it reached the budget (number of proposals); others are
   listed as excluded, so groups are compared at equal budget.
 """
@@ -29,6 +33,7 @@ from django.db.models.functions import Coalesce
 from mechanisms.models import MechanismAttachment
 
 from . import stats
+from .confirmation import ConfirmedDelta, confirmed_deltas
 from .models import (
     GROUP_LEVELS,
     AgentBackend,
@@ -43,15 +48,16 @@ from .models import (
 
 ComparisonData = dict[str, Any]
 
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 20260323
+SIGNIFICANCE = 0.05
+DELTA_SOURCES = ("auto", "confirmed", "search")
+TEST_LABELS = {"permutation": "permutation test", "welch": "Welch's t-test"}
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 GROUP_ORDER = ["R", "A", "B", "C", "D"]
 
 
 @lru_cache(maxsize=256)
 def _t975(df: int) -> float:
-    return stats.student_t_quantile(0.975, df)
+    return stats.t_quantile(0.975, df)
 
 
 def _band(values: Sequence[float]) -> dict[str, Any]:
@@ -140,8 +146,15 @@ def build_comparison(
     experiment: Experiment,
     others: Sequence[Experiment] = (),
     budget: int | None = None,
-    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+    test: str = "permutation",
+    delta_source: str = "auto",
 ) -> ComparisonData:
+    """``test`` ("permutation" or "welch") decides which Holm-adjusted p-value highlights a pair;
+    ``delta_source`` ("confirmed", "search", or "auto": confirmed when available) which Δ is compared."""
+    if delta_source not in DELTA_SOURCES:
+        raise ValueError(f"unknown delta source {delta_source!r} (expected one of {', '.join(DELTA_SOURCES)})")
+    if test not in stats.TESTS:
+        raise ValueError(f"unknown test {test!r} (expected one of {', '.join(stats.TESTS)})")
     experiments = [experiment, *[o for o in others if o.pk != experiment.pk]]
     runs = list(
         Run.objects.filter(experiment__in=experiments)
@@ -158,6 +171,14 @@ def build_comparison(
     if budget is None:
         budget = min(e.iterations for e in experiments)
     budget = max(0, budget)
+    confirmed = confirmed_deltas(runs)
+    at_full_budget = budget >= experiment.iterations
+    available = at_full_budget and any(
+        value is not None for run_id, value in confirmed.items() if traces[run_id].run.experiment_id == experiment.pk
+    )
+    # A run is confirmed at its end: at an earlier budget only the search Δ exists.
+    source = "search" if not at_full_budget else (
+        ("confirmed" if available else "search") if delta_source == "auto" else delta_source)
 
     group_order = {g: i for i, g in enumerate(GROUP_ORDER)}
     series_runs: dict[str, list[RunTrace]] = defaultdict(list)
@@ -171,26 +192,41 @@ def build_comparison(
         series_meta.setdefault(
             key,
             {"key": key, "group": run.group, "label": _series_label(run.experiment, run.group, experiment),
-             "experiment": run.experiment_id, "is_reference": run.experiment.is_reference},
+             "experiment": run.experiment_id, "is_reference": run.experiment.is_reference,
+             "objective": run.experiment.objective},
         )
 
     groups = []
     deltas: dict[str, list[float]] = {}
     for key, members in series_runs.items():
-        groups.append(_group_block(series_meta[key], members, budget))
+        groups.append(_group_block(series_meta[key], members, budget, confirmed, source))
         deltas[key] = [r["delta"] for r in groups[-1]["runs"] if r["included"] and r["delta"] is not None]
 
-    pairs = []
-    for first, second in itertools.combinations([g["key"] for g in groups], 2):
-        pairs.append(_pair(first, second, deltas[first], deltas[second], bootstrap_resamples))
+    pairs = [_pair(first, second, deltas[first], deltas[second])
+             for first, second in itertools.combinations([g["key"] for g in groups], 2)]
+    for name in stats.TESTS:
+        for pair, adjusted in zip(pairs, stats.holm_adjust([p[f"p_{name}"] for p in pairs]), strict=True):
+            pair[f"p_{name}_holm"] = adjusted
+    for pair in pairs:
+        chosen = pair[f"p_{test}_holm"]
+        pair["highlighted"] = chosen is not None and chosen < SIGNIFICANCE
 
     notes = [
         "Δ = best − baseline in val_bpb at the same budget of proposals; negative is better.",
+        ("Δ compared here: confirmed — each run's best and baseline configs re-trained on fresh seeds when it "
+         "ended (mean of the paired differences); runs without a confirmation are excluded."
+         if source == "confirmed" else
+         "Δ compared here: search — the best of the run's noisy evaluations minus its baseline, biased low (a "
+         "minimum over many draws)."
+         + ("" if at_full_budget else " Confirmed Δ exists only at the full budget T.")),
         f"Runs enter the summary only once they reach {budget} proposals; the others are listed as excluded.",
-        "p-values are two-sided Welch t-tests without correction for multiple comparisons; with 3 repeats per "
-        "group the tests have little power, so read the confidence intervals, not only the p-values.",
-        f"Bootstrap: percentile intervals from {bootstrap_resamples:,} resamples of each group (seed "
-        f"{BOOTSTRAP_SEED}); with n ≤ 5 per group they are narrower than they should be.",
+        f"Highlighted pairs: {TEST_LABELS[test]} (two-sided), p < {SIGNIFICANCE} after Holm's correction across "
+        f"all {len(pairs)} pairs. Both tests are shown, raw and Holm-adjusted; the permutation test (exact up to 7 "
+        "runs per group, 4,999 sampled relabellings beyond) assumes nothing about the distribution and is the "
+        "default at small n.",
+        "Effect: the difference of mean Δ with Welch's 95% interval, and Hedges' g (difference in pooled sds, "
+        "small-sample corrected) with its approximate 95% interval. With 3–5 repeats per group the tests have "
+        "little power: an unhighlighted pair is not evidence of no difference.",
     ]
     if any(e.is_reference for e in experiments):
         notes.append(
@@ -216,6 +252,10 @@ def build_comparison(
         "max_proposals": max((t.proposals_done for t in traces.values()), default=0),
         "groups": groups,
         "pairs": pairs,
+        "test": test,
+        "delta_source": source,
+        "confirmed_available": available,
+        "test_label": TEST_LABELS[test],
         "reference_group": "R" if "R" in series_runs else None,
         "parameters": _parameter_importance(traces.values()),
         "llm_usage": _llm_usage(experiments, runs, traces),
@@ -237,22 +277,30 @@ def _experiment_dict(experiment: Experiment) -> dict[str, Any]:
     }
 
 
-def _group_block(meta: dict[str, Any], members: list[RunTrace], budget: int) -> dict[str, Any]:
+def _group_block(
+    meta: dict[str, Any], members: list[RunTrace], budget: int, confirmed: dict[int, ConfirmedDelta | None],
+    source: str,
+) -> dict[str, Any]:
     run_rows: list[dict[str, Any]] = []
     for trace in members:
         reached = trace.baseline is not None and trace.proposals_done >= budget
         best = trace.running[budget] if reached else None
+        search_delta = best - trace.baseline if best is not None and trace.baseline is not None else None
+        confirmation = confirmed.get(trace.run.pk)
+        delta = search_delta if source == "search" else (confirmation.delta if confirmation else None)
         run_rows.append({
             "id": trace.run.pk,
             "repeat": trace.run.repeat,
             "status": trace.run.status,
             "baseline": trace.baseline,
             "best": best,
-            "delta": best - trace.baseline if best is not None and trace.baseline is not None else None,
+            "delta": delta,
+            "search_delta": search_delta,
+            "confirmed": confirmation.as_dict() if confirmation else None,
             "proposals": trace.proposals_done,
             "keeps": sum(1 for p in trace.keeps_at if p <= budget),
             "crashes": sum(1 for p in trace.crashes_at if p <= budget),
-            "included": reached,
+            "included": reached and delta is not None,
             "running_best": trace.running,
             "running_delta": [
                 v - trace.baseline if v is not None and trace.baseline is not None else None for v in trace.running
@@ -260,11 +308,11 @@ def _group_block(meta: dict[str, Any], members: list[RunTrace], budget: int) -> 
         })
     included = [r for r in run_rows if r["included"]]
     longest = max((len(t.running) for t in members), default=0)
-    absolute, delta = [], []
+    absolute, running_delta = [], []
     for p in range(longest):
         absolute.append(_band([r["running_best"][p] for r in run_rows
                                if p < len(r["running_best"]) and r["running_best"][p] is not None]))
-        delta.append(_band([r["running_delta"][p] for r in run_rows
+        running_delta.append(_band([r["running_delta"][p] for r in run_rows
                             if p < len(r["running_delta"]) and r["running_delta"][p] is not None]))
     level_strategy, level_research = GROUP_LEVELS.get(meta["group"], (False, False))
     return {
@@ -272,21 +320,24 @@ def _group_block(meta: dict[str, Any], members: list[RunTrace], budget: int) -> 
         "levels": {"strategy": level_strategy, "research": level_research},
         "n": len(included),
         "n_runs": len(run_rows),
-        "excluded": [{"id": r["id"], "repeat": r["repeat"], "proposals": r["proposals"], "status": r["status"]}
+        "excluded": [{"id": r["id"], "repeat": r["repeat"], "proposals": r["proposals"], "status": r["status"],
+                      "reason": "budget not reached" if r["proposals"] < budget or r["baseline"] is None
+                      else "not confirmed"}
                      for r in run_rows if not r["included"]],
         "baseline": stats.summarize([r["baseline"] for r in included]).as_dict(),
         "best": stats.summarize([r["best"] for r in included]).as_dict(),
         "delta": stats.summarize([r["delta"] for r in included]).as_dict(),
+        "search_delta": stats.summarize([r["search_delta"] for r in included]).as_dict(),
         "keeps": sum(r["keeps"] for r in included),
         "crashes": sum(r["crashes"] for r in included),
         "runs": run_rows,
-        "series": {"absolute": absolute, "delta": delta},
+        "series": {"absolute": absolute, "delta": running_delta},
     }
 
 
-def _pair(first: str, second: str, a: list[float], b: list[float], resamples: int) -> dict[str, Any]:
+def _pair(first: str, second: str, a: list[float], b: list[float]) -> dict[str, Any]:
     welch = stats.welch_t_test(a, b)
-    boot = stats.bootstrap_difference_ci(a, b, resamples=resamples, seed=BOOTSTRAP_SEED)
+    effect = stats.hedges_g(a, b)
     difference = (sum(a) / len(a) - sum(b) / len(b)) if a and b else None
     note = ""
     if welch is None:
@@ -301,9 +352,13 @@ def _pair(first: str, second: str, a: list[float], b: list[float], resamples: in
         "difference": difference,
         "t": welch.t if welch else None,
         "df": welch.df if welch else None,
-        "p_value": welch.p_value if welch else None,
-        "ci_low": boot.ci_low if boot else None,
-        "ci_high": boot.ci_high if boot else None,
+        "p_welch": welch.p_value if welch else None,
+        "p_permutation": stats.permutation_p_value(a, b),
+        "ci_low": welch.ci_low if welch else None,
+        "ci_high": welch.ci_high if welch else None,
+        "hedges_g": effect.hedges_g if effect else None,
+        "g_ci_low": effect.ci_low if effect else None,
+        "g_ci_high": effect.ci_high if effect else None,
         "involves_control": "R" in (first, second),
         "note": note,
     }

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from trainer.outcomes import TrainingSummary
 
-from . import acceptance
+from . import acceptance, confirmation
 from .events import publish_run_event
 from .lease import LeaseKeeper, claim_step, release_lease_and_continue
 from .level2 import activate_approved_mechanisms, attach_library_mechanisms
@@ -77,16 +77,18 @@ class Step:
         self.run_obj = run
         self.state = self.ctx.state
         self.experiment = run.experiment
+        self.owner = owner
 
     @property
     def run_id(self) -> int:
         return self.ctx.run_id
 
+    def _finish(self, status: str, detail: str) -> None:
+        finish_run(self.run_id, status, detail)
+
     def run(self) -> str:
         if self.state.proposals_done >= self.experiment.iterations:
-            finish_run(self.run_id, RunStatus.COMPLETED,
-                       f"{self.state.proposals_done} of {self.experiment.iterations} done")
-            return "completed"
+            return confirmation.confirm_or_finish(self)
         if not self.run_obj.random_control:
             attach_library_mechanisms(self.run_obj)
             activate_approved_mechanisms(self.run_obj, self.state.next_index)

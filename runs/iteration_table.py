@@ -22,6 +22,7 @@ EXPORT_FORMATS = ("csv", "json")
 
 CSV_COLUMNS = [
     "run",
+    "objective",
     "group",
     "repeat",
     "index",
@@ -147,6 +148,7 @@ def _csv_row(iteration: Iteration) -> list[Any]:
     run = iteration.run
     return [
         iteration.run_id,
+        Objective(run.experiment.objective).label,  # a surrogate value says so wherever the file travels
         run.group,
         run.repeat,
         iteration.index,
@@ -179,6 +181,7 @@ def export_record(iteration: Iteration) -> dict[str, Any]:
         group=iteration.run.group,
         repeat=iteration.run.repeat,
         delta_vs_best_before=_delta(iteration),
+        objective=Objective(iteration.run.experiment.objective).label,
         mechanisms=mechanism_names(iteration),
     )
     return record

@@ -82,6 +82,10 @@ class Experiment(models.Model):
     )
     noise_k = models.FloatField(default=2.0, help_text="Noise-aware: keep iff gain > k × noise sd.")
     baseline_repeats = models.PositiveIntegerField(default=3, help_text="Noise-aware: baseline trainings (r).")
+    # 0 = none; the form defaults to 3 on the surrogate and 2 on the real trainer.
+    confirmation_repeats = models.PositiveIntegerField(
+        default=0, help_text="Confirmation: the best and the baseline config re-trained on this many fresh seeds."
+    )
     review_gate = models.BooleanField(default=True)
     # Review policy with the gate on: None = wait for a reviewer (default); N = continue without
     # the mechanism after N minutes, recorded as "review timed out" (never as a person's rejection).
@@ -330,3 +334,32 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.hostname
+
+
+class ConfirmationRole(models.TextChoices):
+    BASELINE = "baseline", "Baseline config"
+    BEST = "best", "Best config"
+
+
+class Confirmation(models.Model):
+    """One re-training at the end of a run on a fresh seed: its baseline or its best config (confirmed Δ)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="confirmations")
+    role = models.CharField(max_length=8, choices=ConfirmationRole.choices)
+    replicate = models.PositiveIntegerField(help_text="0 … r−1; baseline and best of one replicate share a seed.")
+    seed = models.IntegerField()
+    config = models.JSONField(default=dict)
+    val_bpb = models.FloatField(null=True, blank=True)
+    failure_class = models.CharField(max_length=32, blank=True)
+    training_seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run_id", "replicate", "role"]
+        constraints = [
+            # Exactly once: a step retried after a worker died cannot record the same training twice.
+            models.UniqueConstraint(fields=["run", "role", "replicate"], name="unique_confirmation_per_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run} · {self.role} #{self.replicate}"

@@ -1,10 +1,11 @@
 """Import the paper's published per-repeat reports as a read-only reference experiment.
 
-Format (shared/fixtures/paper_runs/README.md): `group`, `repeat`, `baseline_bpb`,
+Format (mechanisms/fixtures/paper_runs/README.md): `group`, `repeat`, `baseline_bpb`,
 `best_val_bpb`, `best_iteration`, `improvement` (baseline − best, positive is better), optional
 `keeps`/`discards`/`crashes`/`total_iterations`, and `trace`: `{iter, bpb, status, desc}` rows.
-Crashes carry bpb = 0. In groups C and D the iteration numbers restart at every batch of ten
-and each batch of C starts with a fresh baseline row (desc = "baseline").
+Crashes carry bpb = 0. In groups C and D the iteration numbers restart at every batch of ten:
+each batch of C starts with a fresh baseline row (iter 0), D's later batches restart at iter 1
+with no baseline row.
 
 Every file is validated completely (types, counts, the published summary against the trace)
 before anything is written; all files of one import are written in one transaction.
@@ -38,7 +39,7 @@ MAX_DESC_CHARS = 100_000
 TOLERANCE = 1e-6
 ROW_STATUSES = ("keep", "discard", "crash")
 # Keys of the published reports that the import does not use (kept for the record only).
-KNOWN_EXTRA_KEYS = {"status", "outer_cycles", "level2_rounds", "level2_sessions", "outer_trace"}
+KNOWN_EXTRA_KEYS = {"status", "outer_cycles", "n_batches", "level2_rounds", "level2_sessions", "outer_trace"}
 KNOWN_KEYS = {"group", "repeat", "baseline_bpb", "best_val_bpb", "best_iteration", "improvement", "trace",
               "keeps", "discards", "crashes", "total_iterations"} | KNOWN_EXTRA_KEYS
 
@@ -152,9 +153,14 @@ def _parse(data: Any, source: str) -> ParsedReport:
         if "\x00" in desc:  # PostgreSQL cannot store NUL characters in text
             raise PaperImportError(f"{where}.desc contains a NUL character")
         counts[status] += 1
-        # Iteration numbers count up by one and restart at 0 only at a new batch.
-        if raw_iter != previous_iter + 1 and raw_iter != 0:
-            raise PaperImportError(f"{where}.iter is {raw_iter} after {previous_iter}: iterations must count up by one")
+        # Iteration numbers count up by one; a new batch restarts at 0 with a baseline row (group C) or
+        # at 1 without one (group D's later batches).
+        new_batch = raw_iter == 0 or (raw_iter == 1 and previous_iter > 1)
+        if raw_iter != previous_iter + 1 and not new_batch:
+            raise PaperImportError(
+                f"{where}.iter is {raw_iter} after {previous_iter}: iterations count up by one and a new batch "
+                "restarts at 0 (with a baseline row) or 1"
+            )
         previous_iter = raw_iter
         is_baseline = raw_iter == 0
         if position == 0 and not is_baseline:

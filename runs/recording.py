@@ -86,7 +86,9 @@ def record_iteration(
     publish_run_event(
         ctx.run_id, {"type": "iteration", "run": ctx.run_id, "iteration": iteration_to_dict(iteration)}
     )
-    if kind == IterationKind.PROPOSAL and ctx.state.proposals_done >= ctx.experiment.iterations:
+    done = ctx.state.proposals_done >= ctx.experiment.iterations
+    # With confirmation on, the run ends after its re-trainings (the next steps), not here.
+    if kind == IterationKind.PROPOSAL and done and not ctx.experiment.confirmation_repeats:
         finish_run(ctx.run_id, RunStatus.COMPLETED, f"all {ctx.experiment.iterations} proposals done")
 
 

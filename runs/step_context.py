@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from .lease import LeaseKeeper
 from .models import Experiment, Run
 from .state import RunState
+from .step_errors import StepAborted
 
-
-class StepAborted(Exception):
-    """The run was paused/cancelled or the lease was lost while training: drop this iteration."""
+__all__ = ["StepAborted", "StepContext"]
 
 
 @dataclass

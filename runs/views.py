@@ -29,6 +29,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from mechanisms.models import MechanismAttachment
 
 from . import control
+from .confirmation import confirmed_deltas
 from .forms import DEFAULT_PER_PAGE, GROUP_HELP, ExperimentForm, IterationFilterForm
 from .iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
 from .models import AgentBackend, Experiment, Iteration, Run, RunStatus
@@ -321,6 +322,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     context["table_url"] = reverse("run_iterations", args=[run.pk])
     context["snapshot"] = run_snapshot(run)
     context["pending_reviews"] = run.mechanism_attachments.filter(status="pending").select_related("mechanism")
+    context["confirmed"] = confirmed_deltas([run])[run.pk]
     context["page_config"] = {
         "run": run.pk,
         "snapshotUrl": reverse("run_snapshot", args=[run.pk]),

@@ -16,12 +16,17 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods
 
-from .comparison import ComparisonData, build_comparison, mechanism_counts
-from .models import Experiment
+from .comparison import DELTA_SOURCES, ComparisonData, build_comparison, mechanism_counts
+from .models import Experiment, Objective
 from .paper_import import DEFAULT_EXPERIMENT_NAME, MAX_FILE_BYTES, PaperImportError, import_reports
+from .stats import TESTS
 
 GROUP_COLOURS = {"R": "#7a8594", "A": "#2f6fd6", "B": "#e07b00", "C": "#1f9d55", "D": "#8a4fd0"}
 MAX_COMPARED_EXPERIMENTS = 5
+
+
+def objective_label(objective: str) -> str:
+    return str(Objective(objective).label)
 
 
 def colour(group: str) -> str:
@@ -47,7 +52,11 @@ def comparison_for_request(request: HttpRequest, experiment: Experiment) -> Comp
         if raw.isascii() and raw.isdigit() and int(raw) != experiment.pk and int(raw) <= 2**62:
             other_ids.append(int(raw))
     others = list(Experiment.objects.filter(pk__in=other_ids).order_by("pk"))
-    return build_comparison(experiment, others, budget=_int_param(request, "budget", 0, 100_000))
+    test = request.GET.get("test", "permutation")
+    source = request.GET.get("delta", "auto")
+    return build_comparison(experiment, others, budget=_int_param(request, "budget", 0, 100_000),
+                            test=test if test in TESTS else "permutation",
+                            delta_source=source if source in DELTA_SOURCES else "auto")
 
 
 def fmt(value: float | None, digits: int = 5, signed: bool = False) -> str:
@@ -60,6 +69,15 @@ def fmt_p(value: float | None) -> str:
     if value is None:
         return "—"
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _confirmed_text(confirmed: dict[str, Any] | None) -> str:
+    if confirmed is None:
+        return "—"
+    if confirmed["ci_low"] is None:
+        return f"{fmt(confirmed['delta'], signed=True)} (n={confirmed['pairs']})"
+    return (f"{fmt(confirmed['delta'], signed=True)} [{fmt(confirmed['ci_low'], signed=True)}, "
+            f"{fmt(confirmed['ci_high'], signed=True)}] (n={confirmed['pairs']})")
 
 
 def display_rows(data: ComparisonData) -> dict[str, Any]:
@@ -82,11 +100,13 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
             "delta_sd": fmt(delta["sd"]),
             "delta_ci": (f"[{fmt(delta['ci_low'], signed=True)}, {fmt(delta['ci_high'], signed=True)}]"
                          if delta["ci_low"] is not None else "—"),
+            "search_delta": fmt(g["search_delta"]["mean"], signed=True),
             "keeps": g["keeps"],
             "crashes": g["crashes"],
             "runs": [
                 {**r, "baseline_text": fmt(r["baseline"]), "best_text": fmt(r["best"]),
-                 "delta_text": fmt(r["delta"], signed=True)}
+                 "delta_text": fmt(r["delta"], signed=True), "search_delta_text": fmt(r["search_delta"], signed=True),
+                 "confirmed_text": _confirmed_text(r["confirmed"])}
                 for r in g["runs"]
             ],
         })
@@ -99,10 +119,14 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
             "difference_text": fmt(pair["difference"], signed=True),
             "t_text": fmt(pair["t"], 3, signed=True),
             "df_text": fmt(pair["df"], 2),
-            "p_text": fmt_p(pair["p_value"]),
+            "p_welch_text": fmt_p(pair["p_welch"]),
+            "p_welch_holm_text": fmt_p(pair["p_welch_holm"]),
+            "p_permutation_text": fmt_p(pair["p_permutation"]),
+            "p_permutation_holm_text": fmt_p(pair["p_permutation_holm"]),
             "ci_text": (f"[{fmt(pair['ci_low'], signed=True)}, {fmt(pair['ci_high'], signed=True)}]"
                         if pair["ci_low"] is not None else "—"),
-            "excludes_zero": pair["ci_low"] is not None and (pair["ci_low"] > 0 or pair["ci_high"] < 0),
+            "g_text": (f"{fmt(pair['hedges_g'], 2, signed=True)} [{fmt(pair['g_ci_low'], 2, signed=True)}, "
+                       f"{fmt(pair['g_ci_high'], 2, signed=True)}]" if pair["hedges_g"] is not None else "—"),
         })
     parameters = [
         {**row, "gain_text": fmt(row["gain_from_keeps"]),
@@ -261,6 +285,11 @@ def summary_rows(data: ComparisonData) -> list[dict[str, Any]]:
                 "experiment": g["experiment"], "series": g["key"], "group": g["group"], "repeat": r["repeat"],
                 "run": r["id"], "status": r["status"], "included": r["included"], "proposals": r["proposals"],
                 "baseline_val_bpb": r["baseline"], "best_val_bpb_at_budget": r["best"], "delta": r["delta"],
+                "delta_source": data["delta_source"], "search_delta": r["search_delta"],
+                "confirmed_delta": r["confirmed"]["delta"] if r["confirmed"] else None,
+                "confirmed_ci_low": r["confirmed"]["ci_low"] if r["confirmed"] else None,
+                "confirmed_ci_high": r["confirmed"]["ci_high"] if r["confirmed"] else None,
+                "objective": objective_label(g["objective"]),
                 "keeps": r["keeps"], "crashes": r["crashes"],
             })
     return rows
@@ -271,6 +300,8 @@ def summary_dict(data: ComparisonData) -> dict[str, Any]:
         "experiment": data["experiment"],
         "compared_with": data["compared_with"],
         "budget": data["budget"],
+        "delta_source": data["delta_source"],
+        "test": data["test"],
         "groups": [{k: v for k, v in g.items() if k not in ("series", "runs")} for g in data["groups"]],
         "pairs": data["pairs"],
         "runs": summary_rows(data),
@@ -292,8 +323,9 @@ def summary_csv(request: HttpRequest, experiment_id: int) -> HttpResponse:
     experiment = get_object_or_404(Experiment, pk=experiment_id)
     rows = summary_rows(comparison_for_request(request, experiment))
     out = io.StringIO()
-    fields = ["experiment", "series", "group", "repeat", "run", "status", "included", "proposals",
-              "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "keeps", "crashes"]
+    fields = ["experiment", "objective", "series", "group", "repeat", "run", "status", "included", "proposals",
+              "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "delta_source", "search_delta",
+              "confirmed_delta", "confirmed_ci_low", "confirmed_ci_high", "keeps", "crashes"]
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for row in rows:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from mechanisms.ladder import PAPER_RUNS_DIR
 from mechanisms.models import AttachmentStatus
 from runs.models import Experiment, Iteration, Run
 from tests.conftest import PASSWORD
@@ -17,7 +17,7 @@ from tests.dashboard_review.factories import make_attachment
 from tests.stats.factories import make_experiment
 
 pytestmark = pytest.mark.django_db
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "paper_runs"
+FIXTURES = PAPER_RUNS_DIR
 
 
 def post_json(client: Client, path: str, data: Any, **extra: Any) -> Any:

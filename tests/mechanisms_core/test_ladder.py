@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,7 +172,11 @@ def test_paper_run_conversion() -> None:
     assert json.loads(json.dumps(trace)) == trace
 
 
-@pytest.mark.skipif(not PAPER_RUNS_DIR.is_dir(), reason="shared paper runs are not beside this checkout")
-def test_shared_paper_runs_load() -> None:
+def test_paper_runs_load_from_the_repository(tmp_path: Path) -> None:
     loaded = paper_run_fixtures()
-    assert loaded and all(f.trace and f.trace[0]["kind"] == "baseline" for f in loaded)
+    assert [f.name for f in loaded] == ["paper_A1", "paper_C1", "paper_D1"]
+    assert all(f.trace and f.trace[0]["kind"] == "baseline" for f in loaded)
+    assert PAPER_RUNS_DIR.is_relative_to(Path(__file__).resolve().parents[2])
+    (tmp_path / "A1.json").write_text((PAPER_RUNS_DIR / "A1.json").read_text())
+    with pytest.raises(FileNotFoundError, match=r"C1\.json, D1\.json"):
+        paper_run_fixtures(tmp_path)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import copy
 import json
 from io import StringIO
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from mechanisms.ladder import PAPER_RUNS_DIR
 from runs.comparison import build_comparison
 from runs.models import Experiment, Iteration, Run
 from runs.paper_import import PaperImportError, import_reports, parse_report
 
-# shared/ sits beside the work tree (also in CI's fresh clone).
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "paper_runs"
+FIXTURES = PAPER_RUNS_DIR
 
 pytestmark = pytest.mark.django_db
 
@@ -153,4 +152,26 @@ def test_a_non_reference_experiment_is_not_imported_into() -> None:
     Experiment.objects.create(name="ours", groups=["A"])
     with pytest.raises(PaperImportError, match="not a reference experiment"):
         import_reports([("A1.json", (FIXTURES / "A1.json").read_bytes())], experiment_name="ours")
+    assert Run.objects.count() == 0
+
+
+def test_d1_later_batches_restart_at_one_without_a_baseline_row() -> None:
+    experiment, runs = import_reports([(n, (FIXTURES / n).read_bytes()) for n in ("A1.json", "C1.json", "D1.json")])
+    assert experiment.groups == ["A", "C", "D"]
+    d1 = next(r for r in runs if r.group == "D")
+    rows = list(d1.iteration_set.order_by("index"))
+    # 31 rows: a baseline and three batches of ten proposals (iter 1-10 each), no re-baselines.
+    assert len(rows) == 31 and d1.proposals_done == 30
+    assert [r.index for r in rows if r.kind == "baseline"] == [0]
+    assert (d1.baseline_val_bpb, d1.best_val_bpb, d1.best_iteration) == (1.094523, 1.093543, 7)
+    assert rows[11].decision_reason == "as published (iter 1 of its batch)"
+    assert {r.group: round((r.baseline_val_bpb or 0) - (r.best_val_bpb or 0), 6) for r in runs} == {
+        "A": 0.008534, "C": 0.065448, "D": 0.00098}
+
+
+def test_a_restart_in_the_middle_of_a_batch_names_file_and_field() -> None:
+    broken = _load("D1.json")
+    broken["trace"][2]["iter"] = 7
+    with pytest.raises(PaperImportError, match=r"^D1\.json: trace\[2\]\.iter is 7 after 1"):
+        import_reports([("D1.json", json.dumps(broken))])
     assert Run.objects.count() == 0

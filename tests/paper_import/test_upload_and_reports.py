@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from mechanisms.ladder import PAPER_RUNS_DIR
 from runs.models import Experiment, Run
 from tests.stats.factories import make_experiment
 
 pytestmark = pytest.mark.django_db
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "paper_runs"
+FIXTURES = PAPER_RUNS_DIR
 
 
 def _upload(name: str, content: bytes | None = None) -> SimpleUploadedFile:

@@ -7,8 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from runs.confirmation import default_repeats
 from runs.control import create_runs, start_experiment
-from runs.models import Experiment
+from runs.models import Experiment, Objective
 from trainer.schema import PRESET_SETTINGS
 
 DEMO_NAME = "Demo: built-in agent on cpu-tiny (Levels 1 + 1.5 + 2)"
@@ -32,6 +33,7 @@ class Command(BaseCommand):
                 preset="cpu-tiny", budget_kind="flops",
                 budget_value=PRESET_SETTINGS["cpu-tiny"].default_flops_budget,
                 review_gate=True,
+                confirmation_repeats=default_repeats(Objective.TRAINER),
             )
             create_runs(experiment)
             start_experiment(experiment)

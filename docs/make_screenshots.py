@@ -1,0 +1,120 @@
+"""Regenerate docs/screenshots/ from real runs: the demo on the real trainer and a surrogate ablation.
+
+    .venv/bin/python docs/make_screenshots.py [--repeats 10] [--iterations 30]
+
+In a private environment (an embedded redis-server, a fresh SQLite database, the ASGI server, one
+train and one research Celery worker; see bench/bench_common.py) it
+1. starts the demo experiment (`manage.py start_demo`: group C, built-in agent, the real trainer on
+   cpu-tiny) and photographs its run page once the baseline training has streamed a few progress
+   points (run-page-mid-training.png), then cancels it;
+2. runs the surrogate ablation (A, B, C, D, R × repeats × iterations, built-in agent, K=5, M=2,
+   review gate off so Level 2 mechanisms are validated and run without waiting, confirmation on 3
+   seeds), and photographs its comparison page (comparison-page.png) and the review page of a
+   mechanism the built-in research agent wrote for group C (review-page.png).
+Chromium is Debian's (/usr/bin/chromium) driven by Playwright, 1280 px wide, whole pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from bench_common import BenchEnv, bench_env, make_user, wait_until  # noqa: E402
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls between page actions are
+# plain synchronous queries, as in the browser tests (tests/conftest.py).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+def log_in(page: Any, url: str) -> None:
+    page.goto(f"{url}/accounts/login/")
+    page.fill("input[name=username]", "bench")
+    page.fill("input[name=password]", "bench-password-42")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/")
+
+
+def demo_mid_training(page: Any, url: str) -> None:
+    from django.core.management import call_command
+
+    from runs import control
+    from runs.management.commands.start_demo import DEMO_NAME
+    from runs.models import Run
+
+    call_command("start_demo")
+    run = Run.objects.get(experiment__name=DEMO_NAME)
+    wait_until(lambda: len(Run.objects.get(pk=run.pk).live_progress.get("points", [])) >= 6, 1800,
+               "the demo's first training to stream progress", interval=1.0)
+    page.goto(f"{url}/runs/{run.pk}/")
+    page.wait_for_function("document.getElementById('live-indicator').textContent === 'live'")
+    page.wait_for_function("window.bilevelRunPage.curveChart.data.datasets[0].data.length >= 6", timeout=300_000)
+    page.screenshot(path=str(SHOTS / "run-page-mid-training.png"), full_page=True)
+    # Cancelling publishes a live event through async_to_sync, which must not run on Playwright's loop thread.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(control.cancel_run, Run.objects.get(pk=run.pk)).result()
+
+
+def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> None:
+    from mechanisms.models import MechanismAttachment
+    from runs import control
+    from runs.control import create_runs
+    from runs.models import Experiment, RunStatus
+
+    experiment = Experiment.objects.create(
+        name=f"Surrogate ablation: A/B/C/D/R × {repeats} × {iterations}, built-in agent",
+        groups=["A", "B", "C", "D", "R"], repeats=repeats, iterations=iterations, strategy_interval=5,
+        research_interval=2, objective="surrogate", budget_value=1.5e12, review_gate=False, confirmation_repeats=3)
+    create_runs(experiment)
+    control.start_experiment(experiment)
+    wait_until(lambda: not experiment.runs.exclude(status__in=[RunStatus.COMPLETED, RunStatus.FAILED]).exists(),
+               3 * 3600, "the ablation to finish", interval=1.0)
+    page.goto(f"{url}/experiments/{experiment.pk}/compare/")
+    page.wait_for_function("document.querySelector('#compare-chart').width > 0")
+    page.screenshot(path=str(SHOTS / "comparison-page.png"), full_page=True)
+    attachment = (MechanismAttachment.objects.filter(run__experiment=experiment, run__group="C")
+                  .exclude(ladder=[]).order_by("pk").first())
+    if attachment is None:
+        raise RuntimeError("the ablation's group C produced no mechanism to show on the review page")
+    page.goto(f"{url}/mechanisms/{attachment.pk}/")
+    page.screenshot(path=str(SHOTS / "review-page.png"), full_page=True)
+
+
+def run(env: BenchEnv, repeats: int, iterations: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    make_user()
+    _server, url = env.start_asgi()
+    env.start_worker("train", "train")
+    env.start_worker("research", "research,default")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        log_in(page, url)
+        demo_mid_training(page, url)
+        surrogate_ablation(page, url, repeats, iterations)
+        browser.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=30)
+    args = parser.parse_args()
+    with bench_env("screenshots") as env:
+        run(env, args.repeats, args.iterations)
+    print(f"screenshots written to {SHOTS}")
+
+
+if __name__ == "__main__":
+    main()
