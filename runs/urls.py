@@ -2,6 +2,7 @@ from django.urls import path
 
 from . import views
 from . import views_compare as compare
+from . import views_tokens as tokens
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -19,4 +20,6 @@ urlpatterns = [
     path("experiments/<int:experiment_id>/summary.json", compare.summary_json, name="experiment_summary_json"),
     path("experiments/<int:experiment_id>/summary.csv", compare.summary_csv, name="experiment_summary_csv"),
     path("experiments/import-paper/", compare.paper_import_upload, name="paper_import"),
+    path("settings/tokens/", tokens.api_tokens, name="api_tokens"),
+    path("settings/tokens/<int:token_id>/revoke/", tokens.api_token_revoke, name="api_token_revoke"),
 ]
