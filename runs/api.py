@@ -113,8 +113,10 @@ class SessionAuth(APIKeyCookie):
 
     param_name = settings.SESSION_COOKIE_NAME
 
-    def __init__(self) -> None:
-        super().__init__(csrf=False)
+    def _get_key(self, request: HttpRequest) -> str | None:
+        # `csrf` stays True (the docs page then sends the X-CSRFToken header with its requests),
+        # but the check itself is done in authenticate(), for logged-in callers only.
+        return request.COOKIES.get(self.param_name)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any | None:
         if not request.user.is_authenticated:

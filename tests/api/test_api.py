@@ -4,6 +4,7 @@ input, the generated OpenAPI schema and the locally served docs page."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,15 @@ def test_openapi_lists_every_route_and_is_json(client: Client) -> None:
             assert {p["name"] for p in operation["parameters"] if p["in"] == "path"} == braces
     # The API is mounted exactly once.
     assert any(isinstance(p, URLResolver) and str(p.pattern) == "api/" for p in get_resolver().url_patterns)
+
+
+def test_docs_page_is_served_locally_without_a_cdn(client: Client) -> None:
+    page = client.get("/api/docs").content.decode()
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert "/static/ninja/swagger-ui-bundle.js" in scripts and all(s.startswith("/static/") for s in scripts)
+    assert 'data-api-csrf="true"' in page  # Swagger UI's "try it out" sends the CSRF header with the session
+    for asset in scripts:
+        assert client.get(asset).status_code == 200, asset
 
 
 def test_login_logout_and_wrong_password() -> None:
