@@ -19,7 +19,8 @@
     const sets = [];
     data.groups.forEach(function (group) {
       const series = group.series[scale];
-      const dash = group.dashed ? [6, 4] : [];
+      // A group identical to an earlier one is drawn dotted with markers on top of it, so both stay visible.
+      const dash = group.same_as ? [2, 3] : group.dashed ? [6, 4] : [];
       if (band !== "none") {
         const lower = series.map(function (pt) {
           if (pt.mean === null) return null;
@@ -43,8 +44,10 @@
             stepped: "before", isRepeat: true });
         });
       }
-      sets.push({ label: group.label, data: points(series.map(function (pt) { return pt.mean; })),
-        borderColor: group.colour, backgroundColor: group.colour, borderWidth: 2.5, pointRadius: 0,
+      sets.push({ label: group.same_as ? group.label + " (same as " + group.same_as + ")" : group.label,
+        data: points(series.map(function (pt) { return pt.mean; })),
+        borderColor: group.colour, backgroundColor: group.colour, borderWidth: 2.5,
+        pointRadius: group.same_as ? 4 : 0, pointStyle: "triangle",
         borderDash: dash, stepped: false, n: series.map(function (pt) { return pt.n; }) });
     });
     return sets;
