@@ -31,7 +31,8 @@ from mechanisms.models import MechanismAttachment
 from . import control
 from .forms import DEFAULT_PER_PAGE, GROUP_HELP, ExperimentForm, IterationFilterForm
 from .iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
-from .models import AgentBackend, Experiment, Iteration, Run, RunStatus
+from .models import AgentBackend, Experiment, Group, Iteration, Run, RunStatus
+from .parallel_coordinates import parallel_coordinates
 from .serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 
 TABLE_TARGET = "iteration-table"
@@ -158,6 +159,7 @@ def _table_context(request: HttpRequest, base: QuerySet[Iteration], *, experimen
         "export_query": query.urlencode(),
         "sort": filters.get("sort") or "index",
         "total": paginator.count,
+        "rows": rows,
     }
 
 
@@ -283,6 +285,9 @@ def experiment_iterations(request: HttpRequest, experiment_id: int) -> HttpRespo
         return _export(request, base, f"experiment-{experiment.pk}-iterations")
     context = _table_context(request, base, experiment_view=True)
     context["experiment"] = experiment
+    context["parcoords"] = parallel_coordinates(context["rows"])
+    # Only the experiment's own groups, labelled with what each group is.
+    context["filter_form"].fields["group"].choices = [(g, Group(g).label) for g in experiment.groups]
     return _render_table(request, "runs/experiment_iterations.html", context)
 
 
@@ -331,7 +336,7 @@ def run_iterations(request: HttpRequest, run_id: int) -> HttpResponseBase:
     if "format" in request.GET:
         return _export(request, base, f"run-{run.pk}-iterations")
     context = _table_context(request, base, experiment_view=False)
-    context.update(run=run, experiment=run.experiment)
+    context.update(run=run, experiment=run.experiment, parcoords=parallel_coordinates(context["rows"]))
     return _render_table(request, "runs/run_iterations.html", context)
 
 
