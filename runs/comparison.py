@@ -184,11 +184,14 @@ def build_comparison(
     for first, second in itertools.combinations([g["key"] for g in groups], 2):
         pairs.append(_pair(first, second, deltas[first], deltas[second], bootstrap_resamples))
 
+    smallest = min((len(values) for values in deltas.values()), default=0)
     notes = [
         "Δ = best − baseline in val_bpb at the same budget of proposals; negative is better.",
         f"Runs enter the summary only once they reach {budget} proposals; the others are listed as excluded.",
-        "p-values are two-sided Welch t-tests without correction for multiple comparisons; with 3 repeats per "
-        "group the tests have little power, so read the confidence intervals, not only the p-values.",
+        "p-values are two-sided Welch t-tests without correction for multiple comparisons; "
+        + (f"with {smallest} runs in the smallest group the tests have little power, so read the confidence "
+           "intervals, not only the p-values." if smallest >= 2 else
+           "a group with a single run has no spread, so there is no test for it."),
         f"Bootstrap: percentile intervals from {bootstrap_resamples:,} resamples of each group (seed "
         f"{BOOTSTRAP_SEED}); with n ≤ 5 per group they are narrower than they should be.",
     ]

@@ -23,6 +23,7 @@ from django.http import (
 )
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -236,8 +237,9 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         form = ExperimentForm(request.POST)
         if form.is_valid():
             experiment = form.save_and_start(request.user)
+            count = experiment.runs.count()
             messages.success(
-                request, f"Created “{experiment.name}” with {experiment.runs.count()} runs; they are queued."
+                request, f"Created “{experiment.name}” with {count} run{pluralize(count)}; queued."
             )
             return redirect("experiment_detail", experiment_id=experiment.pk)
     else:

@@ -47,7 +47,7 @@
       sets.push({ label: group.same_as ? group.label + " (same as " + group.same_as + ")" : group.label,
         data: points(series.map(function (pt) { return pt.mean; })),
         borderColor: group.colour, backgroundColor: group.colour, borderWidth: 2.5,
-        pointRadius: group.same_as ? 4 : 0, pointStyle: "triangle",
+        pointRadius: group.same_as ? 4 : 0, pointStyle: "triangle", order: group.same_as ? -1 : 0,  // on top
         borderDash: dash, stepped: false, n: series.map(function (pt) { return pt.n; }) });
     });
     return sets;

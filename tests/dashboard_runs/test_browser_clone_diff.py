@@ -10,7 +10,7 @@ from runs.models import Experiment
 from tests.conftest import LiveServer, log_in
 
 from .conftest import make_experiment, make_iteration, make_run
-from .test_browser import expect
+from .test_browser import expect, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 COPIED = ["groups", "repeats", "iterations", "strategy_interval", "research_interval", "objective", "preset",
@@ -30,6 +30,7 @@ def test_clone_and_edit_creates_a_new_experiment_with_the_same_settings(
     page.click("#clone-experiment")
     expect(page.locator("#clone-note")).to_contain_text("copied from")
     expect(page.locator("input[name=name]")).to_have_value("sweep (copy)")
+    shot(page, "clone-and-edit")
     page.fill("input[name=name]", "sweep, more iterations")
     page.fill("input[name=iterations]", "9")
     page.click("form.experiment-form button[type=submit]")
@@ -59,6 +60,7 @@ def test_config_diff_between_two_iterations_and_a_run(asgi_server: LiveServer, u
     expect(page.locator("#diff-summary")).to_contain_text("2 of 3 settings differ")
     changed = page.locator("#config-diff tr.changed td:first-child")
     expect(changed).to_have_text(["DEPTH", "WARMDOWN_RATIO"])
+    shot(page, "config-diff")
 
     # A run (its best iteration) against an iteration, typed into the form.
     page.fill("input[name=a]", str(run.pk))

@@ -12,7 +12,7 @@ from runs.models import OuterCycle
 from tests.conftest import LiveServer, log_in
 
 from .conftest import make_experiment, make_iteration, make_run
-from .test_browser import expect
+from .test_browser import expect, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
@@ -40,6 +40,7 @@ def test_finished_surrogate_run_shows_no_live_badge_and_says_why_panels_are_empt
     expect(page.locator("#frozen-grid")).to_contain_text("No parameter was frozen in this run.")
     expect(page.locator("#curve-none")).to_contain_text("surrogate objective predicts val_bpb")
     expect(page.locator("#curve-chart")).to_be_hidden()
+    shot(page, "run-page-finished-surrogate")
 
     legend = page.evaluate("window.bilevelRunPage.chart.legend.legendItems.map((item) => item.text)")
     assert len(legend) == len(set(legend)), legend

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import LiveServer, log_in
 
 from .conftest import make_experiment, make_iteration, make_run
-from .test_browser import expect
+from .test_browser import expect, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
@@ -39,6 +39,7 @@ def test_identical_groups_are_both_visible_and_explained(asgi_server: LiveServer
     expect(page.locator("ul.notes")).to_contain_text("C has exactly the same running-best curve as A")
     pair_row = page.locator("tr").filter(has_text="A: Level 1 − C").first
     expect(pair_row).to_contain_text("no difference to test, hence p = 1")
+    shot(page, "comparison-identical-groups")
 
     report = page.request.get(f"{asgi_server.url}/experiments/{experiment.pk}/report.html").text()
     assert "(= A)" in report and 'stroke-dasharray="2 3"' in report

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import LiveServer, log_in
 
 from .conftest import make_experiment, make_iteration, make_run
-from .test_browser import expect
+from .test_browser import expect, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
@@ -33,6 +33,7 @@ def test_parallel_coordinates_follow_the_table_filter(asgi_server: LiveServer, u
     # The group filter offers this experiment's groups only, labelled.
     expect(page.locator("input[name=group]")).to_have_count(2)
     expect(page.locator("label.check", has_text="C: Level 1 + 1.5 + 2")).to_have_count(1)
+    shot(page, "parallel-coordinates")
 
     page.check("input[name=group][value=C]")
     expect(page.locator("tbody tr[data-index]")).to_have_count(4)
