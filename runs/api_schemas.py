@@ -89,6 +89,8 @@ class RunOut(Schema):
     best_val_bpb: float | None
     best_iteration: int | None
     proposals_done: int
+    tags: list[str]
+    notes: str
     created_at: str | None
     started_at: str | None
     finished_at: str | None

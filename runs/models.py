@@ -84,6 +84,7 @@ class Experiment(models.Model):
     baseline_repeats = models.PositiveIntegerField(default=3, help_text="Noise-aware: baseline trainings (r).")
     review_gate = models.BooleanField(default=True)
     library_mechanisms = models.ManyToManyField("mechanisms.Mechanism", blank=True, related_name="experiments")
+    archived_at = models.DateTimeField(null=True, blank=True, help_text="Hidden from the list; kept whole.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -136,6 +137,8 @@ class Run(models.Model):
     last_enqueued_at = models.DateTimeField(null=True, blank=True)
     # Live progress of the training in flight (for clients that connect mid-iteration).
     live_progress = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=list, blank=True, help_text="Short labels a person gave the run.")
+    notes = models.TextField(blank=True, help_text="A person's notes on the run.")
 
     class Meta:
         ordering = ["experiment_id", "group", "repeat"]

@@ -4,12 +4,16 @@ from . import views
 from . import views_clone as clone
 from . import views_compare as compare
 from . import views_diff as diff
+from . import views_manage as manage
 from . import views_tokens as tokens
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("experiments/new/", views.experiment_new, name="experiment_new"),
     path("experiments/<int:experiment_id>/", views.experiment_detail, name="experiment_detail"),
+    path("experiments/<int:experiment_id>/archive/", manage.experiment_archive, name="experiment_archive"),
+    path("experiments/<int:experiment_id>/delete/", manage.experiment_delete, name="experiment_delete"),
+    path("runs/<int:run_id>/annotate/", manage.run_annotate, name="run_annotate"),
     path("experiments/<int:experiment_id>/clone/", clone.experiment_clone, name="experiment_clone"),
     path("experiments/<int:experiment_id>/iterations/", views.experiment_iterations, name="experiment_iterations"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),

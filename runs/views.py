@@ -212,7 +212,8 @@ def home(request: HttpRequest) -> HttpResponse:
     status_counts = {
         f"n_{status}": Count("runs", filter=Q(runs__status=status)) for status in RunStatus.values
     }
-    experiments = Experiment.objects.annotate(
+    show_archived = request.GET.get("archived") == "1"
+    experiments = Experiment.objects.filter(archived_at__isnull=not show_archived).annotate(
         n_runs=Count("runs"), best=Min("runs__best_val_bpb"), **status_counts
     ).order_by("-created_at")
     page = Paginator(experiments, EXPERIMENTS_PER_PAGE).get_page(request.GET.get("page"))
@@ -228,7 +229,8 @@ def home(request: HttpRequest) -> HttpResponse:
         .select_related("experiment")
         .order_by("experiment_id", "group", "repeat")[:50]
     )
-    return render(request, "runs/home.html", {"page_obj": page, "active_runs": active_runs})
+    return render(request, "runs/home.html",
+                  {"page_obj": page, "active_runs": active_runs, "show_archived": show_archived})
 
 
 @require_http_methods(["GET", "POST"])
@@ -272,6 +274,7 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
         "agent_text": agent_label(experiment),
         "policy_text": policy_label(experiment),
         "any_active": any(not run.is_finished and run.status != RunStatus.PAUSED for run in runs),
+        "can_manage": can_control(request.user, experiment),
     }
     if htmx_target(request) == "experiment-runs":
         # 286 tells htmx to stop polling once no run can change any more.
