@@ -17,8 +17,9 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods
 
 from .comparison import ComparisonData, build_comparison, mechanism_counts
+from .compute_axis import cumulative_seconds
 from .identical_groups import mark_identical_groups
-from .models import Experiment
+from .models import Experiment, Run
 from .paper_import import DEFAULT_EXPERIMENT_NAME, MAX_FILE_BYTES, PaperImportError, import_reports
 
 GROUP_COLOURS = {"R": "#7a8594", "A": "#2f6fd6", "B": "#e07b00", "C": "#1f9d55", "D": "#8a4fd0"}
@@ -120,12 +121,16 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
 def experiment_compare(request: HttpRequest, experiment_id: int) -> HttpResponse:
     experiment = get_object_or_404(Experiment, pk=experiment_id)
     data = comparison_for_request(request, experiment)
+    run_ids = [r["id"] for g in data["groups"] for r in g["runs"]]
+    surrogate = set(Run.objects.filter(pk__in=run_ids, experiment__objective="surrogate").values_list("pk", flat=True))
+    seconds = cumulative_seconds(run_ids, surrogate)
     chart = {
         "groups": [
             {"key": g["key"], "label": g["label"], "colour": colour(g["group"]), "dashed": g["is_reference"],
              "same_as": g["same_as"],
              "series": g["series"],
-             "runs": [{"repeat": r["repeat"], "absolute": r["running_best"], "delta": r["running_delta"]}
+             "runs": [{"repeat": r["repeat"], "absolute": r["running_best"], "delta": r["running_delta"],
+                       "seconds": seconds.get(r["id"], [])}
                       for r in g["runs"]]}
             for g in data["groups"]
         ],

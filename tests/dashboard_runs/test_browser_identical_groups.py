@@ -41,6 +41,13 @@ def test_identical_groups_are_both_visible_and_explained(asgi_server: LiveServer
     expect(pair_row).to_contain_text("no difference to test, hence p = 1")
     shot(page, "comparison-identical-groups")
 
+    # What a budget buys: the same running bests against the seconds each run has spent.
+    page.check("#chart-toggles input[name=xseconds]")
+    page.wait_for_selector("#compare-chart[data-x='seconds']", state="attached")
+    first = page.evaluate("""() => Chart.getChart(document.getElementById('compare-chart')).data.datasets[0]
+        .data.map((p) => p.x)""")
+    assert first == [10.0, 21.0, 33.0]  # baseline 10 s, then proposals of 11 s and 12 s
+
     report = page.request.get(f"{asgi_server.url}/experiments/{experiment.pk}/report.html").text()
     assert "(= A)" in report and 'stroke-dasharray="2 3"' in report
     assert "no difference to test" in report
