@@ -18,14 +18,20 @@ COPIED = ["groups", "repeats", "iterations", "strategy_interval", "research_inte
           "baseline_repeats", "review_gate", "description"]
 
 
-def test_clone_and_edit_creates_a_new_experiment_with_the_same_settings(
+def test_clone_and_edit_then_config_diff(asgi_server: LiveServer, users: Any, page: Any) -> None:
+    """One server and one login for both views (browser tests pay seconds for each)."""
+    log_in(page, asgi_server, "plain")
+    clone_and_edit_creates_a_new_experiment_with_the_same_settings(asgi_server, users, page)
+    config_diff_between_two_iterations_and_a_run(asgi_server, users, page)
+
+
+def clone_and_edit_creates_a_new_experiment_with_the_same_settings(
     asgi_server: LiveServer, users: Any, page: Any
 ) -> None:
     original = make_experiment(users.plain, name="sweep", groups=["A", "C"], repeats=2, iterations=7,
                                strategy_interval=3, objective="surrogate", budget_value=2e12, seed_base=40,
                                acceptance_policy="noise_aware", noise_k=1.5, review_gate=False,
                                description="the first try")
-    log_in(page, asgi_server, "plain")
     page.goto(f"{asgi_server.url}/experiments/{original.pk}/")
     page.click("#clone-experiment")
     expect(page.locator("#clone-note")).to_contain_text("copied from")
@@ -45,14 +51,13 @@ def test_clone_and_edit_creates_a_new_experiment_with_the_same_settings(
     assert Experiment.objects.get(pk=original.pk).iterations == 7  # the original is untouched
 
 
-def test_config_diff_between_two_iterations_and_a_run(asgi_server: LiveServer, users: Any, page: Any) -> None:
+def config_diff_between_two_iterations_and_a_run(asgi_server: LiveServer, users: Any, page: Any) -> None:
     experiment = make_experiment(users.plain, name="diffs", groups=["A"])
     run = make_run(experiment, "A", best_iteration=1, best_val_bpb=2.6, baseline_val_bpb=2.7)
     base = {"DEPTH": 4, "MATRIX_LR": 0.04, "WARMDOWN_RATIO": 0.5}
     make_iteration(run, 0, config=base)
     make_iteration(run, 1, status="keep", val_bpb=2.6, config={**base, "MATRIX_LR": 0.08})
     make_iteration(run, 2, config={**base, "DEPTH": 6, "WARMDOWN_RATIO": 0.3})
-    log_in(page, asgi_server, "plain")
 
     # From the iteration table's "diff" link: baseline against iteration 2.
     page.goto(f"{asgi_server.url}/runs/{run.pk}/iterations/")
