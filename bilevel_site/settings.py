@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "channels",
+    "ninja",  # its templates and static files: Swagger UI for /api/docs, served locally
     "runs",
     "mechanisms",
 ]

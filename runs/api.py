@@ -1,55 +1,77 @@
-"""The JSON API under /api/: experiments, runs, iterations, outer cycles, mechanisms, comparison,
-paper import. The route table at the bottom drives both the URLs (runs/api_urls.py) and the
-OpenAPI 3 document at /api/openapi.json, so the two cannot drift apart.
+"""The JSON API under /api/ (django-ninja): experiments, runs, iterations, outer cycles, mechanisms,
+comparison, paper import. Validation, the OpenAPI document (/api/openapi.json) and the interactive
+docs (/api/docs, Swagger UI served from the django-ninja package, no CDN) all come from the
+declarations below and in runs/api_schemas.py.
 
-Authentication is Django's session, for browsers and scripts alike:
+Authentication, either of:
+- a session, for browsers and scripts: GET /api/session/ -> {"csrf_token": T} (+ csrftoken cookie);
+  POST /api/session/ {"username", "password"} with header X-CSRFToken: T; then every state change
+  sends the cookies and X-CSRFToken (the token the login returned). DELETE /api/session/ logs out.
+- a per-user token (created and revoked on /settings/tokens/): header Authorization: Bearer <token>.
+  No CSRF token is needed: a browser never sends this header on its own.
 
-    GET  /api/session/                      -> {"authenticated": false, "csrf_token": T}  (+ csrftoken cookie)
-    POST /api/session/ {"username", "password"}   header X-CSRFToken: T, cookie csrftoken
-                                            -> {"authenticated": true, "csrf_token": T2} (+ sessionid cookie)
-    then every state change sends the cookies and X-CSRFToken: T2.  DELETE /api/session/ logs out.
-
-Errors are JSON: {"error": message, ...}. 401 when not logged in (never a login redirect),
-403 without permission or with a missing/wrong CSRF token, 400 for malformed input (nothing is
-stored), 404, 405, 409 for a transition the object's state does not allow.
+Errors are JSON {"error": message}: 401 when not authenticated (never a login redirect), 403 without
+permission or with a missing/wrong CSRF token, 400 for malformed input (nothing is stored), 404,
+405, 409 for a transition the object's state does not allow.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import wraps
-from typing import Any
+from typing import Any, Literal
 
-from django import forms
+from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
-from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.middleware.csrf import CsrfViewMiddleware, get_token
-from django.views.decorators.csrf import csrf_exempt
+from django.middleware.csrf import get_token
+from ninja import NinjaAPI, Query, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
+from ninja.security import HttpBearer
+from ninja.security.apikey import APIKeyCookie
+from ninja.utils import check_csrf
 
 from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, MechanismAttachment
 
 from . import control
+from .api_schemas import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    AttachmentDetailOut,
+    AttachmentPage,
+    CommentIn,
+    ErrorOut,
+    ExperimentDetailOut,
+    ExperimentIn,
+    ExperimentPage,
+    IndexOut,
+    IterationPage,
+    LoginIn,
+    NoFieldsIn,
+    OuterCyclesOut,
+    PaperImportIn,
+    PaperImportOut,
+    RunDetailOut,
+    RunOut,
+    RunPage,
+    SessionOut,
+)
 from .comparison import build_comparison
 from .confirmation import confirmed_deltas
 from .forms import ExperimentForm
 from .models import Experiment, Group, Iteration, IterationKind, IterationStatus, Run, RunStatus
 from .paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
 from .serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
-from .stats import TESTS
+from .tokens import user_for_token
 
-MAX_PAGE_SIZE = 500
-DEFAULT_PAGE_SIZE = 100
-MAX_COMMENT_CHARS = 5_000
-MAX_STRING_CHARS = 10_000
-MAX_IMPORT_FILES = 20
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+MAX_ID = 2**62
+CSRF_MESSAGE = ("CSRF check failed: send the csrftoken cookie and the X-CSRFToken header from GET /api/session/, "
+                "or authenticate with a token (Authorization: Bearer ...)")
 
 
 class ApiError(Exception):
@@ -60,146 +82,162 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def error_response(status: int, message: str, **extra: Any) -> JsonResponse:
-    return JsonResponse({"error": message, **extra}, status=status)
+def csrf_rejected(request: HttpRequest) -> bool:
+    # Read the body first: the CSRF check reads request.POST, which would otherwise consume the
+    # stream of a form-encoded body and leave nothing for the JSON parser.
+    _ = request.body
+    return check_csrf(request) is not None
 
 
-class _CsrfCheck(CsrfViewMiddleware):
-    def _reject(self, request: HttpRequest, reason: str) -> Any:
-        return reason
+class BodyError(Exception):
+    """A body that is not a JSON object; its message is what the client is told."""
 
 
-def csrf_failure_reason(request: HttpRequest) -> str | None:
-    check = _CsrfCheck(lambda _request: HttpResponse())
-    check.process_request(request)
-    reason = check.process_view(request, lambda _request: HttpResponse(), (), {})
-    return reason if isinstance(reason, str) else None
+class JsonObjectParser(Parser):
+    """Only application/json bodies are parsed; any other body counts as absent, so that actions
+    whose parameters are all optional accept a bare POST, and required bodies say what is wrong."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        if request.content_type != "application/json":
+            return None
+        try:
+            return json.loads(request.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BodyError(f"the body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise BodyError("the body is nested too deeply") from None
 
 
-View = Callable[..., HttpResponse]
+class SessionAuth(APIKeyCookie):
+    """Django's session; CSRF is checked only for logged-in callers (an anonymous state change is a
+    plain 401), with the answer in JSON."""
+
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        # `csrf` stays True (the docs page then sends the X-CSRFToken header with its requests),
+        # but the check itself is done in authenticate(), for logged-in callers only.
+        return request.COOKIES.get(self.param_name)
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any | None:
+        if not request.user.is_authenticated:
+            return None
+        if request.method not in SAFE_METHODS and csrf_rejected(request):
+            raise ApiError(403, CSRF_MESSAGE)
+        return request.user
 
 
-def endpoint(*methods: str, public: bool = False) -> Callable[[View], View]:
-    """JSON errors, method check, 401 for anonymous callers, CSRF on state changes (answered in JSON)."""
-
-    def decorate(view: View) -> View:
-        @wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if request.method not in methods:
-                response = error_response(405, f"method {request.method} not allowed; use {', '.join(methods)}")
-                response["Allow"] = ", ".join(methods)
-                return response
-            if not public and not request.user.is_authenticated:
-                return error_response(401, "authentication required: log in with POST /api/session/")
-            if request.method not in SAFE_METHODS:
-                reason = csrf_failure_reason(request)
-                if reason:
-                    return error_response(
-                        403, f"CSRF check failed ({reason}): send the csrftoken cookie and the X-CSRFToken header "
-                        "from GET /api/session/",
-                    )
-            try:
-                return view(request, *args, **kwargs)
-            except ApiError as failure:
-                return error_response(failure.status, failure.message, **failure.extra)
-            except Http404:
-                return error_response(404, "not found")
-
-        # CSRF is checked above (so the answer is JSON); the login redirect is replaced by a 401.
-        return login_not_required(csrf_exempt(wrapper))
-
-    return decorate
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> Any | None:
+        user = user_for_token(token)
+        if user is not None:
+            request.user = user  # permissions and created_by read request.user, as for sessions
+        return user
 
 
-# --- input helpers -----------------------------------------------------------------------------
+api = NinjaAPI(
+    title="bilevel API",
+    version="1",
+    description=__doc__ or "",
+    urls_namespace="api",
+    auth=[TokenAuth(), SessionAuth()],
+    parser=JsonObjectParser(),
+)
 
 
-def json_body(request: HttpRequest) -> dict[str, Any]:
-    content_type = request.content_type or ""
-    if content_type != "application/json":
-        raise ApiError(400, f"send a JSON body with Content-Type: application/json (got {content_type or 'none'})")
-    try:
-        raw = request.body
-    except RequestDataTooBig:
-        raise ApiError(400, "the request body is too large") from None
-    try:
-        data = json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ApiError(400, f"the body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise ApiError(400, "the body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return data
+def error(request: HttpRequest, status: int, message: str, **extra: Any) -> HttpResponse:
+    return api.create_response(request, {"error": message, **extra}, status=status)
 
 
-def optional_json_body(request: HttpRequest) -> dict[str, Any]:
-    """For actions whose parameters are all optional: an empty or non-JSON body means none."""
-    if request.content_type == "application/json" and request.body.strip():
-        return json_body(request)
-    return {}
+@api.exception_handler(ApiError)
+def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    return error(request, exc.status, exc.message, **exc.extra)
 
 
-def reject_unknown(data: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)[:300]}", allowed=sorted(allowed))
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error(request, 401, "authentication required: log in with POST /api/session/ or send "
+                                "Authorization: Bearer <token>")
 
 
-def string_field(data: dict[str, Any], name: str, *, required: bool = False, limit: int = MAX_STRING_CHARS) -> str:
-    value = data.get(name, "")
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise ApiError(400, f"{name} must be a string")
-    if len(value) > limit:
-        raise ApiError(400, f"{name} is longer than {limit} characters")
-    if "\x00" in value:  # PostgreSQL cannot store or compare NUL characters in text
-        raise ApiError(400, f"{name} must not contain NUL characters")
-    if required and not value.strip():
-        raise ApiError(400, f"{name} is required")
-    return value
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    cause = exc.__cause__
+    if isinstance(cause, BodyError | RequestDataTooBig):
+        return error(request, 400, str(cause) if isinstance(cause, BodyError) else "the request body is too large")
+    return error(request, exc.status_code, str(exc))
 
 
-def query_int(request: HttpRequest, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.GET.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name} must be an integer") from None
-    if not low <= value <= high:
-        raise ApiError(400, f"query parameter {name} must be between {low} and {high}")
-    return value
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return error(request, 400, "the request body is too large")
 
 
-def query_choice(request: HttpRequest, name: str, choices: list[str]) -> list[str]:
-    values = [v for raw in request.GET.getlist(name) for v in raw.split(",") if v]
-    bad = [v for v in values if v not in choices]
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error(request, 404, "not found")
+
+
+def _describe(problem: dict[str, Any]) -> str:
+    location = list(problem.get("loc", ()))
+    parts = location[2:] if location[:2] == ["body", "payload"] else location[1:]
+    where = ".".join(str(part) for part in parts) or "body"
+    if problem.get("type") == "extra_forbidden":
+        return f"unknown field(s): {where[:300]}"
+    return f"{where}: {problem.get('msg', 'invalid')}"
+
+
+@api.exception_handler(ValidationError)
+def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    problems = exc.errors
+    if any(p.get("loc", ("",))[0] == "body" for p in problems) and request.content_type != "application/json":
+        return error(request, 400, "send a JSON body with Content-Type: application/json "
+                                   f"(got {request.content_type or 'none'})")
+    return error(request, 400, "; ".join(_describe(p) for p in problems[:10]))
+
+
+ERRORS: dict[int, Any] = {code: ErrorOut for code in (400, 401, 403, 404)}
+
+
+def responses(ok: Any, status: int = 200, *, conflict: bool = False) -> dict[int, Any]:
+    return {status: ok, **ERRORS, **({409: ErrorOut} if conflict else {})}
+
+
+def csrf_only(request: HttpRequest) -> bool:
+    """Logging in and out need no identity but do need CSRF protection (against login CSRF); as an
+    auth callback it runs before the body is validated, like the check on authenticated calls."""
+    if csrf_rejected(request):
+        raise ApiError(403, CSRF_MESSAGE)
+    return True
+
+
+def split_choices(values: list[str], name: str, choices: list[str]) -> list[str]:
+    """Repeated and comma-separated values alike (?status=keep,discard or ?status=keep&status=discard)."""
+    chosen = [v for raw in values for v in raw.split(",") if v]
+    bad = [v for v in chosen if v not in choices]
     if bad:
-        raise ApiError(400, f"query parameter {name}: unknown value(s) {', '.join(bad)[:100]}", allowed=choices)
-    return values
+        raise ApiError(400, f"query parameter {name}: unknown value(s) {', '.join(bad)[:100]}; "
+                            f"allowed: {', '.join(choices)}")
+    return chosen
 
 
-def paginate(
-    request: HttpRequest, queryset: QuerySet[Any], serialize: Callable[[Any], dict[str, Any]]
-) -> JsonResponse:
-    page = query_int(request, "page", 1, 1, 10**9) or 1
-    size = query_int(request, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
+def paginate(queryset: QuerySet[Any], page: int, size: int, serialize: Callable[[Any], Any]) -> dict[str, Any]:
     total = queryset.count()
     items = list(queryset[(page - 1) * size : page * size])
-    return JsonResponse({
-        "count": total, "page": page, "page_size": size, "pages": (total + size - 1) // size,
-        "results": [serialize(item) for item in items],
-    })
+    return {"count": total, "page": page, "page_size": size, "pages": (total + size - 1) // size,
+            "results": [serialize(item) for item in items]}
 
 
 def get_or_404(queryset: QuerySet[Any], pk: int) -> Any:
-    obj = queryset.filter(pk=pk).first()
+    obj = queryset.filter(pk=pk).first() if 0 < pk <= MAX_ID else None
     if obj is None:
         raise ApiError(404, f"{queryset.model._meta.verbose_name} {pk} not found")
     return obj
+
+
+PAGE = Query(1, ge=1, le=10**9, description="page number, from 1")
+PAGE_SIZE = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description=f"1–{MAX_PAGE_SIZE}")
+ID_FILTER = {"ge": 1, "le": MAX_ID}
 
 
 # --- serializers -------------------------------------------------------------------------------
@@ -233,6 +271,7 @@ def experiment_to_dict(experiment: Experiment, runs: list[Run] | None = None) ->
         "baseline_repeats": experiment.baseline_repeats,
         "confirmation_repeats": experiment.confirmation_repeats,
         "review_gate": experiment.review_gate,
+        "review_timeout_minutes": experiment.review_timeout_minutes,
     }
     if runs is not None:
         data["runs"] = [run_to_dict(run) for run in runs]
@@ -280,149 +319,136 @@ def attachment_to_dict(attachment: MechanismAttachment, detail: bool = False) ->
     return data
 
 
-# --- views -------------------------------------------------------------------------------------
+# --- session and self-description ----------------------------------------------------------------
 
 
-@endpoint("GET", "POST", "DELETE", public=True)
-def session(request: HttpRequest) -> HttpResponse:
-    if request.method == "POST":
-        data = json_body(request)
-        reject_unknown(data, {"username", "password"})
-        username = string_field(data, "username", required=True, limit=150)
-        password = string_field(data, "password", required=True, limit=1000)
-        found = authenticate(request, username=username, password=password)
-        if found is None:
-            raise ApiError(401, "wrong username or password")
-        login(request, found)
-    elif request.method == "DELETE":
-        logout(request)
+def _session_state(request: HttpRequest) -> dict[str, Any]:
     user = request.user
-    return JsonResponse({
+    return {
         "authenticated": user.is_authenticated,
         "username": user.get_username() if user.is_authenticated else None,
         "can_review_mechanisms": user.has_perm(lifecycle.REVIEW_PERMISSION),
         "csrf_token": get_token(request),
-    })
+    }
 
 
-@endpoint("GET", public=True)
-def openapi(request: HttpRequest) -> HttpResponse:
-    return JsonResponse(openapi_document(), json_dumps_params={"indent": 2})
+@api.get("/session/", auth=None, response=SessionOut, url_name="session", tags=["session"],
+         summary="Who is logged in, and a CSRF token (sets the csrftoken cookie)")
+def session_get(request: HttpRequest) -> dict[str, Any]:
+    return _session_state(request)
 
 
-@endpoint("GET")
-def index(request: HttpRequest) -> HttpResponse:
+@api.post("/session/", auth=csrf_only, response={200: SessionOut, 400: ErrorOut, 401: ErrorOut, 403: ErrorOut},
+          url_name="session", tags=["session"], summary="Log in; returns a fresh CSRF token for later state changes")
+def session_login(request: HttpRequest, payload: LoginIn) -> dict[str, Any]:
+    found = authenticate(request, username=payload.username, password=payload.password)
+    if found is None:
+        raise ApiError(401, "wrong username or password")
+    login(request, found)
+    return _session_state(request)
+
+
+@api.delete("/session/", auth=csrf_only, response={200: SessionOut, 403: ErrorOut}, url_name="session",
+            tags=["session"], summary="Log out")
+def session_logout(request: HttpRequest) -> dict[str, Any]:
+    logout(request)
+    return _session_state(request)
+
+
+@api.get("/", response=responses(IndexOut), url_name="api-root", summary="Where the schema and the docs are")
+def index(request: HttpRequest) -> dict[str, Any]:
     from mechanisms.sandbox import isolation_status
 
+    paths = sorted(api.get_openapi_schema()["paths"])
     level2 = isolation_status()
-    return JsonResponse({"openapi": "/api/openapi.json", "routes": [f"/api/{r.path}" for r in ROUTES],
-                         "level2_isolation": {"available": level2.available, "reason": level2.reason}})
+    return {"openapi": "/api/openapi.json", "docs": "/api/docs", "routes": paths,
+            "level2_isolation": {"available": level2.available, "reason": level2.reason}}
 
 
-EXPERIMENT_FIELDS = set(ExperimentForm.base_fields)
+# --- experiments and runs ------------------------------------------------------------------------
 
 
-def _check_experiment_types(data: dict[str, Any]) -> None:
-    """JSON types must match exactly (the form alone would accept "5" for 5)."""
-    for name, value in data.items():
-        form_field = ExperimentForm.base_fields[name]
-        if isinstance(form_field, forms.MultipleChoiceField):
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-            expected = "a list of strings"
-        elif isinstance(form_field, forms.BooleanField):
-            ok, expected = isinstance(value, bool), "true or false"
-        elif isinstance(form_field, forms.FloatField):  # before IntegerField: FloatField subclasses it
-            ok, expected = isinstance(value, int | float) and not isinstance(value, bool), "a number"
-            ok = ok and math.isfinite(value)
-        elif isinstance(form_field, forms.IntegerField):
-            ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        else:
-            ok, expected = isinstance(value, str), "a string"
-            if ok and len(value) > MAX_STRING_CHARS:
-                raise ApiError(400, f"{name} is longer than {MAX_STRING_CHARS} characters")
-        if not ok:
-            raise ApiError(400, f"{name} must be {expected}")
-
-
-@endpoint("GET", "POST")
-def experiments(request: HttpRequest) -> HttpResponse:
-    if request.method == "POST":
-        data = json_body(request)
-        reject_unknown(data, EXPERIMENT_FIELDS)
-        _check_experiment_types(data)
-        form = ExperimentForm(data={k: v for k, v in data.items() if v is not None})
-        if not form.is_valid():
-            errors = {name: [str(m) for m in messages] for name, messages in form.errors.items()}
-            raise ApiError(400, "the experiment is not valid; nothing was created", fields=errors)
-        experiment = form.save_and_start(request.user)
-        return JsonResponse(experiment_to_dict(experiment, list(experiment.runs.all())), status=201)
+@api.get("/experiments/", response=responses(ExperimentPage), url_name="experiments", tags=["experiments"],
+         summary="List experiments")
+def experiments_list(request: HttpRequest, page: int = PAGE, page_size: int = PAGE_SIZE,
+                     reference: bool | None = Query(None, description="only reference (imported) "
+                                                                       "experiments, or only others")) -> Any:
     queryset = Experiment.objects.select_related("created_by").order_by("-created_at")
-    reference = request.GET.get("reference")
     if reference is not None:
-        if reference not in ("true", "false"):
-            raise ApiError(400, "query parameter reference must be true or false")
-        queryset = queryset.filter(is_reference=reference == "true")
-    return paginate(request, queryset, experiment_to_dict)
+        queryset = queryset.filter(is_reference=reference)
+    return paginate(queryset, page, page_size, experiment_to_dict)
 
 
-@endpoint("GET")
-def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
+@api.post("/experiments/", response=responses(ExperimentDetailOut, 201), url_name="experiments",
+          tags=["experiments"], summary="Create an experiment, its runs, and start them")
+def experiments_create(request: HttpRequest, payload: ExperimentIn) -> Any:
+    blank = ExperimentForm()
+    defaults = {name: blank.get_initial_for_field(field, name) for name, field in blank.fields.items()}
+    data = {**defaults, **payload.model_dump(exclude_none=True)}
+    form = ExperimentForm(data=data)
+    if not form.is_valid():
+        errors = {name: [str(m) for m in messages] for name, messages in form.errors.items()}
+        raise ApiError(400, "the experiment is not valid; nothing was created", fields=errors)
+    experiment = form.save_and_start(request.user)
+    return Status(201, experiment_to_dict(experiment, list(experiment.runs.order_by("group", "repeat"))))
+
+
+@api.get("/experiments/{int:experiment_id}/", response=responses(ExperimentDetailOut), url_name="experiment",
+         tags=["experiments"], summary="An experiment with its runs")
+def experiment_detail(request: HttpRequest, experiment_id: int) -> Any:
     experiment = get_or_404(Experiment.objects.select_related("created_by"), experiment_id)
-    return JsonResponse(experiment_to_dict(experiment, list(experiment.runs.order_by("group", "repeat"))))
+    return experiment_to_dict(experiment, list(experiment.runs.order_by("group", "repeat")))
 
 
-@endpoint("GET")
-def experiment_comparison(request: HttpRequest, experiment_id: int) -> HttpResponse:
+@api.get("/experiments/{int:experiment_id}/comparison/", response=responses(dict[str, Any]),
+         url_name="experiment_comparison", tags=["experiments"],
+         summary="Comparison data (running best per group, summary, Welch tests, bootstrap CIs, parameters, "
+                 "LLM usage)")
+def experiment_comparison(
+    request: HttpRequest, experiment_id: int,
+    budget: int | None = Query(None, ge=0, le=100_000, description="proposals; default the experiment's T"),
+    with_: list[int] = Query([], alias="with", max_length=5, description="other experiment ids (at most 5)"),
+    test: Literal["permutation", "welch"] = Query("permutation", description="which test highlights a pair"),
+    delta: Literal["auto", "search", "confirmed"] = Query(
+        "auto", description="search Δ, confirmed Δ (fresh seeds), or auto: confirmed once available"),
+) -> Any:
     experiment = get_or_404(Experiment.objects.all(), experiment_id)
-    budget = query_int(request, "budget", None, 0, 100_000)
-    other_ids = []
-    for raw in request.GET.getlist("with"):
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > 2**62:  # "²".isdigit() is True; int("²") fails
-            raise ApiError(400, "query parameter with must be experiment ids")
-        other_ids.append(int(raw))
-    if len(other_ids) > 5:
-        raise ApiError(400, "compare with at most 5 other experiments")
-    others = list(Experiment.objects.filter(pk__in=other_ids))
-    missing = sorted(set(other_ids) - {e.pk for e in others})
+    others = list(Experiment.objects.filter(pk__in=[pk for pk in with_ if 0 < pk <= MAX_ID]))
+    missing = sorted(set(with_) - {e.pk for e in others})
     if missing:
         raise ApiError(404, f"experiment(s) {', '.join(map(str, missing))} not found")
-    test = request.GET.get("test", "permutation")
-    if test not in TESTS:
-        raise ApiError(400, f"query parameter test must be one of {', '.join(TESTS)}")
-    return JsonResponse(build_comparison(experiment, others, budget=budget, test=test))
+    return build_comparison(experiment, others, budget=budget, test=test, delta_source=delta)
 
 
-@endpoint("GET")
-def runs(request: HttpRequest) -> HttpResponse:
+@api.get("/runs/", response=responses(RunPage), url_name="runs", tags=["runs"], summary="List runs")
+def runs_list(
+    request: HttpRequest, page: int = PAGE, page_size: int = PAGE_SIZE,
+    experiment: int | None = Query(None, **ID_FILTER, description="experiment id"),
+    group: list[str] = Query([], description="A, B, C, D, R (repeated or comma-separated)"),
+    status: list[str] = Query([], description="run statuses (repeated or comma-separated)"),
+) -> Any:
     queryset = Run.objects.order_by("experiment_id", "group", "repeat")
-    experiment = query_int(request, "experiment", None, 1, 2**62)
     if experiment is not None:
         queryset = queryset.filter(experiment_id=experiment)
-    groups = query_choice(request, "group", list(Group.values))
-    if groups:
+    if groups := split_choices(group, "group", list(Group.values)):
         queryset = queryset.filter(group__in=groups)
-    statuses = query_choice(request, "status", list(RunStatus.values))
-    if statuses:
+    if statuses := split_choices(status, "status", list(RunStatus.values)):
         queryset = queryset.filter(status__in=statuses)
-    return paginate(request, queryset, run_to_dict)
+    return paginate(queryset, page, page_size, run_to_dict)
 
 
-@endpoint("GET")
-def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+@api.get("/runs/{int:run_id}/", response=responses(RunDetailOut), url_name="run", tags=["runs"],
+         summary="A run with its outer cycles and mechanisms")
+def run_detail(request: HttpRequest, run_id: int) -> Any:
     run = get_or_404(Run.objects.select_related("experiment"), run_id)
     data = run_to_dict(run)
     data["iterations_url"] = f"/api/iterations/?run={run.pk}"
     data["outer_cycles"] = [outer_cycle_to_dict(c) for c in run.outer_cycles.order_by("index")]
-    confirmed = confirmed_deltas([run])[run.pk]
-    data["confirmed"] = confirmed.as_dict() if confirmed else None  # None until every confirmation is trained
     data["mechanisms"] = [attachment_to_dict(a) for a in
                           run.mechanism_attachments.select_related("mechanism", "run", "reviewed_by")]
-    return JsonResponse(data)
-
-
-RUN_ACTIONS: dict[str, Callable[[Run], None]] = {
-    "pause": control.pause_run, "resume": control.resume_run, "cancel": control.cancel_run,
-}
+    confirmed = confirmed_deltas([run])[run.pk]
+    data["confirmed"] = confirmed.as_dict() if confirmed else None  # None until every confirmation is trained
+    return data
 
 
 def _may_control(user: Any, experiment: Experiment) -> bool:
@@ -431,66 +457,94 @@ def _may_control(user: Any, experiment: Experiment) -> bool:
     return can_control(user, experiment)
 
 
-@endpoint("POST")
-def run_action(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
+def _run_action(request: HttpRequest, run_id: int, action: Callable[[Run], None]) -> Any:
     run = get_or_404(Run.objects.select_related("experiment"), run_id)
-    reject_unknown(optional_json_body(request), set())
     if run.experiment.is_reference:
         raise ApiError(403, "reference experiments are read-only")
     if not _may_control(request.user, run.experiment):
         raise ApiError(403, "only the experiment's creator or staff may control its runs")
     try:
-        RUN_ACTIONS[action](run)
+        action(run)
     except control.TransitionError as refused:
         raise ApiError(409, str(refused)) from None
     run.refresh_from_db()
-    return JsonResponse(run_to_dict(run))
+    return run_to_dict(run)
 
 
-@endpoint("GET")
-def iterations(request: HttpRequest) -> HttpResponse:
-    queryset = Iteration.objects.order_by("run_id", "index")
-    run = query_int(request, "run", None, 1, 2**62)
-    experiment = query_int(request, "experiment", None, 1, 2**62)
-    if run is not None:
-        queryset = queryset.filter(run_id=run)
-    if experiment is not None:
-        queryset = queryset.filter(run__experiment_id=experiment)
-    statuses = query_choice(request, "status", list(IterationStatus.values))
-    if statuses:
-        queryset = queryset.filter(status__in=statuses)
-    kinds = query_choice(request, "kind", list(IterationKind.values))
-    if kinds:
-        queryset = queryset.filter(kind__in=kinds)
-    groups = query_choice(request, "group", list(Group.values))
-    if groups:
-        queryset = queryset.filter(run__group__in=groups)
-    since = query_int(request, "min_index", None, 0, 10**9)
-    if since is not None:
-        queryset = queryset.filter(index__gte=since)
-    return paginate(request, queryset, iteration_to_dict)
+RUN_ACTION_SUMMARY = "{} the run (creator or staff; 409 if its state forbids it)"
 
 
-@endpoint("GET")
-def outer_cycles(request: HttpRequest, run_id: int) -> HttpResponse:
+@api.post("/runs/{int:run_id}/pause/", response=responses(RunOut, conflict=True), url_name="run_pause",
+          tags=["runs"], summary=RUN_ACTION_SUMMARY.format("Pause"))
+def run_pause(request: HttpRequest, run_id: int, payload: NoFieldsIn | None = None) -> Any:
+    return _run_action(request, run_id, control.pause_run)
+
+
+@api.post("/runs/{int:run_id}/resume/", response=responses(RunOut, conflict=True), url_name="run_resume",
+          tags=["runs"], summary=RUN_ACTION_SUMMARY.format("Resume"))
+def run_resume(request: HttpRequest, run_id: int, payload: NoFieldsIn | None = None) -> Any:
+    return _run_action(request, run_id, control.resume_run)
+
+
+@api.post("/runs/{int:run_id}/cancel/", response=responses(RunOut, conflict=True), url_name="run_cancel",
+          tags=["runs"], summary=RUN_ACTION_SUMMARY.format("Cancel"))
+def run_cancel(request: HttpRequest, run_id: int, payload: NoFieldsIn | None = None) -> Any:
+    return _run_action(request, run_id, control.cancel_run)
+
+
+@api.get("/runs/{int:run_id}/outer-cycles/", response=responses(OuterCyclesOut), url_name="run_outer_cycles",
+         tags=["runs"], summary="The run's Level 1.5 outer cycles")
+def outer_cycles(request: HttpRequest, run_id: int) -> Any:
     run = get_or_404(Run.objects.all(), run_id)
-    cycles = [outer_cycle_to_dict(c) for c in run.outer_cycles.order_by("index")]
-    return JsonResponse({"run": run.pk, "results": cycles})
+    return {"run": run.pk, "results": [outer_cycle_to_dict(c) for c in run.outer_cycles.order_by("index")]}
 
 
-@endpoint("GET")
-def mechanisms(request: HttpRequest) -> HttpResponse:
-    queryset = MechanismAttachment.objects.select_related("mechanism", "run", "reviewed_by").order_by("-created_at")
-    statuses = query_choice(request, "status", list(AttachmentStatus.values))
-    if statuses:
-        queryset = queryset.filter(status__in=statuses)
-    run = query_int(request, "run", None, 1, 2**62)
+@api.get("/iterations/", response=responses(IterationPage), url_name="iterations", tags=["runs"],
+         summary="Iterations, filtered and paginated")
+def iterations(
+    request: HttpRequest, page: int = PAGE, page_size: int = PAGE_SIZE,
+    run: int | None = Query(None, **ID_FILTER, description="run id"),
+    experiment: int | None = Query(None, **ID_FILTER, description="experiment id"),
+    status: list[str] = Query([], description="baseline, keep, discard, crash, invalid_proposal"),
+    kind: list[str] = Query([], description="baseline, baseline_repeat, proposal, reevaluation"),
+    group: list[str] = Query([], description="run groups"),
+    min_index: int | None = Query(None, ge=0, le=10**9, description="only index ≥ this"),
+) -> Any:
+    queryset = Iteration.objects.order_by("run_id", "index")
     if run is not None:
         queryset = queryset.filter(run_id=run)
-    experiment = query_int(request, "experiment", None, 1, 2**62)
     if experiment is not None:
         queryset = queryset.filter(run__experiment_id=experiment)
-    return paginate(request, queryset, attachment_to_dict)
+    if statuses := split_choices(status, "status", list(IterationStatus.values)):
+        queryset = queryset.filter(status__in=statuses)
+    if kinds := split_choices(kind, "kind", list(IterationKind.values)):
+        queryset = queryset.filter(kind__in=kinds)
+    if groups := split_choices(group, "group", list(Group.values)):
+        queryset = queryset.filter(run__group__in=groups)
+    if min_index is not None:
+        queryset = queryset.filter(index__gte=min_index)
+    return paginate(queryset, page, page_size, iteration_to_dict)
+
+
+# --- mechanisms ------------------------------------------------------------------------------------
+
+
+@api.get("/mechanisms/", response=responses(AttachmentPage), url_name="mechanisms", tags=["mechanisms"],
+         summary="Mechanism attachments")
+def mechanisms(
+    request: HttpRequest, page: int = PAGE, page_size: int = PAGE_SIZE,
+    status: list[str] = Query([], description="attachment statuses (repeated or comma-separated)"),
+    run: int | None = Query(None, **ID_FILTER, description="run id"),
+    experiment: int | None = Query(None, **ID_FILTER, description="experiment id"),
+) -> Any:
+    queryset = MechanismAttachment.objects.select_related("mechanism", "run", "reviewed_by").order_by("-created_at")
+    if statuses := split_choices(status, "status", list(AttachmentStatus.values)):
+        queryset = queryset.filter(status__in=statuses)
+    if run is not None:
+        queryset = queryset.filter(run_id=run)
+    if experiment is not None:
+        queryset = queryset.filter(run__experiment_id=experiment)
+    return paginate(queryset, page, page_size, attachment_to_dict)
 
 
 def _attachment(attachment_id: int) -> MechanismAttachment:
@@ -500,17 +554,15 @@ def _attachment(attachment_id: int) -> MechanismAttachment:
     )
 
 
-@endpoint("GET")
-def mechanism_detail(request: HttpRequest, attachment_id: int) -> HttpResponse:
-    return JsonResponse(attachment_to_dict(_attachment(attachment_id), detail=True))
+@api.get("/mechanisms/{int:attachment_id}/", response=responses(AttachmentDetailOut), url_name="mechanism",
+         tags=["mechanisms"], summary="An attachment with code, spec, session artifacts, ladder, dry run and events")
+def mechanism_detail(request: HttpRequest, attachment_id: int) -> Any:
+    return attachment_to_dict(_attachment(attachment_id), detail=True)
 
 
-@endpoint("POST")
-def mechanism_action(request: HttpRequest, attachment_id: int, action: str) -> HttpResponse:
+def _review(request: HttpRequest, attachment_id: int, payload: CommentIn | None, action: str) -> Any:
     attachment = _attachment(attachment_id)
-    data = optional_json_body(request)
-    reject_unknown(data, {"comment"})
-    comment = string_field(data, "comment", limit=MAX_COMMENT_CHARS).strip()
+    comment = (payload.comment if payload else "").strip()
     if attachment.run.experiment.is_reference:
         raise ApiError(403, "reference experiments are read-only")
     if not request.user.has_perm(lifecycle.REVIEW_PERMISSION):
@@ -518,225 +570,45 @@ def mechanism_action(request: HttpRequest, attachment_id: int, action: str) -> H
     if action == "reject" and not comment:
         raise ApiError(400, "a rejection needs a comment saying why")
     try:
-        if action == "approve":
-            lifecycle.approve(attachment, request.user, comment)
-        elif action == "reject":
-            lifecycle.reject(attachment, request.user, comment)
-        else:
-            lifecycle.kill(attachment, request.user, comment)
+        getattr(lifecycle, action)(attachment, request.user, comment)
     except lifecycle.ReviewError as refused:
         raise ApiError(409, str(refused)) from None
-    return JsonResponse(attachment_to_dict(_attachment(attachment_id), detail=True))
+    return attachment_to_dict(_attachment(attachment_id), detail=True)
 
 
-@endpoint("POST")
-def paper_import(request: HttpRequest) -> HttpResponse:
-    data = json_body(request)
-    reject_unknown(data, {"experiment_name", "files"})
-    name = string_field(data, "experiment_name", limit=200) or DEFAULT_EXPERIMENT_NAME
-    files = data.get("files")
-    if not isinstance(files, list) or not files:
-        raise ApiError(400, "files must be a non-empty list of {name, content}")
-    if len(files) > MAX_IMPORT_FILES:
-        raise ApiError(400, f"at most {MAX_IMPORT_FILES} files at once")
-    contents: list[tuple[str, bytes | str]] = []
-    for position, entry in enumerate(files):
-        if not isinstance(entry, dict):
-            raise ApiError(400, f"files[{position}] must be an object with name and content")
-        reject_unknown(entry, {"name", "content"})
-        file_name = string_field(entry, "name", required=True, limit=200)
-        content = entry.get("content")
-        if isinstance(content, dict):
-            contents.append((file_name, json.dumps(content)))
-        elif isinstance(content, str):
-            contents.append((file_name, content))
-        else:
-            raise ApiError(400, f"files[{position}].content must be the report object or its JSON text")
+@api.post("/mechanisms/{int:attachment_id}/approve/", response=responses(AttachmentDetailOut, conflict=True),
+          url_name="mechanism_approve", tags=["mechanisms"], summary="Approve (needs mechanisms.review_mechanism)")
+def mechanism_approve(request: HttpRequest, attachment_id: int, payload: CommentIn | None = None) -> Any:
+    return _review(request, attachment_id, payload, "approve")
+
+
+@api.post("/mechanisms/{int:attachment_id}/reject/", response=responses(AttachmentDetailOut, conflict=True),
+          url_name="mechanism_reject", tags=["mechanisms"],
+          summary="Reject (needs mechanisms.review_mechanism; comment required)")
+def mechanism_reject(request: HttpRequest, attachment_id: int, payload: CommentIn | None = None) -> Any:
+    return _review(request, attachment_id, payload, "reject")
+
+
+@api.post("/mechanisms/{int:attachment_id}/kill/", response=responses(AttachmentDetailOut, conflict=True),
+          url_name="mechanism_kill", tags=["mechanisms"], summary="Kill (needs mechanisms.review_mechanism)")
+def mechanism_kill(request: HttpRequest, attachment_id: int, payload: CommentIn | None = None) -> Any:
+    return _review(request, attachment_id, payload, "kill")
+
+
+@api.post("/paper-import/", response=responses(PaperImportOut, 201), url_name="paper_import",
+          tags=["experiments"], summary="Import published paper reports into a reference experiment (all or nothing)")
+def paper_import(request: HttpRequest, payload: PaperImportIn) -> Any:
+    name = payload.experiment_name or DEFAULT_EXPERIMENT_NAME
+    contents: list[tuple[str, bytes | str]] = [
+        (entry.name, entry.content if isinstance(entry.content, str) else json.dumps(entry.content))
+        for entry in payload.files
+    ]
     try:
         experiment, created = import_reports(contents, name, request.user)
     except PaperImportError as failure:
         raise ApiError(400, f"nothing was imported: {failure}") from None
-    return JsonResponse({"experiment": experiment_to_dict(experiment), "runs": [run_to_dict(r) for r in created]},
-                        status=201)
-
-
-# --- route table and OpenAPI -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Operation:
-    summary: str
-    query: tuple[tuple[str, str, str], ...] = ()  # (name, type, description)
-    body: dict[str, Any] | None = None
-    success: int = 200
-
-
-@dataclass(frozen=True)
-class Route:
-    path: str  # Django path syntax, relative to /api/
-    view: View
-    name: str
-    operations: dict[str, Operation]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-PAGE = (("page", "integer", "page number, from 1"), ("page_size", "integer", f"1–{MAX_PAGE_SIZE}"))
-COMMENT_BODY = {"type": "object", "additionalProperties": False,
-                "properties": {"comment": {"type": "string", "maxLength": MAX_COMMENT_CHARS}}}
-
-
-def _choice_values(form_field: Any) -> list[str]:
-    return [str(value) for value, _label in form_field.choices if value != ""]
-
-
-def _experiment_body() -> dict[str, Any]:
-    properties: dict[str, Any] = {}
-    for name, form_field in ExperimentForm.base_fields.items():
-        if isinstance(form_field, forms.MultipleChoiceField):
-            properties[name] = {"type": "array", "items": {"type": "string", "enum": _choice_values(form_field)}}
-        elif isinstance(form_field, forms.BooleanField):
-            properties[name] = {"type": "boolean"}
-        elif isinstance(form_field, forms.FloatField):
-            properties[name] = {"type": "number"}
-        elif isinstance(form_field, forms.IntegerField):
-            properties[name] = {"type": "integer"}
-        elif isinstance(form_field, forms.ChoiceField):
-            properties[name] = {"type": "string", "enum": _choice_values(form_field)}
-        else:
-            properties[name] = {"type": "string"}
-        if form_field.help_text:
-            properties[name]["description"] = str(form_field.help_text)
-    return {"type": "object", "additionalProperties": False, "required": ["name", "groups"],
-            "properties": properties}
-
-
-ROUTES: list[Route] = [
-    Route("", index, "api_index", {"get": Operation("List the API's routes")}),
-    Route("openapi.json", openapi, "api_openapi", {"get": Operation("This OpenAPI 3 document (no login needed)")}),
-    Route("session/", session, "api_session", {
-        "get": Operation("Who is logged in, and a CSRF token (sets the csrftoken cookie)"),
-        "post": Operation("Log in; returns a fresh CSRF token for later state changes", body={
-            "type": "object", "additionalProperties": False, "required": ["username", "password"],
-            "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}),
-        "delete": Operation("Log out"),
-    }),
-    Route("experiments/", experiments, "api_experiments", {
-        "get": Operation("List experiments", query=(*PAGE, ("reference", "string", "true or false"))),
-        "post": Operation("Create an experiment, its runs, and start them", body={}, success=201),
-    }),
-    Route("experiments/<int:experiment_id>/", experiment_detail, "api_experiment",
-          {"get": Operation("An experiment with its runs")}),
-    Route("experiments/<int:experiment_id>/comparison/", experiment_comparison, "api_experiment_comparison", {
-        "get": Operation("Comparison data (running best per group, summary, permutation and Welch tests with Holm's "
-                         "correction, effect sizes, parameters, LLM usage)",
-                         query=(("budget", "integer", "proposals; default the experiment's T"),
-                                ("with", "integer", "another experiment id; repeatable (max 5)"),
-                                ("test", "string", "permutation (default) or welch: which test highlights a pair"))),
-    }),
-    Route("runs/", runs, "api_runs", {"get": Operation("List runs", query=(
-        *PAGE, ("experiment", "integer", "experiment id"), ("group", "string", "A,B,C,D,R (comma-separated)"),
-        ("status", "string", "run statuses (comma-separated)")))}),
-    Route("runs/<int:run_id>/", run_detail, "api_run",
-          {"get": Operation("A run with its outer cycles and mechanisms")}),
-    *[Route(f"runs/<int:run_id>/{action}/", run_action, f"api_run_{action}",
-            {"post": Operation(f"{action.capitalize()} the run (creator or staff; 409 if its state forbids it)")},
-            {"action": action}) for action in RUN_ACTIONS],
-    Route("runs/<int:run_id>/outer-cycles/", outer_cycles, "api_run_outer_cycles",
-          {"get": Operation("The run's Level 1.5 outer cycles")}),
-    Route("iterations/", iterations, "api_iterations", {"get": Operation("Iterations, filtered and paginated", query=(
-        *PAGE, ("run", "integer", "run id"), ("experiment", "integer", "experiment id"),
-        ("status", "string", "baseline, keep, discard, crash, invalid_proposal (comma-separated)"),
-        ("kind", "string", "baseline, baseline_repeat, proposal, reevaluation (comma-separated)"),
-        ("group", "string", "run groups (comma-separated)"), ("min_index", "integer", "only index ≥ this")))}),
-    Route("mechanisms/", mechanisms, "api_mechanisms", {"get": Operation("Mechanism attachments", query=(
-        *PAGE, ("status", "string", "attachment statuses (comma-separated)"), ("run", "integer", "run id"),
-        ("experiment", "integer", "experiment id")))}),
-    Route("mechanisms/<int:attachment_id>/", mechanism_detail, "api_mechanism",
-          {"get": Operation("An attachment with code, spec, session artifacts, ladder, dry run and events")}),
-    *[Route(f"mechanisms/<int:attachment_id>/{action}/", mechanism_action, f"api_mechanism_{action}",
-            {"post": Operation(f"{action.capitalize()} (needs mechanisms.review_mechanism"
-                               f"{'; comment required' if action == 'reject' else ''})", body=COMMENT_BODY)},
-            {"action": action}) for action in ("approve", "reject", "kill")],
-    Route("paper-import/", paper_import, "api_paper_import", {"post": Operation(
-        "Import published paper reports into a reference experiment (all or nothing)", success=201, body={
-            "type": "object", "additionalProperties": False, "required": ["files"],
-            "properties": {"experiment_name": {"type": "string", "maxLength": 200},
-                           "files": {"type": "array", "maxItems": MAX_IMPORT_FILES, "items": {
-                               "type": "object", "additionalProperties": False, "required": ["name", "content"],
-                               "properties": {"name": {"type": "string"},
-                                              "content": {"description": "the report object, or its JSON text"}}}}}})}),
-]
-
-
-def _openapi_path(path: str) -> tuple[str, list[str]]:
-    params = []
-    parts = []
-    for part in path.split("/"):
-        if part.startswith("<int:") and part.endswith(">"):
-            name = part[5:-1]
-            params.append(name)
-            parts.append("{" + name + "}")
-        else:
-            parts.append(part)
-    return "/api/" + "/".join(parts), params
-
-
-ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-
-
-def openapi_document() -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for route in ROUTES:
-        url, path_params = _openapi_path(route.path)
-        item: dict[str, Any] = {}
-        for method, op in route.operations.items():
-            parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "integer"}}
-                          for p in path_params]
-            parameters += [{"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
-                           for n, t, d in op.query]
-            responses: dict[str, Any] = {
-                str(op.success): {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-            }
-            for code, text in (("400", "malformed input; nothing stored"), ("401", "not logged in"),
-                               ("403", "no permission, or CSRF check failed"), ("404", "not found")):
-                responses[code] = {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-            if method == "post" and "action" in route.kwargs:
-                responses["409"] = {"description": "the object's state does not allow this",
-                                    "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-            operation: dict[str, Any] = {"summary": op.summary, "operationId": f"{route.name}_{method}",
-                                         "parameters": parameters, "responses": responses}
-            if route.name in ("api_openapi",) or (route.name == "api_session" and method != "delete"):
-                operation["security"] = []
-            if op.body is not None:
-                schema = _experiment_body() if route.name == "api_experiments" else op.body
-                operation["requestBody"] = {"required": method != "post" or bool(schema.get("required")),
-                                            "content": {"application/json": {"schema": schema}}}
-            item[method] = operation
-        paths[url] = item
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "bilevel API",
-            "version": "1",
-            "description": (
-                "Session authentication: GET /api/session/ for a CSRF token (and the csrftoken cookie), POST "
-                "/api/session/ {username, password} with header X-CSRFToken, keep the cookies, and send "
-                "X-CSRFToken (the token the login returned) with every POST/DELETE. Errors are JSON {error}."
-            ),
-        },
-        "components": {
-            "securitySchemes": {
-                "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
-                "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRFToken"},
-            },
-        },
-        "security": [{"session": [], "csrf": []}],
-        "paths": paths,
-    }
+    return Status(201, {"experiment": experiment_to_dict(experiment), "runs": [run_to_dict(r) for r in created]})
 
 
 def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
-    return error_response(404, f"no API route /api/{rest}; see /api/openapi.json")
-
-
-api_not_found = login_not_required(csrf_exempt(not_found))
+    return JsonResponse({"error": f"no API route /api/{rest}; see /api/docs"}, status=404)

@@ -91,6 +91,7 @@ class Experiment(models.Model):
     # the mechanism after N minutes, recorded as "review timed out" (never as a person's rejection).
     review_timeout_minutes = models.PositiveIntegerField(null=True, blank=True)
     library_mechanisms = models.ManyToManyField("mechanisms.Mechanism", blank=True, related_name="experiments")
+    archived_at = models.DateTimeField(null=True, blank=True, help_text="Hidden from the list; kept whole.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -155,6 +156,8 @@ class Run(models.Model):
     last_enqueued_at = models.DateTimeField(null=True, blank=True)
     # Live progress of the training in flight (for clients that connect mid-iteration).
     live_progress = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=list, blank=True, help_text="Short labels a person gave the run.")
+    notes = models.TextField(blank=True, help_text="A person's notes on the run.")
 
     class Meta:
         ordering = ["experiment_id", "group", "repeat"]
@@ -363,3 +366,22 @@ class Confirmation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run} · {self.role} #{self.replicate}"
+
+
+class ApiToken(models.Model):
+    """A per-user bearer token for scripts. Only a SHA-256 digest is stored: the token is shown once
+    when created. Tokens are long random strings, so a fast digest cannot be brute-forced."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell tokens apart.")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

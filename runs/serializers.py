@@ -68,6 +68,8 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "best_val_bpb": run.best_val_bpb,
         "best_iteration": run.best_iteration,
         "proposals_done": run.proposals_done,
+        "tags": run.tags,
+        "notes": run.notes,
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

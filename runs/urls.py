@@ -1,8 +1,12 @@
 from django.urls import path
 
 from . import views
+from . import views_clone as clone
 from . import views_compare as compare
 from . import views_library as library
+from . import views_diff as diff
+from . import views_manage as manage
+from . import views_tokens as tokens
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -10,6 +14,10 @@ urlpatterns = [
     path("mechanisms/library/<int:mechanism_id>/attach/", library.library_attach, name="mechanism_library_attach"),
     path("experiments/new/", views.experiment_new, name="experiment_new"),
     path("experiments/<int:experiment_id>/", views.experiment_detail, name="experiment_detail"),
+    path("experiments/<int:experiment_id>/archive/", manage.experiment_archive, name="experiment_archive"),
+    path("experiments/<int:experiment_id>/delete/", manage.experiment_delete, name="experiment_delete"),
+    path("runs/<int:run_id>/annotate/", manage.run_annotate, name="run_annotate"),
+    path("experiments/<int:experiment_id>/clone/", clone.experiment_clone, name="experiment_clone"),
     path("experiments/<int:experiment_id>/iterations/", views.experiment_iterations, name="experiment_iterations"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/snapshot.json", views.run_snapshot_json, name="run_snapshot"),
@@ -22,4 +30,7 @@ urlpatterns = [
     path("experiments/<int:experiment_id>/summary.json", compare.summary_json, name="experiment_summary_json"),
     path("experiments/<int:experiment_id>/summary.csv", compare.summary_csv, name="experiment_summary_csv"),
     path("experiments/import-paper/", compare.paper_import_upload, name="paper_import"),
+    path("diff/", diff.config_diff, name="config_diff"),
+    path("settings/tokens/", tokens.api_tokens, name="api_tokens"),
+    path("settings/tokens/<int:token_id>/revoke/", tokens.api_token_revoke, name="api_token_revoke"),
 ]

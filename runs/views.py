@@ -23,6 +23,7 @@ from django.http import (
 )
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -32,7 +33,8 @@ from . import control
 from .confirmation import confirmed_deltas
 from .forms import DEFAULT_PER_PAGE, GROUP_HELP, ExperimentForm, IterationFilterForm
 from .iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
-from .models import AgentBackend, Experiment, Iteration, Run, RunStatus
+from .models import AgentBackend, Experiment, Group, Iteration, Run, RunStatus
+from .parallel_coordinates import parallel_coordinates
 from .serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 
 TABLE_TARGET = "iteration-table"
@@ -172,6 +174,7 @@ def _table_context(request: HttpRequest, base: QuerySet[Iteration], *, experimen
         "export_query": query.urlencode(),
         "sort": filters.get("sort") or "index",
         "total": paginator.count,
+        "rows": rows,
     }
 
 
@@ -223,7 +226,8 @@ def home(request: HttpRequest) -> HttpResponse:
     status_counts = {
         f"n_{status}": Count("runs", filter=Q(runs__status=status)) for status in RunStatus.values
     }
-    experiments = Experiment.objects.annotate(
+    show_archived = request.GET.get("archived") == "1"
+    experiments = Experiment.objects.filter(archived_at__isnull=not show_archived).annotate(
         n_runs=Count("runs"), best=Min("runs__best_val_bpb"), **status_counts
     ).order_by("-created_at")
     page = Paginator(experiments, EXPERIMENTS_PER_PAGE).get_page(request.GET.get("page"))
@@ -239,7 +243,8 @@ def home(request: HttpRequest) -> HttpResponse:
         .select_related("experiment")
         .order_by("experiment_id", "group", "repeat")[:50]
     )
-    return render(request, "runs/home.html", {"page_obj": page, "active_runs": active_runs})
+    return render(request, "runs/home.html",
+                  {"page_obj": page, "active_runs": active_runs, "show_archived": show_archived})
 
 
 @require_http_methods(["GET", "POST"])
@@ -248,8 +253,9 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
         form = ExperimentForm(request.POST)
         if form.is_valid():
             experiment = form.save_and_start(request.user)
+            count = experiment.runs.count()
             messages.success(
-                request, f"Created “{experiment.name}” with {experiment.runs.count()} runs; they are queued."
+                request, f"Created “{experiment.name}” with {count} run{pluralize(count)}; queued."
             )
             return redirect("experiment_detail", experiment_id=experiment.pk)
     else:
@@ -282,6 +288,7 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
         "agent_text": agent_label(experiment),
         "policy_text": policy_label(experiment),
         "any_active": any(not run.is_finished and run.status != RunStatus.PAUSED for run in runs),
+        "can_manage": can_control(request.user, experiment),
     }
     if htmx_target(request) == "experiment-runs":
         # 286 tells htmx to stop polling once no run can change any more.
@@ -297,6 +304,9 @@ def experiment_iterations(request: HttpRequest, experiment_id: int) -> HttpRespo
         return _export(request, base, f"experiment-{experiment.pk}-iterations")
     context = _table_context(request, base, experiment_view=True)
     context["experiment"] = experiment
+    context["parcoords"] = parallel_coordinates(context["rows"])
+    # Only the experiment's own groups, labelled with what each group is.
+    context["filter_form"].fields["group"].choices = [(g, Group(g).label) for g in experiment.groups]
     return _render_table(request, "runs/experiment_iterations.html", context)
 
 
@@ -347,7 +357,7 @@ def run_iterations(request: HttpRequest, run_id: int) -> HttpResponseBase:
     if "format" in request.GET:
         return _export(request, base, f"run-{run.pk}-iterations")
     context = _table_context(request, base, experiment_view=False)
-    context.update(run=run, experiment=run.experiment)
+    context.update(run=run, experiment=run.experiment, parcoords=parallel_coordinates(context["rows"]))
     return _render_table(request, "runs/run_iterations.html", context)
 
 

@@ -17,7 +17,9 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods
 
 from .comparison import DELTA_SOURCES, ComparisonData, build_comparison, mechanism_counts
-from .models import Experiment, Objective
+from .compute_axis import cumulative_seconds
+from .identical_groups import mark_identical_groups
+from .models import Experiment, Objective, Run
 from .paper_import import DEFAULT_EXPERIMENT_NAME, MAX_FILE_BYTES, PaperImportError, import_reports
 from .stats import TESTS
 
@@ -54,9 +56,11 @@ def comparison_for_request(request: HttpRequest, experiment: Experiment) -> Comp
     others = list(Experiment.objects.filter(pk__in=other_ids).order_by("pk"))
     test = request.GET.get("test", "permutation")
     source = request.GET.get("delta", "auto")
-    return build_comparison(experiment, others, budget=_int_param(request, "budget", 0, 100_000),
+    data = build_comparison(experiment, others, budget=_int_param(request, "budget", 0, 100_000),
                             test=test if test in TESTS else "permutation",
                             delta_source=source if source in DELTA_SOURCES else "auto")
+    mark_identical_groups(data)
+    return data
 
 
 def fmt(value: float | None, digits: int = 5, signed: bool = False) -> str:
@@ -141,11 +145,16 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
 def experiment_compare(request: HttpRequest, experiment_id: int) -> HttpResponse:
     experiment = get_object_or_404(Experiment, pk=experiment_id)
     data = comparison_for_request(request, experiment)
+    run_ids = [r["id"] for g in data["groups"] for r in g["runs"]]
+    surrogate = set(Run.objects.filter(pk__in=run_ids, experiment__objective="surrogate").values_list("pk", flat=True))
+    seconds = cumulative_seconds(run_ids, surrogate)
     chart = {
         "groups": [
             {"key": g["key"], "label": g["label"], "colour": colour(g["group"]), "dashed": g["is_reference"],
+             "same_as": g["same_as"],
              "series": g["series"],
-             "runs": [{"repeat": r["repeat"], "absolute": r["running_best"], "delta": r["running_delta"]}
+             "runs": [{"repeat": r["repeat"], "absolute": r["running_best"], "delta": r["running_delta"],
+                       "seconds": seconds.get(r["id"], [])}
                       for r in g["runs"]]}
             for g in data["groups"]
         ],
@@ -198,12 +207,14 @@ def level2_activity(experiment: Experiment) -> list[dict[str, Any]]:
 def svg_chart(data: ComparisonData, mode: str = "delta", width: int = 900, height: int = 320) -> SafeString:
     """Running best (mean per group, thin lines per repeat) as inline SVG, drawn on the server."""
     key = "running_delta" if mode == "delta" else "running_best"
-    lines: list[tuple[str, bool, list[float | None], float]] = []
+    lines: list[tuple[str, str, list[float | None], float]] = []  # colour, dash pattern, values, opacity
     for g in data["groups"]:
+        # A group identical to an earlier one is drawn dotted on top of it, so both stay visible.
+        dash = "2 3" if g.get("same_as") else "5 3" if g["is_reference"] else ""
         for run in g["runs"]:
-            lines.append((colour(g["group"]), g["is_reference"], run[key], 0.35))
+            lines.append((colour(g["group"]), dash, run[key], 0.35))
         means = [point["mean"] for point in g["series"][mode if mode == "delta" else "absolute"]]
-        lines.append((colour(g["group"]), g["is_reference"], means, 1.0))
+        lines.append((colour(g["group"]), dash, means, 1.0))
     values = [v for _, _, series, _ in lines for v in series if v is not None]
     longest = max((len(series) for _, _, series, _ in lines), default=0)
     left, right, top, bottom = 70, 250, 16, 36  # the legend sits in the right margin
@@ -239,19 +250,21 @@ def svg_chart(data: ComparisonData, mode: str = "delta", width: int = 900, heigh
                      f'fill="#67707c">{p}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 4}" text-anchor="middle" font-size="11" '
                  'fill="#67707c">proposal</text>')
-    for stroke, dashed, series, opacity in lines:
+    for stroke, pattern, series, opacity in lines:
         points = " ".join(f"{x(p):.1f},{y(v):.1f}" for p, v in enumerate(series) if v is not None)
         if points:
-            dash = ' stroke-dasharray="5 3"' if dashed else ""
+            dash = f' stroke-dasharray="{pattern}"' if pattern else ""
             width_px = 2.2 if opacity == 1.0 else 1
             parts.append(f'<polyline fill="none" stroke="{stroke}" stroke-width="{width_px}" '
                          f'stroke-opacity="{opacity}"{dash} points="{points}"/>')
     legend_y, legend_x = top + 4, width - right + 14
     for g in data["groups"]:
-        dash = ' stroke-dasharray="5 3"' if g["is_reference"] else ""
+        pattern = "2 3" if g.get("same_as") else "5 3" if g["is_reference"] else ""
+        dash = f' stroke-dasharray="{pattern}"' if pattern else ""
+        label = f'{g["label"][:24]} (= {g["same_as"][:8]})' if g.get("same_as") else g["label"][:34]
         parts.append(f'<line x1="{legend_x}" x2="{legend_x + 16}" y1="{legend_y + 5}" y2="{legend_y + 5}" '
                      f'stroke="{colour(g["group"])}" stroke-width="2.5"{dash}/>'
-                     f'<text x="{legend_x + 22}" y="{legend_y + 9}" font-size="11">{escape(g["label"][:34])}</text>')
+                     f'<text x="{legend_x + 22}" y="{legend_y + 9}" font-size="11">{escape(label)}</text>')
         legend_y += 15
     return mark_safe("".join(parts) + "</svg>")  # numbers and escaped labels only
 

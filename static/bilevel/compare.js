@@ -15,11 +15,31 @@
     return out;
   }
 
-  function datasets(data, scale, band, showRepeats) {
+  // Against cumulative seconds the runs of a group do not share x values, so no mean or band:
+  // one line per run, the group's colour, one legend entry per group.
+  function secondsDatasets(data, scale) {
+    const sets = [];
+    data.groups.forEach(function (group) {
+      group.runs.forEach(function (run, i) {
+        const pts = [];
+        run[scale].forEach(function (v, p) {
+          if (v !== null && v !== undefined && run.seconds[p] !== undefined) pts.push({ x: run.seconds[p], y: v });
+        });
+        sets.push({ label: group.label, data: pts, borderColor: group.colour, backgroundColor: group.colour,
+          borderWidth: 1.5, pointRadius: 2, stepped: "before", isRepeat: i > 0, isTime: true,
+          borderDash: group.same_as ? [2, 3] : group.dashed ? [6, 4] : [] });
+      });
+    });
+    return sets;
+  }
+
+  function datasets(data, scale, band, showRepeats, xSeconds) {
+    if (xSeconds) return secondsDatasets(data, scale);
     const sets = [];
     data.groups.forEach(function (group) {
       const series = group.series[scale];
-      const dash = group.dashed ? [6, 4] : [];
+      // A group identical to an earlier one is drawn dotted with markers on top of it, so both stay visible.
+      const dash = group.same_as ? [2, 3] : group.dashed ? [6, 4] : [];
       if (band !== "none") {
         const lower = series.map(function (pt) {
           if (pt.mean === null) return null;
@@ -43,8 +63,10 @@
             stepped: "before", isRepeat: true });
         });
       }
-      sets.push({ label: group.label, data: points(series.map(function (pt) { return pt.mean; })),
-        borderColor: group.colour, backgroundColor: group.colour, borderWidth: 2.5, pointRadius: 0,
+      sets.push({ label: group.same_as ? group.label + " (same as " + group.same_as + ")" : group.label,
+        data: points(series.map(function (pt) { return pt.mean; })),
+        borderColor: group.colour, backgroundColor: group.colour, borderWidth: 2.5,
+        pointRadius: group.same_as ? 4 : 0, pointStyle: "triangle", order: group.same_as ? -1 : 0,  // on top
         borderDash: dash, stepped: false, n: series.map(function (pt) { return pt.n; }) });
     });
     return sets;
@@ -61,12 +83,13 @@
         scale: toggles.querySelector("input[name=scale]:checked").value,
         band: toggles.querySelector("input[name=band]:checked").value,
         repeats: toggles.querySelector("input[name=repeats]").checked,
+        xSeconds: toggles.querySelector("input[name=xseconds]").checked,
       };
     }
     const s = state();
     const chart = new window.Chart(canvas, {
       type: "line",
-      data: { datasets: datasets(data, s.scale, s.band, s.repeats) },
+      data: { datasets: datasets(data, s.scale, s.band, s.repeats, s.xSeconds) },
       options: {
         animation: false,
         maintainAspectRatio: false,
@@ -91,10 +114,13 @@
     });
     toggles.addEventListener("change", function () {
       const now = state();
-      chart.data.datasets = datasets(data, now.scale, now.band, now.repeats);
+      chart.data.datasets = datasets(data, now.scale, now.band, now.repeats, now.xSeconds);
+      chart.options.scales.x.title.text = now.xSeconds ? "cumulative seconds spent" : "proposal";
+      chart.options.scales.x.ticks.precision = now.xSeconds ? undefined : 0;
       chart.options.scales.y.title.text = now.scale === "delta" ? "Δ val_bpb (best − baseline)" : "val_bpb";
       chart.update();
       canvas.dataset.scale = now.scale;
+      canvas.dataset.x = now.xSeconds ? "seconds" : "proposal";
     });
     canvas.dataset.ready = "1";
   }

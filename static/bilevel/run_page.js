@@ -64,10 +64,10 @@
         datasets: [
           point("keep", COLORS.keep),
           point("discard", COLORS.discard),
-          point("baseline", COLORS.baseline, "rectRot"),
+          point("baseline training", COLORS.baseline, "rectRot"),
           failed,
           { label: "running best", data: [], borderColor: COLORS.best, backgroundColor: COLORS.best, showLine: true, stepped: true, pointRadius: 0, borderWidth: 2 },
-          { label: "baseline", data: [], borderColor: COLORS.baseline, borderDash: [6, 4], showLine: true, pointRadius: 0, borderWidth: 1 },
+          { label: "baseline mean", data: [], borderColor: COLORS.baseline, borderDash: [6, 4], showLine: true, pointRadius: 0, borderWidth: 1 },
           { label: "baseline ± noise sd", data: [], borderColor: "transparent", backgroundColor: COLORS.band, showLine: true, pointRadius: 0, fill: false },
           { label: "baseline − noise sd", data: [], borderColor: "transparent", backgroundColor: COLORS.band, showLine: true, pointRadius: 0, fill: "-1" },
         ],
@@ -81,7 +81,10 @@
           flags: { type: "linear", display: false, min: 0, max: 1 },
         },
         plugins: {
-          legend: { labels: { filter: function (item) { return item.text !== "baseline − noise sd"; } } },
+          // Only what is drawn: no "± noise sd" entry when no noise sd was measured.
+          legend: { labels: { filter: function (item, data) {
+            return item.text !== "baseline − noise sd" && data.datasets[item.datasetIndex].data.length > 0;
+          } } },
           tooltip: {
             callbacks: {
               label: function (ctx) {
@@ -104,7 +107,8 @@
       options: {
         animation: false,
         maintainAspectRatio: false,
-        scales: { x: { type: "linear", title: { display: true, text: "step" } }, y: { title: { display: true, text: "train loss" } } },
+        // From step 0, so that a single early point does not get an axis of 0.94–1.06.
+        scales: { x: { type: "linear", min: 0, title: { display: true, text: "step" }, ticks: { precision: 0 } }, y: { title: { display: true, text: "train loss" } } },
         plugins: { legend: { display: false } },
       },
     });
@@ -238,6 +242,12 @@
     badge.className = "status status-" + status;
     byId("run-status-detail").textContent = this.run.status_detail || "";
     this.renderWaiting(status);
+    if (this.run.is_finished) {  // nothing more will arrive: say so instead of "live"
+      const indicator = byId("live-indicator");
+      indicator.textContent = "finished";
+      indicator.className = "live done muted";
+      indicator.title = "this run has ended; the page shows its record";
+    }
     document.querySelectorAll("#run-controls " + CONTROL_WHEN).forEach((button) => {
       button.hidden = button.dataset.when.split(" ").indexOf(status) === -1;
     });
@@ -422,7 +432,10 @@
     const names = [];
     cycles.forEach((c) => (c.frozen || []).concat(c.unfrozen || []).forEach((n) => { if (names.indexOf(n) === -1) names.push(n); }));
     grid.replaceChildren();
-    if (!names.length) { grid.appendChild(el("p", "No parameter has been frozen yet.", "muted small")); return; }
+    if (!names.length) {
+      grid.appendChild(el("p", this.run.is_finished ? "No parameter was frozen in this run." : "No parameter has been frozen yet.", "muted small"));
+      return;
+    }
     const table = el("table", null, "frozen-grid");
     const head = el("tr");
     head.appendChild(el("th", "parameter \\ cycle"));
@@ -505,10 +518,12 @@
       onOpen: function () {
         indicator.textContent = "live";
         indicator.className = "live on";
+        page.renderStatus();  // a finished run says "finished" instead
         page.refreshSnapshot(0);  // catch up with whatever happened while not connected
         page.refreshTable();
       },
       onClose: function (event) {
+        if (page.run.is_finished) return;
         indicator.className = "live off";
         indicator.textContent = event.code === 4401 ? "not logged in: reload the page" : "reconnecting…";
       },

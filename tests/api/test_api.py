@@ -1,8 +1,11 @@
-"""The JSON API: auth (401/403 JSON, never a redirect), CSRF, permissions, malformed input, OpenAPI."""
+"""The JSON API (django-ninja): auth (401/403 JSON, never a redirect), CSRF, permissions, malformed
+input, the generated OpenAPI schema and the locally served docs page."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +44,7 @@ def csrf_client(user: Any) -> tuple[Client, str]:
 def test_anonymous_gets_401_json_not_a_redirect(client: Client, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 401
-    assert response["Content-Type"] == "application/json"
+    assert response["Content-Type"].startswith("application/json")
     assert "authentication required" in response.json()["error"]
 
 
@@ -52,11 +55,14 @@ def test_openapi_lists_every_route_and_is_json(client: Client) -> None:
     assert document["openapi"].startswith("3.")
     from runs.api_urls import urlpatterns
 
-    routes = [p for p in urlpatterns if isinstance(p, URLPattern) and p.name != "api_not_found"]
+    self_description = {"not_found", "openapi-json", "openapi-view"}
+    routes = [p for p in urlpatterns if isinstance(p, URLPattern) and p.name not in self_description]
     assert len(document["paths"]) == len(routes)
     for pattern in routes:
         openapi_path = "/api/" + str(pattern.pattern).replace("<int:", "{").replace(">", "}")
         assert openapi_path in document["paths"], openapi_path
+    schemes = document["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}  # bearer token and session cookie
     for url, item in document["paths"].items():
         braces = {part[1:-1] for part in url.split("/") if part.startswith("{")}
         for operation in item.values():
@@ -64,6 +70,15 @@ def test_openapi_lists_every_route_and_is_json(client: Client) -> None:
             assert {p["name"] for p in operation["parameters"] if p["in"] == "path"} == braces
     # The API is mounted exactly once.
     assert any(isinstance(p, URLResolver) and str(p.pattern) == "api/" for p in get_resolver().url_patterns)
+
+
+def test_docs_page_is_served_locally_without_a_cdn(client: Client) -> None:
+    page = client.get("/api/docs").content.decode()
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert "/static/ninja/swagger-ui-bundle.js" in scripts and all(s.startswith("/static/") for s in scripts)
+    assert 'data-api-csrf="true"' in page  # Swagger UI's "try it out" sends the CSRF header with the session
+    for asset in scripts:
+        assert client.get(asset).status_code == 200, asset
 
 
 def test_login_logout_and_wrong_password() -> None:
@@ -121,18 +136,19 @@ def test_non_json_content_type(client: Client, users: Any, body: str, message: s
 
 @pytest.mark.parametrize(("payload", "message"), [
     ("{not json", "not valid JSON"),
-    ("[1, 2]", "must be a JSON object"),
+    ("[1, 2]", "body: Input should be a valid dictionary"),
     ({"name": "x", "groups": ["A"], "colour": "red"}, "unknown field(s): colour"),
-    ({"name": "x", "groups": "A"}, "groups must be a list of strings"),
-    ({"name": "x", "groups": ["A"], "repeats": "3"}, "repeats must be an integer"),
-    ({"name": "x", "groups": ["A"], "repeats": True}, "repeats must be an integer"),
+    ({"name": "x", "groups": "A"}, "groups: Input should be a valid list"),
+    ({"name": "x", "groups": ["A"], "repeats": "3"}, "repeats: Input should be a valid integer"),
+    ({"name": "x", "groups": ["A"], "repeats": True}, "repeats: Input should be a valid integer"),
     ({"name": "x", "groups": ["A"], "repeats": -2}, "the experiment is not valid"),
-    ({"name": "x", "groups": ["A"], "budget_value": "lots"}, "budget_value must be a number"),
-    ({"name": "x" * 20_000, "groups": ["A"]}, "longer than"),
-    ({"name": "x", "groups": ["Z"]}, "the experiment is not valid"),
-    ({"name": "x", "groups": ["A"], "review_gate": "yes"}, "review_gate must be true or false"),
-    ({"name": 5, "groups": ["A"]}, "name must be a string"),
-    ({"groups": ["A"]}, "the experiment is not valid"),
+    ({"name": "x", "groups": ["A"], "budget_value": "lots"}, "budget_value: Input should be a valid number"),
+    ({"name": "x" * 20_000, "groups": ["A"]}, "name: String should have at most 200 characters"),
+    ({"name": "x", "groups": ["Z"]}, "groups.0: Input should be 'A'"),
+    ({"name": "x", "groups": ["A"], "review_gate": "yes"}, "review_gate: Input should be a valid boolean"),
+    ({"name": 5, "groups": ["A"]}, "name: Input should be a valid string"),
+    ({"groups": ["A"]}, "name: Field required"),
+    ({"name": "nul\x00", "groups": ["A"]}, "name: String should match pattern"),
 ])
 def test_malformed_experiment_payloads_are_400_and_store_nothing(
     client: Client, users: Any, payload: Any, message: str
@@ -190,7 +206,7 @@ def test_unknown_routes_objects_and_methods(client: Client, users: Any) -> None:
     assert client.get("/api/runs/999999/").json()["error"] == "run 999999 not found"
     assert client.get("/api/experiments/999/comparison/").status_code == 404
     response = client.delete("/api/experiments/")
-    assert response.status_code == 405 and "GET, POST" in response["Allow"]
+    assert response.status_code == 405 and set(response["Allow"].split(", ")) == {"GET", "POST"}
 
 
 def test_run_control_permissions_and_conflicts(client: Client, users: Any) -> None:
@@ -224,11 +240,11 @@ def test_paper_import_through_the_api(client: Client, users: Any) -> None:
 
 
 @pytest.mark.parametrize(("payload", "message"), [
-    ({"files": []}, "non-empty list"),
-    ({"files": [{"name": "a.json", "content": 5}]}, "content must be"),
+    ({"files": []}, "files: List should have at least 1 item"),
+    ({"files": [{"name": "a.json", "content": 5}]}, "files.0.content"),
     ({"files": [{"name": "a.json", "content": "{"}]}, "not valid JSON"),
     ({"files": [{"name": "a.json", "content": {"group": "Q"}}]}, "missing key"),
-    ({"files": ["x"]}, "must be an object"),
+    ({"files": ["x"]}, "files.0: Input should be a valid dictionary"),
     ({"files": [{"name": "a.json", "content": {}, "extra": 1}]}, "unknown field"),
     ({"files": [{"name": "a.json", "content": {}}], "mode": "merge"}, "unknown field"),
 ])

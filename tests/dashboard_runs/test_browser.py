@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,8 @@ from .conftest import make_experiment, make_iteration, make_run
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
 XSS = "<img src=x onerror=alert(1)>"
-SHOTS = Path("/tmp/shots")
+# BILEVEL_SCREENSHOTS=docs/screenshots refreshes the README's screenshots from these tests.
+SHOTS = Path(os.environ.get("BILEVEL_SCREENSHOTS", "/tmp/shots"))
 
 # Keep every WebSocket the page opens reachable, so a test can drop one and watch the page reconnect.
 RECORD_SOCKETS = """

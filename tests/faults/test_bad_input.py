@@ -316,7 +316,7 @@ def test_every_get_route_survives_garbage_queries_and_absurd_ids(admin_client: C
         for query in GARBAGE_QUERIES:
             response = admin_client.get(f"{route.path}?{query}")
             failures.check(response.status_code < 500, f"GET {route.path}?{query[:40]}: {response.status_code}")
-            if route.name.startswith("api_") and response.status_code >= 400:
+            if route.name.startswith("api:") and response.status_code >= 400:
                 failures.check(bool(api_error(response)), f"GET {route.path}?{query[:40]}: no JSON error")
     huge = {key: 2**70 for key in ids} | {"object_id": 2**70}
     negative_paths = [route.path.replace(str(ids["run_id"]), "0") for route in all_routes(ids)]

@@ -23,7 +23,7 @@ from .routes import all_routes
 pytestmark = pytest.mark.django_db
 SECRET = "secret-experiment-7f3a"
 # Routes anyone may use: logging in and out, and the API's self-description.
-PUBLIC = {"login", "logout", "admin:login", "admin:logout", "api_openapi", "api_session"}
+PUBLIC = {"login", "logout", "admin:login", "admin:logout", "api:openapi-json", "api:openapi-view", "api:session"}
 # State changes a plain user (not the creator, not staff, no review permission) must be refused.
 PRIVILEGED_SUFFIXES = ("approve", "reject", "kill", "attach", "pause", "resume", "cancel")
 
@@ -75,7 +75,7 @@ def content(response: Any) -> bytes:
 def test_every_route_is_enumerated(world: dict[str, int]) -> None:
     names = {route.name for route in all_routes(world)}
     for expected in ("home", "run_detail", "run_pause", "mechanism_approve", "mechanism_library_attach",
-                     "api_runs", "api_mechanism_kill", "experiment_compare", "paper_import", "admin:index"):
+                     "api:runs", "api:mechanism_kill", "experiment_compare", "paper_import", "admin:index"):
         assert expected in names
 
 
@@ -124,8 +124,8 @@ def test_a_plain_user_cannot_review_attach_or_control_others_runs(users: Any, wo
         if "<int:attachment_id>" in route.raw:  # the pending one (approve/reject) and the active one (kill)
             paths.add(route.path.replace(f"/{world['attachment_id']}/", f"/{world['active_id']}/"))
         for path in paths:
-            if route.name.startswith("api_"):
-                body = {"comment": "let me in"} if route.name.startswith("api_mechanism") else {}
+            if route.name.startswith("api:"):
+                body = {"comment": "let me in"} if route.name.startswith("api:mechanism") else {}
                 response = client.post(path, json.dumps(body), content_type="application/json")
             else:
                 response = client.post(path, {"comment": "let me in", "experiment": world["experiment_id"]})
@@ -143,7 +143,7 @@ def test_csrf_is_enforced_on_every_state_changing_request(users: Any, world: dic
         for method in ("post", "put", "patch", "delete"):
             response = getattr(client, method)(route.path, "{}", content_type="application/json")
             where = f"{method.upper()} {route.path} ({route.name})"
-            if route.name == "api_not_found":
+            if route.name == "api:not_found":
                 assert response.status_code == 404, where
                 continue
             # 405: the route does not take this method at all (checked before CSRF by the API).

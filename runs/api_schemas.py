@@ -1,0 +1,268 @@
+"""Pydantic schemas of the JSON API: one declaration drives input validation, output validation
+and the OpenAPI document (django-ninja). Inputs are strict about JSON types ("5" is not 5, 1 is not
+true) and refuse unknown fields, as the hand-written API did; range and cross-field rules stay in
+`ExperimentForm`, shared with the dashboard, so both refuse exactly the same experiments."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+MAX_STRING_CHARS = 10_000
+MAX_COMMENT_CHARS = 5_000
+MAX_IMPORT_FILES = 20
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 100
+
+GroupName = Literal["A", "B", "C", "D", "R"]
+
+
+class Input(Schema):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ErrorOut(Schema):
+    error: str
+    fields: dict[str, list[str]] | None = Field(default=None, description="per-field messages, when known")
+
+
+class LoginIn(Input):
+    username: StrictStr = Field(min_length=1, max_length=150, pattern=r"^[^\x00]*$")
+    password: StrictStr = Field(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")
+
+
+class SessionOut(Schema):
+    authenticated: bool
+    username: str | None
+    can_review_mechanisms: bool
+    csrf_token: str
+
+
+class Level2IsolationOut(Schema):
+    available: bool
+    reason: str = Field(description="why Level 2 refuses generated code on this machine; empty when it can run it")
+
+
+class IndexOut(Schema):
+    openapi: str
+    docs: str
+    routes: list[str]
+    level2_isolation: Level2IsolationOut
+
+
+class ExperimentIn(Input):
+    """Omitted fields take the dashboard form's defaults."""
+
+    name: StrictStr = Field(max_length=200, pattern=r"^[^\x00]*$")
+    groups: list[GroupName] = Field(min_length=1, max_length=5)
+    description: StrictStr | None = Field(default=None, max_length=5000, pattern=r"^[^\x00]*$")
+    repeats: StrictInt | None = None
+    iterations: StrictInt | None = None
+    strategy_interval: StrictInt | None = None
+    research_interval: StrictInt | None = None
+    objective: Literal["trainer", "surrogate"] | None = None
+    preset: Literal["cpu-tiny", "gpu"] | None = None
+    budget_kind: Literal["flops", "seconds"] | None = None
+    budget_value: StrictFloat | None = None
+    seed_base: StrictInt | None = None
+    threads: StrictInt | None = None
+    agent_backend: Literal["builtin", "llm"] | None = None
+    llm_base_url: StrictStr | None = Field(default=None, max_length=500, pattern=r"^[^\x00]*$")
+    llm_model: StrictStr | None = Field(default=None, max_length=200, pattern=r"^[^\x00]*$")
+    llm_api_key: StrictStr | None = Field(default=None, max_length=500, pattern=r"^[^\x00]*$",
+                                          description="write-only: never returned")
+    acceptance_policy: Literal["strict", "noise_aware"] | None = None
+    noise_k: StrictFloat | None = None
+    baseline_repeats: StrictInt | None = None
+    confirmation_repeats: StrictInt | None = None
+    review_gate: StrictBool | None = None
+    review_timeout_minutes: StrictInt | None = Field(
+        default=None, description="with the gate on: continue without the mechanism after N minutes; none = wait")
+
+
+class RunOut(Schema):
+    id: int
+    experiment: int
+    group: str
+    repeat: int
+    seed: int
+    level_strategy: bool
+    level_research: bool
+    random_control: bool
+    status: str
+    status_detail: str
+    baseline_val_bpb: float | None
+    noise_sd: float | None
+    best_val_bpb: float | None
+    best_iteration: int | None
+    proposals_done: int
+    tags: list[str]
+    notes: str
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ExperimentOut(Schema):
+    id: int
+    name: str
+    description: str
+    created_by: str | None
+    created_at: str
+    is_reference: bool
+    groups: list[str]
+    repeats: int
+    iterations: int
+    strategy_interval: int
+    research_interval: int
+    preset: str
+    objective: str
+    budget_kind: str
+    budget_value: float
+    seed_base: int
+    threads: int
+    agent_backend: str
+    llm_base_url: str
+    llm_model: str
+    llm_api_key_set: bool
+    acceptance_policy: str
+    noise_k: float
+    baseline_repeats: int
+    confirmation_repeats: int
+    review_gate: bool
+    review_timeout_minutes: int | None
+
+
+class ExperimentDetailOut(ExperimentOut):
+    runs: list[RunOut]
+
+
+class OuterCycleOut(Schema):
+    run: int
+    index: int
+    after_iteration: int
+    frozen: list[Any]
+    newly_frozen: list[Any]
+    unfrozen: list[Any]
+    guidance: str
+    strategy: str
+    reasons: dict[str, Any]
+
+
+class OuterCyclesOut(Schema):
+    run: int
+    results: list[OuterCycleOut]
+
+
+class IterationOut(Schema):
+    run: int
+    index: int
+    kind: str
+    status: str
+    failure_class: str
+    changes: dict[str, Any]
+    hypothesis: str
+    proposal_source: str
+    val_bpb: float | None
+    evaluations: list[Any]
+    best_before: float | None
+    decision_reason: str
+    wall_seconds: float
+    training_seconds: float
+    eval_seconds: float
+    agent_seconds: float
+    overhead_seconds: float
+    simulated_seconds: float
+    steps: int
+    tokens: int
+    mechanism_effects: list[Any]
+    hook_calls: dict[str, Any]
+    rejected_attempts: list[Any]
+    error: str
+    created_at: str | None
+
+
+class AttachmentOut(Schema):
+    id: int
+    run: int
+    experiment: int
+    name: str
+    code_hash: str
+    origin: str
+    status: str
+    status_detail: str
+    ladder_ok: bool
+    decisions_changed: int
+    hook_calls: dict[str, Any]
+    activated_at_iteration: int | None
+    deactivated_at_iteration: int | None
+    reviewed_by: str | None
+    reviewed_at: str | None
+    review_comment: str
+    created_at: str
+    review_url: str
+
+
+class AttachmentDetailOut(AttachmentOut):
+    code: str
+    spec: dict[str, Any]
+    ladder: list[Any]
+    dry_run_report: dict[str, Any]
+    session: dict[str, Any] | None
+    events: list[dict[str, Any]]
+
+
+class RunDetailOut(RunOut):
+    iterations_url: str
+    outer_cycles: list[OuterCycleOut]
+    mechanisms: list[AttachmentOut]
+    confirmed: dict[str, Any] | None = Field(
+        description="the confirmed Δ (best vs baseline re-trained on fresh seeds); null until all are trained")
+
+
+class Page(Schema):
+    count: int
+    page: int
+    page_size: int
+    pages: int
+
+
+class ExperimentPage(Page):
+    results: list[ExperimentOut]
+
+
+class RunPage(Page):
+    results: list[RunOut]
+
+
+class IterationPage(Page):
+    results: list[IterationOut]
+
+
+class AttachmentPage(Page):
+    results: list[AttachmentOut]
+
+
+class CommentIn(Input):
+    comment: StrictStr = Field(default="", max_length=MAX_COMMENT_CHARS, pattern=r"^[^\x00]*$")
+
+
+class NoFieldsIn(Input):
+    """Run actions take no parameters; an empty object (or no body) is accepted."""
+
+
+class PaperFileIn(Input):
+    name: StrictStr = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+    content: dict[str, Any] | StrictStr = Field(description="the report object, or its JSON text")
+
+
+class PaperImportIn(Input):
+    experiment_name: StrictStr = Field(default="", max_length=200, pattern=r"^[^\x00]*$")
+    files: list[PaperFileIn] = Field(min_length=1, max_length=MAX_IMPORT_FILES)
+
+
+class PaperImportOut(Schema):
+    experiment: ExperimentOut
+    runs: list[RunOut]
