@@ -211,7 +211,6 @@ def build_comparison(
         chosen = pair[f"p_{test}_holm"]
         pair["highlighted"] = chosen is not None and chosen < SIGNIFICANCE
 
-    smallest = min((len(values) for values in deltas.values()), default=0)
     notes = [
         "Δ = best − baseline in val_bpb at the same budget of proposals; negative is better.",
         ("Δ compared here: confirmed — each run's best and baseline configs re-trained on fresh seeds when it "

@@ -3,8 +3,8 @@ from django.urls import path
 from . import views
 from . import views_clone as clone
 from . import views_compare as compare
-from . import views_library as library
 from . import views_diff as diff
+from . import views_library as library
 from . import views_manage as manage
 from . import views_tokens as tokens
 
