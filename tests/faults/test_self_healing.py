@@ -82,7 +82,7 @@ def test_killed_workers_and_redis_are_restarted_and_the_run_completes() -> None:
     seen: set[int] = set()  # trainers already under a kill: the next kill waits for a new one
 
     def trainer() -> int | None:
-        found = [pid for pid in processes_matching("-m trainer", trainings) if pid not in seen]
+        found = [pid for pid in processes_matching("-m trainer") if pid not in seen and works_in(pid, trainings)]
         return found[0] if found else None
 
     def steps_claimed() -> int:
@@ -108,7 +108,7 @@ def test_killed_workers_and_redis_are_restarted_and_the_run_completes() -> None:
         started = manage(env, "start_run", str(run.pk))
         assert started.returncode == 0, started.stderr
 
-        pool_child = kill_during_training(parent_of, "the pool child")
+        pool_child = kill_during_training(celery_ancestor, "the pool child")
         main = kill_during_training(lambda _: started_pid(launcher.output(), "worker-train"), "the worker")
         # The step in flight survives a Redis restart (its lease lives in the database): it goes on.
         wait_until(trainer, 90, "a trainer to kill redis under")
@@ -162,6 +162,25 @@ def diagnostics(launcher: ServiceProcess, data_dir: Path) -> str:
 def ready_workers(data_dir: Path) -> int:
     logs = [data_dir / "logs" / f"{name}.log" for name in ("worker-train", "worker-research")]
     return sum(1 for log in logs if log.exists() and " ready." in log.read_text(errors="replace"))
+
+
+def works_in(pid: int, directory: str) -> bool:
+    """A cold trainer names its work directory on its command line; a warm one (forked from the
+    worker's `python -m trainer.warm`) runs in it."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cwd = os.readlink(f"/proc/{pid}/cwd") + "/"
+    except OSError:
+        return False
+    return directory in cmdline or cwd.startswith(directory)
+
+
+def celery_ancestor(pid: int) -> int:
+    """The Celery process a trainer works for (its pool child), whether forked cold or from the warm zygote."""
+    current = parent_of(pid)
+    while b"celery" not in Path(f"/proc/{current}/cmdline").read_bytes():
+        current = parent_of(current)
+    return current
 
 
 def parent_of(pid: int) -> int:

@@ -94,7 +94,7 @@ def test_launcher_serves_the_login_page_and_sigint_stops_everything(
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
-    assert wait_until_gone(tree, timeout=30) == set()
+    assert wait_until_gone(tree, timeout=60) == set()
 
 
 def test_sigkilled_launcher_leaves_no_orphans(launcher: tuple[subprocess.Popen[str], int]) -> None:
@@ -104,4 +104,4 @@ def test_sigkilled_launcher_leaves_no_orphans(launcher: tuple[subprocess.Popen[s
 
     process.kill()
     process.wait()
-    assert wait_until_gone(tree, timeout=30) == set()
+    assert wait_until_gone(tree, timeout=60) == set()

@@ -63,7 +63,7 @@ def test_review_gate_holds_a_validated_mechanism_until_approved_then_it_fires(
     control.cancel_run(Run.objects.get(pk=run.pk))
 
     attachment.refresh_from_db()
-    assert attachment.status == AttachmentStatus.ACTIVE
+    assert attachment.status == AttachmentStatus.RETIRED  # active until the run ended: retired with it
     assert attachment.activated_at_iteration == paused_at
     assert sum(attachment.hook_calls.values()) > 0
     transitions = list(attachment.events.values_list("from_status", "to_status", "actor__username"))
@@ -71,6 +71,7 @@ def test_review_gate_holds_a_validated_mechanism_until_approved_then_it_fires(
         ("validating", "pending", None),
         ("pending", "approved", "reviewer"),
         ("approved", "active", None),
+        ("active", "retired", None),
     ]
     first_active = run.iteration_set.get(index=paused_at)
     assert name in first_active.hook_calls

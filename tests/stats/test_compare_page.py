@@ -97,7 +97,7 @@ def test_query_count_and_time_for_40_runs_of_30_iterations(
     experiment = make_experiment(groups=("R", "A", "B", "C", "D"), repeats=8, iterations=30, llm_calls=True)
     client.force_login(users.plain)
     client.get(f"/experiments/{experiment.pk}/compare/")  # warm caches (templates, t quantiles)
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(15):  # 12, plus 3 for the Level 2 table (constant in the run count)
         started = time.perf_counter()
         response = client.get(f"/experiments/{experiment.pk}/compare/")
         elapsed = time.perf_counter() - started
