@@ -338,6 +338,7 @@ class Step:
                             allowed=allowed,
                             extra_sections=sections,
                             rejection=rejection,
+                            previous_changes=proposed.rejected[-1].get("changes") if proposed.rejected else None,
                             attempt=attempt,
                             seed=self.run_obj.seed,
                         )
