@@ -84,6 +84,7 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
                          if delta["ci_low"] is not None else "—"),
             "keeps": g["keeps"],
             "crashes": g["crashes"],
+            "invalid": g["invalid"],
             "runs": [
                 {**r, "baseline_text": fmt(r["baseline"]), "best_text": fmt(r["best"]),
                  "delta_text": fmt(r["delta"], signed=True)}
@@ -233,7 +234,7 @@ def summary_rows(data: ComparisonData) -> list[dict[str, Any]]:
                 "experiment": g["experiment"], "series": g["key"], "group": g["group"], "repeat": r["repeat"],
                 "run": r["id"], "status": r["status"], "included": r["included"], "proposals": r["proposals"],
                 "baseline_val_bpb": r["baseline"], "best_val_bpb_at_budget": r["best"], "delta": r["delta"],
-                "keeps": r["keeps"], "crashes": r["crashes"],
+                "keeps": r["keeps"], "crashes": r["crashes"], "invalid": r["invalid"],
             })
     return rows
 
@@ -265,7 +266,7 @@ def summary_csv(request: HttpRequest, experiment_id: int) -> HttpResponse:
     rows = summary_rows(comparison_for_request(request, experiment))
     out = io.StringIO()
     fields = ["experiment", "series", "group", "repeat", "run", "status", "included", "proposals",
-              "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "keeps", "crashes"]
+              "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "keeps", "crashes", "invalid"]
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for row in rows:

@@ -8,6 +8,7 @@ from django import template
 
 from ..iteration_table import changes_text as _changes_text
 from ..iteration_table import mechanism_names as _mechanism_names
+from ..iteration_table import refused_attempts as _refused_attempts
 from ..models import Iteration
 
 register = template.Library()
@@ -43,6 +44,11 @@ def changes_text(changes: Any) -> str:
 @register.filter
 def mechanism_names(iteration: Iteration) -> list[str]:
     return _mechanism_names(iteration)
+
+
+@register.filter
+def refused_attempts(iteration: Iteration) -> list[dict[str, str]]:
+    return _refused_attempts(iteration)
 
 
 @register.simple_tag
