@@ -140,6 +140,8 @@ class ExperimentForm(forms.ModelForm):
         # Read before validation copies submitted values onto the instance.
         self.stored_key_is_set = bool(self.instance.llm_api_key)
         self.fields["groups"].initial = ["A", "B", "C"]
+        if settings.DEFAULT_AGENT_BACKEND == AgentBackend.LLM and settings.LLM_BASE_URL and self.instance.pk is None:
+            self.initial["agent_backend"] = AgentBackend.LLM  # the instance's model default would win otherwise
         for name, default in (("llm_base_url", settings.LLM_BASE_URL), ("llm_model", settings.LLM_MODEL)):
             if default:
                 self.fields[name].widget.attrs["placeholder"] = default

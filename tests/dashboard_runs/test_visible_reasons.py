@@ -4,6 +4,7 @@ Level 2 sessions, the comparison's counts; and the server's LLM defaults apply t
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 from typing import Any
 
@@ -69,13 +70,15 @@ def test_a_failed_level2_sessions_rounds_are_in_the_run_snapshot(client: Client,
                                   "reply": rounds[0]["reply"], "seconds": 300.0}]  # no 50 KB prompt
 
 
-@override_settings(LLM_BASE_URL="http://127.0.0.1:8080/v1", LLM_MODEL="qwen2.5-coder-1.5b-instruct")
+@override_settings(LLM_BASE_URL="http://127.0.0.1:8080/v1", LLM_MODEL="qwen2.5-coder-1.5b-instruct",
+                   DEFAULT_AGENT_BACKEND="llm")
 def test_the_servers_llm_defaults_apply_to_the_form_and_the_api(client: Client, users: Any,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("runs.control.enqueue_step", lambda run_id: None)
     client.force_login(users.plain)
     page = client.get("/experiments/new/").content.decode()
     assert 'placeholder="http://127.0.0.1:8080/v1"' in page and "qwen2.5-coder-1.5b-instruct" in page
+    assert re.search(r'<input type="radio" name="agent_backend" value="llm"[^>]* checked', page)  # up --local-llm
     assert client.post("/experiments/new/", valid_data(agent_backend="llm")).status_code == 302
     payload = {k: v for k, v in valid_data(agent_backend="llm", name="api").items() if k != "review_gate"}
     response = client.post("/api/experiments/", json.dumps(payload), content_type="application/json")

@@ -33,7 +33,7 @@ def rounds() -> dict[str, str]:
     history = [{"index": k, "frozen": ["MATRIX_LR"] * 4, "guidance": "g" * 3000, "reasons": {"x": "y" * 500}}
                for k in range(30)]
     explore = research_prompts.explore_prompt(protocol, runner_source(), long_trace(400), history, ["m"] * 10)
-    explored = {"diagnosis": "d" * 6000, "candidates": [
+    explored: dict[str, Any] = {"diagnosis": "d" * 6000, "candidates": [
         {"name": f"idea_{i}", "field": "f" * 2000, "idea": "i" * 6000, "hooks": ["restrict"]} for i in range(4)]}
     spec = {"name": "x", "class_name": "X", "hooks": ["restrict"], "rationale": "r" * 6000, "state_kept": "s" * 6000,
             "expected_effect": "e" * 6000}
