@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_launcher import ROOT, descendants, wait_until_gone
+from .test_launcher import ROOT, descendants, output_until_up, wait_until_gone
 
 pytestmark = pytest.mark.services
 
@@ -66,13 +66,7 @@ def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tm
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        assert process.stdout is not None
-        seen = []
-        for line in process.stdout:  # blocks until the launcher reports progress
-            seen.append(line)
-            if "bilevel is up" in line:
-                break
-        output = "".join(seen)
+        output = output_until_up(process)
         found = re.search(r"local LLM (\S+) on (http://127\.0\.0\.1:\d+/v1) \(1 threads, 8192-token context\)", output)
         assert found, output
         alias, url = found.groups()
