@@ -78,6 +78,7 @@ def execute_research_session(session_id: int) -> str:
     respond: Callable[[str, str], str]
     if run.experiment.agent_backend == AgentBackend.LLM:
         agent = build_llm_agent(run, research_session_id=session.pk)
+        context.check_artifacts = True
 
         def respond_with_llm(round_name: str, prompt: str) -> str:
             return agent.complete(
