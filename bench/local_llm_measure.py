@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,33 +53,20 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from mechanisms import tasks as research_tasks
     from mechanisms.context_budget import estimate_tokens
     from mechanisms.models import ResearchSession
-    from mechanisms.research_session import execute_research_session
-    from runs import tasks
     from runs.control import create_runs
-    from runs.engine import execute_step
     from runs.models import Experiment, Iteration, IterationKind, IterationStatus, LLMCall
+    from tests.engine.helpers import drive_with_research
 
-    sessions: list[int] = []
     experiment = Experiment.objects.create(
         name="local LLM measurement", groups=["A", "C"], repeats=args.repeats, iterations=args.iterations,
         strategy_interval=3, research_interval=1, objective="surrogate", budget_value=1.5e12, review_gate=False,
         agent_backend="llm", llm_base_url=args.base_url, llm_model=args.model)
     runs = create_runs(experiment)
     started = time.monotonic()
-    # Steps and sessions run here, in order, instead of in workers: the endpoint sees one request at a time.
-    with mock.patch.object(tasks.run_step, "delay"), \
-            mock.patch.object(research_tasks.run_research_session, "delay", side_effect=sessions.append):
-        for run in runs:
-            for _ in range(10 * args.iterations):
-                run.refresh_from_db()
-                if run.is_finished:
-                    break
-                execute_step(run.pk, run.step_ticket, "measure")
-                while sessions:
-                    execute_research_session(sessions.pop(0))
+    for run in runs:  # steps and sessions run here, in order, instead of in workers
+        drive_with_research(run, max_steps=10 * args.iterations)
     wall = time.monotonic() - started
 
     proposals = list(Iteration.objects.filter(run__experiment=experiment, kind=IterationKind.PROPOSAL))

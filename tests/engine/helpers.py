@@ -38,6 +38,28 @@ def drive(run: Run, max_steps: int = 200) -> list[str]:
     raise AssertionError(f"run {run.pk} did not finish in {max_steps} steps: {outcomes[-5:]}")
 
 
+def drive_with_research(run: Run, max_steps: int = 200) -> None:
+    """drive(), with each Level 2 session the run requests executed right after the step that requested it
+    (no workers: an LLM endpoint sees one request at a time, in the order a single worker would send them)."""
+    from unittest import mock
+
+    from mechanisms import tasks as research_tasks
+    from mechanisms.research_session import execute_research_session
+    from runs import tasks
+
+    sessions: list[int] = []
+    with mock.patch.object(tasks.run_step, "delay"), \
+            mock.patch.object(research_tasks.run_research_session, "delay", side_effect=sessions.append):
+        for _ in range(max_steps):
+            run.refresh_from_db()
+            if run.is_finished:
+                return
+            execute_step(run.pk, run.step_ticket, "test")
+            while sessions:
+                execute_research_session(sessions.pop(0))
+    raise AssertionError(f"run {run.pk} did not finish in {max_steps} steps")
+
+
 def wait_for(condition: Any, timeout: float, what: str) -> None:
     """Poll a database condition until it holds (workers run in other processes)."""
     deadline = time.monotonic() + timeout
