@@ -255,6 +255,8 @@ def test_level1_and_level15_prompts_fit_the_context_window_however_long_the_run(
     strategy = strategy_prompt(StrategyRequest(state=request.state, rule_summary="s", per_parameter={}), context)
     assert prompt_tokens(STRATEGIST_SYSTEM, strategy) + STRATEGY_REPLY_TOKENS <= context
     assert "0 | (baseline config)" in strategy  # the baseline row is always kept
+    # A discarded change is marked as not applied, so guidance cannot mistake it for a success.
+    assert "| discarded (not better; not applied)" in strategy and 'Only rows marked "KEPT" improved' in strategy
 
 
 @fast_llm
