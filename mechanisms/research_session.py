@@ -23,6 +23,7 @@ from runs.events import publish_run_event
 from runs.models import AgentBackend, Run
 from runs.state import RunState
 
+from . import research_prompts
 from .builtin_research import ResearchContext, SessionResult, builtin_responder, run_session
 from .lifecycle import transition
 from .models import AttachmentStatus, Mechanism, MechanismAttachment, ResearchSession, SessionStatus
@@ -87,6 +88,7 @@ def execute_research_session(session_id: int) -> str:
                 system=RESEARCH_SYSTEM,
                 prompt=prompt,
                 json_reply=round_name != "generate",
+                reply_tokens=research_prompts.REPLY_TOKENS[round_name],
             )
 
         respond = respond_with_llm

@@ -40,6 +40,7 @@ from .prompts import (
     PROPOSAL_REPLY_TOKENS,
     PROPOSER_SYSTEM,
     STRATEGIST_SYSTEM,
+    STRATEGY_REPLY_TOKENS,
     proposal_prompt,
     proposal_schema,
     strategy_prompt,
@@ -59,6 +60,10 @@ class EndpointProfile:
     """What was learnt about one endpoint: the structured-output mode that works, and its speed."""
 
     mode: str = MODES[0]
+    # Replies are capped with max_tokens: a small model under a JSON grammar can emit whitespace until the
+    # context is full, and llama.cpp goes on generating after the client gave up. Endpoints that refuse the
+    # parameter (some reasoning models want max_completion_tokens) are asked without it.
+    max_tokens: bool = True
     seconds_per_token: float | None = None  # latest measured (prompt + reply tokens), slowest kept
 
 
@@ -169,6 +174,8 @@ class LLMAgent:
             started = time.monotonic()
             response_format = self._response_format(self.profile.mode, schema) if json_reply else None
             kwargs: dict[str, Any] = {"response_format": response_format} if response_format else {}
+            if self.profile.max_tokens:
+                kwargs["max_tokens"] = reply_tokens
             try:
                 response = self.client.chat.completions.create(
                     model=self.model,
@@ -182,6 +189,9 @@ class LLMAgent:
                 if response_format is not None and _names_format(error):
                     # Not counted as an attempt: there are only len(MODES) - 1 steps down.
                     self.profile.mode = _next_mode(response_format)
+                    continue
+                if "max_tokens" in kwargs and error.status_code == 400 and "max_tokens" in f"{error} {_body(error)}":
+                    self.profile.max_tokens = False
                     continue
                 attempt += 1
                 if not isinstance(error, RETRYABLE):
@@ -271,6 +281,7 @@ class LLMAgent:
             system=STRATEGIST_SYSTEM,
             prompt=strategy_prompt(request, self.context_tokens),
             schema=STRATEGY_SCHEMA,
+            reply_tokens=STRATEGY_REPLY_TOKENS,
         )
         data = extract_json_object(text)
         return StrategyReply(

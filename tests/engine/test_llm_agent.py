@@ -107,6 +107,7 @@ def test_valid_json_reply_becomes_a_typed_proposal_and_every_call_is_stored(llm_
     changes_schema = response_format["json_schema"]["schema"]["properties"]["changes"]["properties"]
     assert changes_schema["WARMUP_RATIO"] == {"type": "number"} and "DEPTH" not in changes_schema  # locked
     assert stub.requests[0]["model"] == "test-model"
+    assert stub.requests[0]["max_tokens"] == PROPOSAL_REPLY_TOKENS  # a small model under a grammar may not stop
     prompt = stub.requests[0]["messages"][1]["content"]
     # History as a table of old → new, never in the reply's JSON shape (small models copy that shape).
     assert "1 | MATRIX_LR 0.02 → 0.04 | 2.6000 | discarded" in prompt
@@ -269,3 +270,11 @@ def test_timeouts_follow_the_endpoints_measured_speed(llm_run: Run, stub: Script
     assert measured is not None and measured > 0
     agent.profile.seconds_per_token = 0.05  # as slow as a 1.5B model on one CPU thread
     assert build_llm_agent(llm_run).timeout_for(5000) == 5000 * 0.05 * 4  # remembered for the endpoint
+
+
+@fast_llm
+def test_an_endpoint_that_refuses_max_tokens_is_asked_without_it(llm_run: Run, stub: ScriptedOpenAI) -> None:
+    refusal = {"error": {"message": "Unsupported parameter: 'max_tokens'; use 'max_completion_tokens'"}}
+    stub.script = [{"status": 400, "body": refusal}, reply({"WEIGHT_DECAY": 0.1})]
+    assert propose(llm_run).changes == {"WEIGHT_DECAY": {"old": 0.0, "new": 0.1}}
+    assert "max_tokens" in stub.requests[0] and "max_tokens" not in stub.requests[1]
