@@ -1,7 +1,8 @@
 """The LLM agent: any OpenAI-compatible chat-completions endpoint.
 
 Structured output is used where the endpoint supports it: response_format json_schema (decoding
-constrained to the reply's schema), else json_object, else plain text with the JSON extracted. The
+constrained to the reply's schema), else json_object with the schema (llama-cpp-python's form), else
+json_object, else plain text with the JSON extracted. The
 working mode is found once per endpoint (base URL + model) and kept in ENDPOINTS, which outlives
 the agent object the engine builds anew every iteration. A 4xx or 5xx that names response_format
 (llama.cpp answers 500 to a schema it cannot compile) steps down one mode at once, without
@@ -47,7 +48,9 @@ from .prompts import (
 )
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
-MODES = ("json_schema", "json_object", "text")  # best first
+# Best first. "json_object_schema" is llama-cpp-python's server's form of a schema ({"type": "json_object",
+# "schema": ...}): it answers 500 to json_schema, and plain json_object let a small model invent any object.
+MODES = ("json_schema", "json_object_schema", "json_object", "text")
 FORMAT_WORDS = ("response_format", "json_schema", "json schema", "grammar")  # in llama.cpp's errors too
 # A request gets this many times what its size should take at the endpoint's measured speed.
 TIMEOUT_SAFETY = 4.0
@@ -140,11 +143,11 @@ class LLMAgent:
         return min(self.max_timeout, max(self.min_timeout, expected))
 
     def _response_format(self, mode: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if mode == "json_schema" and schema is not None:
+        if schema is not None and mode == "json_schema":
             return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
-        if mode in ("json_schema", "json_object"):
-            return {"type": "json_object"}
-        return None
+        if schema is not None and mode == "json_object_schema":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_object"} if mode != "text" else None
 
     def complete(
         self,
@@ -299,7 +302,9 @@ STRATEGY_SCHEMA: dict[str, Any] = {
 
 
 def _next_mode(sent: dict[str, Any]) -> str:
-    return "json_object" if sent["type"] == "json_schema" else "text"
+    if sent["type"] == "json_schema":
+        return "json_object_schema"
+    return "json_object" if "schema" in sent else "text"
 
 
 def _names_format(error: openai.APIStatusError) -> bool:
