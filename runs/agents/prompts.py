@@ -281,6 +281,14 @@ def _reask_lines(request: ProposalRequest) -> list[str]:
         lines.append("That configuration is already in the history. Choose a value that no row shows.")
         return lines
     fixed = corrected_changes(request.previous_changes, state["search_space"], request.allowed)
+    if fixed is not None:
+        # A value of the right shape that the defect names (out of range, say) would only be copied back:
+        # show a valid value of that parameter instead.
+        knobs = {k["name"]: k for k in state["search_space"]}
+        previous = request.previous_changes if isinstance(request.previous_changes, dict) else {}
+        for name, value in fixed.items():
+            if name in request.rejection and value == previous.get(name):
+                fixed[name] = example_value(knobs[name], state["config"][name])
     lines.append(f"Corrected shape: {reply_example(state, request.allowed, fixed)}")
     lines.append("Keep your idea; fix only what the defect names, and reply with the corrected object.")
     return lines

@@ -281,3 +281,12 @@ def test_an_endpoint_that_refuses_max_tokens_is_asked_without_it(llm_run: Run, s
     stub.script = [{"status": 400, "body": refusal}, reply({"WEIGHT_DECAY": 0.1})]
     assert propose(llm_run).changes == {"WEIGHT_DECAY": {"old": 0.0, "new": 0.1}}
     assert "max_tokens" in stub.requests[0] and "max_tokens" not in stub.requests[1]
+
+
+@fast_llm
+def test_an_out_of_range_value_is_not_shown_back_as_the_correction(llm_run: Run, stub: ScriptedOpenAI) -> None:
+    stub.script = [reply({"ADAM_BETAS": [3.05, 2.17], "WEIGHT_DECAY": 0.1}), reply({"WEIGHT_DECAY": 0.1})]
+    propose(llm_run)
+    reask = stub.requests[1]["messages"][1]["content"]
+    assert "ADAM_BETAS[0] must be strictly between 0 and 1, got 3.05" in reask
+    assert 'Corrected shape: {"changes": {"ADAM_BETAS": [0.85, 0.95], "WEIGHT_DECAY": 0.1}' in reask
