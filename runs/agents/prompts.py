@@ -99,15 +99,18 @@ def example_value(knob: dict[str, Any], current: Any) -> Any:
     return float(f"{candidate:.3g}")
 
 
-def _example_knob(search_space: list[dict[str, Any]], allowed: list[str]) -> dict[str, Any] | None:
+def _example_knob(search_space: list[dict[str, Any]], allowed: list[str], turn: int) -> dict[str, Any] | None:
     changeable = [k for k in search_space if k["name"] in allowed]
-    numeric = [k for k in changeable if k["type"] == "float"]
-    return next(iter(numeric or changeable), None)
+    numeric = [k for k in changeable if k["type"] == "float"] or changeable
+    return numeric[turn % len(numeric)] if numeric else None
 
 
-def reply_example(state: dict[str, Any], allowed: list[str], changes: dict[str, Any] | None = None) -> str:
+def reply_example(state: dict[str, Any], allowed: list[str], changes: dict[str, Any] | None = None,
+                  turn: int = 0) -> str:
+    """The reply's shape with a real parameter. The parameter turns with the iteration and the ask: a small
+    model copies the example, and one fixed example became the same duplicate proposal again and again."""
     if changes is None:
-        knob = _example_knob(state["search_space"], allowed)
+        knob = _example_knob(state["search_space"], allowed, turn)
         changes = {knob["name"]: example_value(knob, state["config"][knob["name"]])} if knob else {}
     return json.dumps({"changes": changes, "hypothesis": "one sentence: why this lowers val_bpb"})
 
@@ -289,7 +292,7 @@ def _reask_lines(request: ProposalRequest) -> list[str]:
         for name, value in fixed.items():
             if name in request.rejection and value == previous.get(name):
                 fixed[name] = example_value(knobs[name], state["config"][name])
-    lines.append(f"Corrected shape: {reply_example(state, request.allowed, fixed)}")
+    lines.append(f"Corrected shape: {reply_example(state, request.allowed, fixed, turn=state.get('iteration', 0))}")
     lines.append("Keep your idea; fix only what the defect names, and reply with the corrected object.")
     return lines
 
@@ -311,7 +314,7 @@ def proposal_prompt(request: ProposalRequest, context_tokens: int = DEFAULT_CONT
     tail = [
         "",
         "Reply with ONE JSON object and nothing else, in exactly this shape:",
-        reply_example(state, request.allowed),
+        reply_example(state, request.allowed, turn=state.get("iteration", 0) + request.attempt - 1),
         'In "changes" give each parameter its NEW value only (a number, a string, or for a list parameter '
         "one list), never the old value. Change one or two parameters to a configuration not in the history.",
         *_reask_lines(request),

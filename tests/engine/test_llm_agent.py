@@ -290,3 +290,13 @@ def test_an_out_of_range_value_is_not_shown_back_as_the_correction(llm_run: Run,
     reask = stub.requests[1]["messages"][1]["content"]
     assert "ADAM_BETAS[0] must be strictly between 0 and 1, got 3.05" in reask
     assert 'Corrected shape: {"changes": {"ADAM_BETAS": [0.85, 0.95], "WEIGHT_DECAY": 0.1}' in reask
+
+
+def test_the_reply_example_turns_to_another_parameter_each_iteration() -> None:
+    examples = set()
+    for iteration in (1, 2, 3):
+        request = long_trace_request(3)
+        request.rejection, request.state["iteration"] = None, iteration
+        prompt = proposal_prompt(request)
+        examples.add(prompt.split("in exactly this shape:\n", 1)[1].split("\n", 1)[0])
+    assert len(examples) == 3  # a small model copies the example: one fixed example became repeated duplicates
