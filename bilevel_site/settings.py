@@ -187,6 +187,12 @@ LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "")
 LLM_API_KEY = os.environ.get("LLM_API_KEY", "")
 LLM_MODEL = os.environ.get("LLM_MODEL", "")
 LLM_TIMEOUT_SECONDS = float(os.environ.get("LLM_TIMEOUT_SECONDS", "60"))
+# The shortest timeout is LLM_TIMEOUT_SECONDS; measured slow endpoints (a CPU model) get up to this.
+LLM_MAX_TIMEOUT_SECONDS = float(os.environ.get("LLM_MAX_TIMEOUT_SECONDS", "1800"))
+# The agent the experiment form starts with: "llm" when bootstrap.py up --local-llm serves a local model.
+DEFAULT_AGENT_BACKEND = os.environ.get("BILEVEL_DEFAULT_AGENT", "builtin")
+# Every prompt is built to fit this window (tokens, prompt and reply together); 8192 suits small local models.
+LLM_CONTEXT_TOKENS = int(os.environ.get("LLM_CONTEXT_TOKENS", "8192"))
 LLM_RETRY_BACKOFF_SECONDS = float(os.environ.get("LLM_RETRY_BACKOFF_SECONDS", "1.0"))
 
 LOGGING = {

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from mechanisms import research_prompts
+from mechanisms.artifact_checks import critique_defect, explore_defect
 from mechanisms.catalogue import CatalogueEntry, catalogue_entries
 from mechanisms.ladder import LadderReport, TraceFixture, check_spec, default_fixtures, validate_mechanism
 from mechanisms.protocol import State, TraceRecord, protocol_description
@@ -45,6 +46,9 @@ class ResearchContext:
     # Traces for the ladder's dry run besides this run's own; None = the recorded fixtures.
     fixtures: list[TraceFixture] | None = None
     time_limit_per_call: float = 1.0
+    # LLM sessions: a well-formed reply that echoes the template, scores all candidates alike or cites
+    # nothing from the trace is repaired like a malformed one (mechanisms.artifact_checks).
+    check_artifacts: bool = False
 
 
 class RoundRecord(TypedDict):
@@ -133,6 +137,12 @@ def _parse_critique(reply: str, candidates: list[dict[str, Any]]) -> dict[str, A
     return value
 
 
+def _checked(value: dict[str, Any], defect: str | None) -> dict[str, Any]:
+    if defect:
+        raise _StepError(defect)
+    return value
+
+
 def _parse_spec(reply: str) -> dict[str, Any]:
     spec, problems = check_spec(extract_json(reply))
     if spec is None:
@@ -182,12 +192,19 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
             raise _StepError(f"validation ladder failed at step '{failed['step']}': {failed['detail']}")
         return code
 
+    def parse_explore(reply: str) -> dict[str, Any]:
+        value = _parse_explore(reply)
+        return _checked(value, explore_defect(value, context.trace) if context.check_artifacts else None)
+
+    def parse_critique(reply: str) -> dict[str, Any]:
+        value = _parse_critique(reply, explore["candidates"])
+        return _checked(value, critique_defect(value) if context.check_artifacts else None)
+
     try:
         explore = ask("explore", research_prompts.explore_prompt(
             protocol, context.runner_source, context.trace, context.level15_history, context.active_mechanisms),
-            _parse_explore)
-        critique = ask("critique", research_prompts.critique_prompt(explore),
-                       lambda reply: _parse_critique(reply, explore["candidates"]))
+            parse_explore)
+        critique = ask("critique", research_prompts.critique_prompt(explore), parse_critique)
         selected = next(c for c in explore["candidates"] if c["name"] == critique["selected"])
         spec = ask("specify", research_prompts.specify_prompt(explore, selected), _parse_spec)
         code = ask("generate", research_prompts.generate_prompt(protocol, spec), generate_and_validate)

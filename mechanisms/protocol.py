@@ -343,7 +343,7 @@ state = {{
   "frozen": [param names],      # frozen by the strategy level; do not propose them
   "guidance": str,
   "config": {{...}},             # the current best (incumbent) full config
-  "best": {{"val_bpb": float|None, "iteration": int|None}},
+  "best": {{"val_bpb": float|None, "iteration": int|None}},  # None at iteration 0 (no baseline yet)
   "baseline": {{"val_bpb": float|None, "noise_sd": float|None}},
   "trace": [record, ...],
 }}
@@ -354,7 +354,9 @@ record = {{"iteration": int, "kind": "baseline"|"baseline_repeat"|"proposal"|"re
 proposal = {{"changes": {{"PARAM": new_value}}, "hypothesis": str}}
 result = {{"val_bpb": float|None, "status": "keep"|"discard"|"crash", "changes": {{...}},
           "best_val_bpb": float|None, "noise_sd": float|None}}
-Lower val_bpb is better. Values are range-checked against the search space after your hooks.
+Lower val_bpb is better; any val_bpb may be None (no baseline yet at iteration 0, a crashed or
+invalid iteration), so check for None before comparing. Values are range-checked against the
+search space after your hooks.
 
 ## Environment
 

@@ -2,13 +2,28 @@
 
 Each prompt states the exact reply format, because every reply is parsed and checked; a reply
 that fails gets one of the bounded repair prompts below with the error text.
+
+Every prompt fits the model's context window by construction (mechanisms.context_budget): the
+runner is given as a summary of its modules and public functions rather than its whole source
+(about 15K tokens), the trace as compact records cut to the latest that fit, and each round keeps
+room for its reply and for one repair prompt quoting that reply. Reply formats are described key
+by key instead of as a JSON skeleton, which small models echo back verbatim.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from typing import Any
 
+from mechanisms.context_budget import (
+    BYTES_PER_TOKEN,
+    DEFAULT_CONTEXT_TOKENS,
+    TEMPLATE_OVERHEAD_TOKENS,
+    estimate_tokens,
+    fit_rows,
+)
 from mechanisms.protocol import ALLOWED_IMPORTS, HOOK_NAMES, TraceRecord
 
 ROUNDS = ("explore", "critique", "specify", "generate")
@@ -22,72 +37,146 @@ SPEC_FORMAT = (
 )
 
 
-def format_trace(trace: list[TraceRecord]) -> str:
-    """One compact JSON object per line: the structured trace the model reasons over."""
-    lines = []
+# Tokens kept free in each round: for its reply, and for the repair prompt that quotes that reply.
+REPLY_TOKENS = {"explore": 1200, "critique": 700, "specify": 700, "generate": 2000}
+REPAIR_ROOM_TOKENS = 1200
+SYSTEM_TOKENS = 100  # the research system prompt (mechanisms.research_session.RESEARCH_SYSTEM) and its wrapping
+RUNNER_SUMMARY_TOKENS = 1000
+LEVEL15_TOKENS = 500
+TEXT_FIELD_CHARS = 600  # one diagnosis, idea or reason as quoted back to the model in a later round
+
+
+def round_budget(round_name: str, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> int:
+    """The most tokens a round's first prompt may take, leaving room for its reply and its repair."""
+    return context_tokens - REPLY_TOKENS[round_name] - REPAIR_ROOM_TOKENS - SYSTEM_TOKENS - 2 * TEMPLATE_OVERHEAD_TOKENS
+
+
+def _cut(text: Any, chars: int = TEXT_FIELD_CHARS) -> str:
+    text = str(text)
+    return text if len(text) <= chars else text[:chars] + " ..."
+
+
+def _cut_bytes(text: str, budget_tokens: int) -> str:
+    data = text.encode()
+    room = max(0, budget_tokens) * BYTES_PER_TOKEN
+    return text if len(data) <= room else data[:room].decode(errors="ignore") + "\n... (cut to fit the context window)"
+
+
+def trace_rows(trace: list[TraceRecord]) -> list[str]:
+    """One compact JSON record per iteration, in the shape hooks receive (without the full config)."""
+    rows = []
     for record in trace:
         compact = {key: record.get(key) for key in ("iteration", "kind", "changes", "val_bpb", "status",
                                                     "failure_class", "proposal_source")}
-        compact["hypothesis"] = str(record.get("hypothesis", ""))[:200]
-        lines.append(json.dumps(compact, sort_keys=False))
-    return "\n".join(lines) or "(no iterations yet)"
+        compact["hypothesis"] = _cut(record.get("hypothesis", ""), 80)
+        rows.append(json.dumps(compact, sort_keys=False))
+    return rows
+
+
+def format_trace(trace: list[TraceRecord], budget_tokens: int = DEFAULT_CONTEXT_TOKENS) -> str:
+    """The structured trace the model reasons over: the baseline and the latest records that fit."""
+    return "\n".join(fit_rows([], trace_rows(trace), budget_tokens)) or "(no iterations yet)"
+
+
+_SECTION = re.compile(r"^# ---- (.+?) ----\n", re.MULTILINE)
+
+
+def summarize_runner(source: str, budget_tokens: int = RUNNER_SUMMARY_TOKENS) -> str:
+    """What each runner module does and its public functions and classes, from docstrings and signatures.
+
+    The model needs to know when its hooks run, not how the engine leases steps; the protocol holds the
+    contract. Sections are the `# ---- path ----` blocks research_session.runner_source() joins.
+    """
+    parts = _SECTION.split(source)
+    sections = list(zip(parts[1::2], parts[2::2], strict=True)) if len(parts) > 1 else [("runner", source)]
+    lines: list[str] = []
+    for name, text in sections:
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        purpose = (ast.get_docstring(tree) or "").split("\n\n")[0]
+        lines.append(f"{name}: {purpose}" if purpose else name)
+        for node in tree.body:
+            members = [(node, "- "), *((m, "  - ") for m in node.body)] if isinstance(node, ast.ClassDef) else [
+                (node, "- ")]
+            for member, indent in members:
+                if not isinstance(member, ast.FunctionDef | ast.ClassDef) or member.name.startswith("_"):
+                    continue
+                doc = (ast.get_docstring(member) or "").split("\n")[0]
+                if isinstance(member, ast.ClassDef):
+                    lines.append(f"{indent}class {member.name}" + (f": {doc}" if doc else ""))
+                elif doc or indent == "- ":  # undocumented methods are plumbing; functions show the module's API
+                    args = ", ".join(a.arg for a in member.args.args if a.arg not in ("self", "cls"))
+                    lines.append(f"{indent}def {member.name}({args})" + (f": {doc}" if doc else ""))
+    return _cut_bytes("\n".join(lines), budget_tokens) if lines else "(not provided)"
 
 
 def explore_prompt(protocol: str, runner_source: str, trace: list[TraceRecord], level15_history: list[Any],
-                   active_mechanisms: list[str]) -> str:
-    return f"""You are the mechanism researcher of an automated hyperparameter search (Level 2).
+                   active_mechanisms: list[str], context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> str:
+    history = [{key: (_cut(value, 200) if isinstance(value, str) else value) for key, value in cycle.items()}
+               for cycle in level15_history[-4:]] if level15_history else []
+    level15 = "\n".join(json.dumps(cycle) for cycle in history) or "(none)"
+    parts = [f"""You are the mechanism researcher of an automated hyperparameter search (Level 2).
 The inner loop proposes one change to a GPT training config per iteration, trains, and keeps the
-change if val_bpb (lower is better) improved. Your job: find how the SEARCH ITSELF is failing, and
-invent search mechanisms that fix it, drawing on adjacent fields (optimisation, metaheuristics,
-bandits, statistics, design of experiments, active learning, control).
+change if val_bpb (lower is better) improved. Your job: find how the SEARCH ITSELF is failing in
+this run, and invent search mechanisms that fix it, drawing on adjacent fields (optimisation,
+metaheuristics, bandits, statistics, design of experiments, active learning, control).
 
 {protocol}
 
-## The runner that will call your mechanism (its own source)
-```python
-{runner_source or "(not provided)"}
-```
+## The runner that calls your mechanism (modules and functions)
+{summarize_runner(runner_source)}
 
-## The run's full trace, oldest first
-{format_trace(trace)}
-
-## Strategy level (1.5) history: frozen parameters and guidance per outer cycle
-{json.dumps(level15_history, indent=1) if level15_history else "(none)"}
+## Strategy level (1.5): the latest outer cycles
+{_cut_bytes(level15, LEVEL15_TOKENS)}
 
 ## Mechanisms already active
 {", ".join(active_mechanisms) or "(none)"}
 
 Allowed imports: {", ".join(ALLOWED_IMPORTS)}.
 
-Reply with ONE JSON object and nothing else:
-{{"diagnosis": "the failure mode you see in the trace, with evidence (iterations, parameters)",
- "candidates": [{{"name": "snake_case", "field": "source field", "idea": "how it works",
-                 "hooks": ["hooks it would use"]}}, ... 3 or 4 candidates ...]}}
-"""
+## The run's trace, oldest first (one record per iteration)
+""", "", f"""
+Reply with ONE JSON object and nothing else. Its keys:
+- "diagnosis": a string: what goes wrong in THIS run, citing iteration numbers and parameter names
+  from the trace above.
+- "candidates": a list of 3 or 4 different mechanisms; each is an object with the keys "name" (a
+  snake_case identifier), "field" (the field the idea comes from), "idea" (how it works, one or two
+  sentences) and "hooks" (a list of hook names from {json.dumps(list(HOOK_NAMES))}).
+"""]
+    room = round_budget("explore", context_tokens) - estimate_tokens("".join(parts))
+    parts[1] = format_trace(trace, room)
+    return "".join(parts)
 
 
 def critique_prompt(explore: dict[str, Any]) -> str:
+    candidates = [{key: _cut(value) if isinstance(value, str) else value for key, value in candidate.items()}
+                  for candidate in explore["candidates"]]
+    names = ", ".join(json.dumps(c.get("name")) for c in candidates)
     return f"""Critique the candidate mechanisms against the observed failure mode.
 
-Diagnosis: {explore["diagnosis"]}
+Diagnosis: {_cut(explore["diagnosis"])}
 Candidates:
-{json.dumps(explore["candidates"], indent=1)}
+{json.dumps(candidates, indent=1)}
 
-Score each from 0 to 10 for: fixes the observed failure mode; changes decisions often enough to
-matter; cannot make the search worse (bounded, deterministic given the trace); fits the hooks.
-Select exactly one.
+Score each candidate from 0 to 10 for: fixes the observed failure mode; changes decisions often
+enough to matter; cannot make the search worse (bounded, deterministic given the trace); fits the
+hooks. The candidates differ, so their scores should too. Select exactly one: the best.
 
-Reply with ONE JSON object and nothing else:
-{{"scores": [{{"name": "candidate name", "score": 0-10, "reason": "..."}}, ...],
- "selected": "the chosen candidate's name"}}
+Reply with ONE JSON object and nothing else. Its keys:
+- "scores": a list with one object per candidate, with the keys "name" (one of {names}),
+  "score" (a number from 0 to 10) and "reason" (one sentence).
+- "selected": the name of the chosen candidate.
 """
 
 
 def specify_prompt(explore: dict[str, Any], selected: dict[str, Any]) -> str:
+    chosen = {key: _cut(value) if isinstance(value, str) else value for key, value in selected.items()}
     return f"""Write the specification of the selected mechanism.
 
-Diagnosis: {explore["diagnosis"]}
-Selected: {json.dumps(selected, indent=1)}
+Diagnosis: {_cut(explore["diagnosis"])}
+Selected: {json.dumps(chosen, indent=1)}
 
 Reply with ONE JSON object and nothing else, in this format:
 {SPEC_FORMAT}
@@ -95,32 +184,40 @@ Reply with ONE JSON object and nothing else, in this format:
 
 
 def generate_prompt(protocol: str, spec: dict[str, Any]) -> str:
+    shown = {key: _cut(value) if isinstance(value, str) else value for key, value in spec.items()}
     return f"""Write the mechanism's code.
 
 {protocol}
 
 Specification:
-{json.dumps(spec, indent=1)}
+{json.dumps(shown, indent=1)}
 
 Rules: one module; only the allowed imports; exactly one top-level class named
 {spec.get("class_name")!r} with a no-argument constructor, defining exactly the hooks {spec.get("hooks")};
 everything it remembers must be rebuilt from on_result records; return plain JSON values only.
+state["best"]["val_bpb"] and a record's "val_bpb" may be None (before the baseline is measured, and
+for crashed or invalid iterations): check for None before comparing numbers.
 It will be dry-run on recorded traces and must change at least one decision.
 
 Reply with the Python source only, in one ```python fenced block.
 """
 
 
-def repair_prompt(round_name: str, original_prompt: str, reply: str, error: str) -> str:
-    return f"""Your previous reply to the {round_name} round could not be used.
+def repair_prompt(round_name: str, original_prompt: str, reply: str, error: str,
+                  context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> str:
+    error = _cut(error, 1500)
+    frame = f"""Your previous reply to the {round_name} round could not be used.
 
 Error:
 {error}
 
 Your previous reply:
-{reply[:6000]}
+{{reply}}
 
 Fix the problem and reply again in exactly the requested format. The original request follows.
 
 {original_prompt}
 """
+    room = (context_tokens - REPLY_TOKENS.get(round_name, 1200) - SYSTEM_TOKENS - 2 * TEMPLATE_OVERHEAD_TOKENS
+            - estimate_tokens(frame))
+    return frame.replace("{reply}", _cut_bytes(reply, max(100, room)), 1)

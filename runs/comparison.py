@@ -81,6 +81,7 @@ class RunTrace:
     running: list[float | None] = field(default_factory=list)
     keeps_at: list[int] = field(default_factory=list)  # proposal indices that were kept
     crashes_at: list[int] = field(default_factory=list)
+    invalid_at: list[int] = field(default_factory=list)  # proposals refused before training
     proposals: list[dict[str, Any]] = field(default_factory=list)  # for parameter importance
     agent_seconds: float = 0.0
 
@@ -116,6 +117,8 @@ def _trace_runs(runs: Sequence[Run], rows: Iterable[tuple[Any, ...]]) -> dict[in
                     trace.keeps_at.append(p)
                 if status == IterationStatus.CRASH:
                     trace.crashes_at.append(p)
+                if status == IterationStatus.INVALID_PROPOSAL:
+                    trace.invalid_at.append(p)
                 trace.running.append(best)
                 trace.proposals.append(
                     {"changes": changes or {}, "value": value, "incumbent": incumbent, "status": status}
@@ -300,6 +303,7 @@ def _group_block(
             "proposals": trace.proposals_done,
             "keeps": sum(1 for p in trace.keeps_at if p <= budget),
             "crashes": sum(1 for p in trace.crashes_at if p <= budget),
+            "invalid": sum(1 for p in trace.invalid_at if p <= budget),
             "included": reached and delta is not None,
             "running_best": trace.running,
             "running_delta": [
@@ -330,6 +334,7 @@ def _group_block(
         "search_delta": stats.summarize([r["search_delta"] for r in included]).as_dict(),
         "keeps": sum(r["keeps"] for r in included),
         "crashes": sum(r["crashes"] for r in included),
+        "invalid": sum(r["invalid"] for r in included),
         "runs": run_rows,
         "series": {"absolute": absolute, "delta": running_delta},
     }
@@ -399,6 +404,7 @@ def _parameter_importance(traces: Iterable[RunTrace]) -> dict[str, Any]:
         "rows": rows,
         "proposals": len(proposals),
         "proposals_without_changes": len(proposals) - len(with_changes),
+        "invalid_proposals": sum(1 for p in proposals if p["status"] == IterationStatus.INVALID_PROPOSAL),
     }
 
 

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.core.validators import URLValidator
 from django.db import transaction
 
@@ -160,6 +161,12 @@ class ExperimentForm(forms.ModelForm):
         # Read before validation copies submitted values onto the instance.
         self.stored_key_is_set = bool(self.instance.llm_api_key)
         self.fields["groups"].initial = ["A", "B", "C"]
+        if settings.DEFAULT_AGENT_BACKEND == AgentBackend.LLM and settings.LLM_BASE_URL and self.instance.pk is None:
+            self.initial["agent_backend"] = AgentBackend.LLM  # the instance's model default would win otherwise
+        for name, default in (("llm_base_url", settings.LLM_BASE_URL), ("llm_model", settings.LLM_MODEL)):
+            if default:
+                self.fields[name].widget.attrs["placeholder"] = default
+                self.fields[name].help_text = f"Blank: the server's default, {default}."
         for name, choices in (
             ("objective", Objective.choices),
             ("budget_kind", BudgetKind.choices),
@@ -203,10 +210,15 @@ class ExperimentForm(forms.ModelForm):
             data["confirmation_repeats"] = default_repeats(data["objective"])
 
         if data.get("agent_backend") == AgentBackend.LLM:
+            # The server's defaults (LLM_BASE_URL, LLM_MODEL) fill what is left blank, and are stored with the
+            # experiment so that its page and the API say which endpoint it used. The key is never stored.
+            if "llm_base_url" not in self.errors:
+                data["llm_base_url"] = data.get("llm_base_url") or settings.LLM_BASE_URL
+            data["llm_model"] = data.get("llm_model") or settings.LLM_MODEL
             if not data.get("llm_base_url") and "llm_base_url" not in self.errors:
-                self.add_error("llm_base_url", "An LLM backend needs a base URL (http or https).")
+                self.add_error("llm_base_url", "An LLM backend needs a base URL (http or https); the server sets none.")
             if not data.get("llm_model"):
-                self.add_error("llm_model", "An LLM backend needs a model name.")
+                self.add_error("llm_model", "An LLM backend needs a model name; the server sets none.")
         else:
             # The built-in agent uses none of these; don't store a key nobody needs.
             data["llm_base_url"] = data["llm_model"] = data["llm_api_key"] = ""

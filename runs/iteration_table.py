@@ -129,6 +129,21 @@ def changes_text(changes: Any) -> str:
     return "\n".join(lines)
 
 
+def refused_attempts(iteration: Iteration) -> list[dict[str, str]]:
+    """The refused attempts of an iteration, each with its reason and what was sent (for the run page)."""
+    attempts = iteration.rejected_attempts if isinstance(iteration.rejected_attempts, list) else []
+    return [
+        {
+            "attempt": str(a.get("attempt", "")),
+            "source": str(a.get("source", "")),
+            "reason": str(a.get("reason", "")),
+            "sent": json.dumps(a["changes"]) if "changes" in a else "",
+        }
+        for a in attempts
+        if isinstance(a, dict)
+    ]
+
+
 def _delta(iteration: Iteration) -> float | None:
     if iteration.val_bpb is None or iteration.best_before is None:
         return None

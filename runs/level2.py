@@ -25,6 +25,7 @@ from celery import current_app
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from mechanisms import research_prompts
 from mechanisms.builtin_research import ResearchContext, SessionResult, builtin_responder, run_session
 from mechanisms.lifecycle import time_out_review, transition
 from mechanisms.models import AttachmentStatus, MechanismAttachment, ResearchSession, SessionStatus
@@ -165,6 +166,7 @@ def execute_research_session(session_id: int) -> str:
     respond: Callable[[str, str], str]
     if run.experiment.agent_backend == AgentBackend.LLM:
         agent = build_llm_agent(run, research_session_id=session.pk)
+        context.check_artifacts = True  # an LLM's artifacts are checked for echoes and empty critiques
 
         def respond_with_llm(round_name: str, prompt: str) -> str:
             return agent.complete(
@@ -173,6 +175,7 @@ def execute_research_session(session_id: int) -> str:
                 system=RESEARCH_SYSTEM,
                 prompt=prompt,
                 json_reply=round_name != "generate",
+                reply_tokens=research_prompts.REPLY_TOKENS[round_name],
             )
 
         respond = respond_with_llm

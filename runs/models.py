@@ -317,6 +317,7 @@ class LLMCall(models.Model):
     tokens_in = models.PositiveIntegerField(default=0)
     tokens_out = models.PositiveIntegerField(default=0)
     latency_seconds = models.FloatField(default=0.0)
+    timeout_seconds = models.FloatField(default=0.0, help_text="How long this request was allowed (0 = not sent).")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -63,6 +63,7 @@ def propose(ctx: StepContext, runtime: RuntimeHandle) -> Proposed:
                         allowed=allowed,
                         extra_sections=sections,
                         rejection=rejection,
+                        previous_changes=proposed.rejected[-1].get("changes") if proposed.rejected else None,
                         attempt=attempt,
                         seed=ctx.run.seed,
                     )

@@ -74,7 +74,8 @@ def can_control(user: Any, experiment: Experiment) -> bool:
 
 def agent_label(experiment: Experiment) -> str:
     if experiment.agent_backend == AgentBackend.LLM:
-        return f"LLM: {experiment.llm_model or '?'} at {experiment.llm_base_url or '?'}"
+        model = experiment.llm_model or settings.LLM_MODEL or "?"
+        return f"LLM: {model} at {experiment.llm_base_url or settings.LLM_BASE_URL or '?'}"
     return AgentBackend.BUILTIN.label
 
 
@@ -129,6 +130,7 @@ def run_snapshot(run: Run) -> dict[str, Any]:
                 "backend": session.backend,
                 "repair_rounds": session.repair_rounds,
                 "picked": ", ".join(a.mechanism.name for a in session.attachments.all()),
+                "rounds": session_rounds(session.artifacts),
             }
             for session in run.research_sessions.prefetch_related("attachments__mechanism")
             .order_by("outer_cycle_index")
@@ -147,6 +149,30 @@ def run_snapshot(run: Run) -> dict[str, Any]:
             for attempt in run.interrupted_attempts.all()
         ],
     }
+
+
+ROUND_REPLY_CHARS = 1500
+
+
+def session_rounds(artifacts: Any) -> list[dict[str, Any]]:
+    """Each round of a Level 2 session as the run page shows it: what came back and why it was refused.
+
+    Prompts stay out (they are rebuilt from the run, and would make every snapshot large); replies are cut.
+    """
+    rounds = artifacts.get("rounds") if isinstance(artifacts, dict) else None
+    shown = []
+    for entry in rounds if isinstance(rounds, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        reply = str(entry.get("reply") or "")
+        shown.append({
+            "round": str(entry.get("round", "")),
+            "attempt": entry.get("attempt", 0),
+            "error": str(entry.get("error") or ""),
+            "reply": reply[:ROUND_REPLY_CHARS] + (" ..." if len(reply) > ROUND_REPLY_CHARS else ""),
+            "seconds": entry.get("seconds"),
+        })
+    return shown
 
 
 def _last_curve(run: Run) -> dict[str, Any]:

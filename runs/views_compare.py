@@ -107,6 +107,7 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
             "search_delta": fmt(g["search_delta"]["mean"], signed=True),
             "keeps": g["keeps"],
             "crashes": g["crashes"],
+            "invalid": g["invalid"],
             "runs": [
                 {**r, "baseline_text": fmt(r["baseline"]), "best_text": fmt(r["best"]),
                  "delta_text": fmt(r["delta"], signed=True), "search_delta_text": fmt(r["search_delta"], signed=True),
@@ -303,7 +304,7 @@ def summary_rows(data: ComparisonData) -> list[dict[str, Any]]:
                 "confirmed_ci_low": r["confirmed"]["ci_low"] if r["confirmed"] else None,
                 "confirmed_ci_high": r["confirmed"]["ci_high"] if r["confirmed"] else None,
                 "objective": objective_label(g["objective"]),
-                "keeps": r["keeps"], "crashes": r["crashes"],
+                "keeps": r["keeps"], "crashes": r["crashes"], "invalid": r["invalid"],
             })
     return rows
 
@@ -338,7 +339,7 @@ def summary_csv(request: HttpRequest, experiment_id: int) -> HttpResponse:
     out = io.StringIO()
     fields = ["experiment", "objective", "series", "group", "repeat", "run", "status", "included", "proposals",
               "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "delta_source", "search_delta",
-              "confirmed_delta", "confirmed_ci_low", "confirmed_ci_high", "keeps", "crashes"]
+              "confirmed_delta", "confirmed_ci_low", "confirmed_ci_high", "keeps", "crashes", "invalid"]
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for row in rows:

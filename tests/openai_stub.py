@@ -3,6 +3,10 @@
 Each scripted reply is one of: {"content": "..."} (a normal completion), {"status": 429} (or
 any error status, with an optional "body"), {"hang": seconds} (answers after the client gave
 up), or {"close": True} (drops the connection). Requests are recorded for assertions.
+
+`refuse_formats` makes the server refuse response_format types as a given backend does, on every
+request and without using up a scripted reply: e.g. {"json_schema": 500} answers like llama.cpp's
+server to a schema it cannot turn into a grammar.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class ScriptedOpenAI:
         self.script: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()
+        self.refuse_formats: dict[str, int] = {}
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -29,6 +34,11 @@ class ScriptedOpenAI:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(body)
+                refused = stub.refuse_formats.get(body.get("response_format", {}).get("type", ""))
+                if refused:
+                    message = "response_format: failed to compile the JSON schema into a grammar"
+                    self._send(refused, {"error": {"message": message, "type": "server_error"}})
+                    return
                 step = stub.script.pop(0) if stub.script else {"status": 500, "body": {"error": "script exhausted"}}
                 if step.get("close"):
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -37,9 +47,6 @@ class ScriptedOpenAI:
                     stub.release.wait(step["hang"])
                 if "status" in step:
                     self._send(step["status"], step.get("body", {"error": {"message": "scripted error"}}))
-                    return
-                if step.get("reject_response_format") and "response_format" in body:
-                    self._send(400, {"error": {"message": "response_format is not supported", "type": "invalid"}})
                     return
                 self._send(
                     200,

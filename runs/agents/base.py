@@ -23,6 +23,7 @@ class ProposalRequest:
     allowed: list[str]  # parameters that may change now (unlocked, unfrozen, not restricted)
     extra_sections: list[str] = field(default_factory=list)  # from active mechanisms
     rejection: str | None = None  # why the previous attempt was refused (a re-ask)
+    previous_changes: Any = None  # the agent's own refused changes, quoted back in the re-ask
     attempt: int = 1
     seed: int = 0
 
@@ -63,6 +64,7 @@ class CallRecorder(Protocol):
         tokens_out: int,
         latency_seconds: float,
         error: str,
+        timeout_seconds: float = 0.0,
     ) -> None: ...
 
 

@@ -34,6 +34,7 @@ def recorder_for(run: Run, research_session_id: int | None = None) -> CallRecord
         tokens_out: int,
         latency_seconds: float,
         error: str,
+        timeout_seconds: float = 0.0,
     ) -> None:
         LLMCall.objects.create(
             run=run,
@@ -47,6 +48,7 @@ def recorder_for(run: Run, research_session_id: int | None = None) -> CallRecord
             tokens_in=tokens_in,
             tokens_out=tokens_out,
             latency_seconds=latency_seconds,
+            timeout_seconds=timeout_seconds,
             error=error,
         )
 
@@ -61,7 +63,9 @@ def build_llm_agent(run: Run, research_session_id: int | None = None) -> LLMAgen
         model=experiment.llm_model or settings.LLM_MODEL,
         recorder=recorder_for(run, research_session_id),
         timeout=settings.LLM_TIMEOUT_SECONDS,
+        max_timeout=settings.LLM_MAX_TIMEOUT_SECONDS,
         backoff_seconds=settings.LLM_RETRY_BACKOFF_SECONDS,
+        context_tokens=settings.LLM_CONTEXT_TOKENS,
     )
 
 

@@ -1,9 +1,18 @@
 """The LLM agent: any OpenAI-compatible chat-completions endpoint.
 
-JSON replies are requested with response_format=json_object; a backend that rejects that
-parameter is asked again without it (remembered for the rest of the run). 429, 5xx, timeouts
-and dropped connections are retried with exponential backoff, a bounded number of times. Every
-call, failed or not, is stored through the recorder with its prompt, reply, tokens and latency.
+Structured output is used where the endpoint supports it: response_format json_schema (decoding
+constrained to the reply's schema), else json_object with the schema (llama-cpp-python's form), else
+json_object, else plain text with the JSON extracted. The
+working mode is found once per endpoint (base URL + model) and kept in ENDPOINTS, which outlives
+the agent object the engine builds anew every iteration. A 4xx or 5xx that names response_format
+(llama.cpp answers 500 to a schema it cannot compile) steps down one mode at once, without
+counting as an attempt. 429, other 5xx, timeouts and dropped connections are retried
+with exponential backoff, a bounded number of times.
+
+Timeouts follow the endpoint's measured speed: after each reply the seconds per (estimated) token
+are kept, and a request gets several times what its size should take at that speed, never less than
+LLM_TIMEOUT_SECONDS; a request that timed out is retried with twice the time. Every call, failed
+or not, is stored through the recorder with its prompt, reply, tokens, latency and timeout.
 """
 
 from __future__ import annotations
@@ -11,10 +20,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import openai
 
+from mechanisms.context_budget import DEFAULT_CONTEXT_TOKENS, prompt_tokens
 from mechanisms.text import without_nul
 
 from .base import (
@@ -26,10 +37,44 @@ from .base import (
     StrategyReply,
     StrategyRequest,
 )
-from .prompts import PROPOSER_SYSTEM, STRATEGIST_SYSTEM, proposal_prompt, strategy_prompt
+from .prompts import (
+    PROPOSAL_REPLY_TOKENS,
+    PROPOSER_SYSTEM,
+    STRATEGIST_SYSTEM,
+    STRATEGY_REPLY_TOKENS,
+    proposal_prompt,
+    proposal_schema,
+    strategy_prompt,
+)
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+# Best first. "json_object_schema" is llama-cpp-python's server's form of a schema ({"type": "json_object",
+# "schema": ...}): it answers 500 to json_schema, and plain json_object let a small model invent any object.
+MODES = ("json_schema", "json_object_schema", "json_object", "text")
+FORMAT_WORDS = ("response_format", "json_schema", "json schema", "grammar")  # in llama.cpp's errors too
+# A request gets this many times what its size should take at the endpoint's measured speed.
+TIMEOUT_SAFETY = 4.0
+REPLY_RESERVE_TOKENS = 1024  # the reply's share when the caller gives no schema-sized estimate
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+
+@dataclass
+class EndpointProfile:
+    """What was learnt about one endpoint: the structured-output mode that works, and its speed."""
+
+    mode: str = MODES[0]
+    # Replies are capped with max_tokens: a small model under a JSON grammar can emit whitespace until the
+    # context is full, and llama.cpp goes on generating after the client gave up. Endpoints that refuse the
+    # parameter (some reasoning models want max_completion_tokens) are asked without it.
+    max_tokens: bool = True
+    seconds_per_token: float | None = None  # latest measured (prompt + reply tokens), slowest kept
+
+
+ENDPOINTS: dict[str, EndpointProfile] = {}
+
+
+def endpoint_profile(base_url: str, model: str) -> EndpointProfile:
+    return ENDPOINTS.setdefault(f"{base_url.rstrip('/')}|{model}", EndpointProfile())
 
 
 def extract_json_object(text: str) -> dict[str, Any]:
@@ -74,58 +119,137 @@ class LLMAgent:
         model: str,
         recorder: CallRecorder,
         timeout: float = 60.0,
+        max_timeout: float = 1800.0,
         max_attempts: int = 4,
         backoff_seconds: float = 1.0,
+        context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     ) -> None:
         self.model = model
         self.label = f"LLM {model} @ {base_url}"
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=0)
         self.recorder = recorder
+        self.min_timeout = timeout
+        self.max_timeout = max(timeout, max_timeout)
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
-        self.json_mode = True
+        self.context_tokens = context_tokens
+        self.profile = endpoint_profile(base_url, model)
 
-    def complete(self, *, level: str, purpose: str, system: str, prompt: str, json_reply: bool = True) -> str:
+    def timeout_for(self, estimated_tokens: int) -> float:
+        """Seconds to allow a request of this size: scaled by the endpoint's measured speed."""
+        if self.profile.seconds_per_token is None:
+            return self.min_timeout
+        expected = estimated_tokens * self.profile.seconds_per_token * TIMEOUT_SAFETY
+        return min(self.max_timeout, max(self.min_timeout, expected))
+
+    def _response_format(self, mode: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None and mode == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+        if schema is not None and mode == "json_object_schema":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_object"} if mode != "text" else None
+
+    def complete(
+        self,
+        *,
+        level: str,
+        purpose: str,
+        system: str,
+        prompt: str,
+        json_reply: bool = True,
+        schema: dict[str, Any] | None = None,
+        reply_tokens: int = REPLY_RESERVE_TOKENS,
+    ) -> str:
         """One reply text, after bounded retries; raises AgentError if none could be had."""
+        estimated = prompt_tokens(system, prompt) + reply_tokens
+        if estimated > self.context_tokens:
+            # Sending it would only earn a 400 (or a silently truncated prompt) from the endpoint.
+            error = (
+                f"the prompt needs about {estimated} tokens with its reply; the context window is {self.context_tokens}"
+            )
+            self._record(level, purpose, prompt, "", time.monotonic(), error, None, 0.0)
+            raise AgentError(error)
+        timeout = self.timeout_for(estimated)
         last_error = ""
         unavailable = False  # did the last attempt fail in transport (as opposed to an empty reply)?
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while attempt < self.max_attempts:
             started = time.monotonic()
-            kwargs: dict[str, Any] = {}
-            if json_reply and self.json_mode:
-                kwargs["response_format"] = {"type": "json_object"}
+            response_format = self._response_format(self.profile.mode, schema) if json_reply else None
+            kwargs: dict[str, Any] = {"response_format": response_format} if response_format else {}
+            if self.profile.max_tokens:
+                kwargs["max_tokens"] = reply_tokens
             try:
                 response = self.client.chat.completions.create(
                     model=self.model,
                     messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                    timeout=timeout,
                     **kwargs,
                 )
-            except openai.BadRequestError as error:
-                self._record(level, purpose, prompt, "", started, str(error), None)
-                if "response_format" in kwargs and "response_format" in str(error).lower() + _body(error):
-                    self.json_mode = False  # this backend does not support JSON mode: ask plainly
+            except openai.APIStatusError as error:
+                last_error = f"{type(error).__name__}: {error}"
+                self._record(level, purpose, prompt, "", started, last_error, None, timeout)
+                if response_format is not None and _names_format(error):
+                    # Not counted as an attempt: there are only len(MODES) - 1 steps down.
+                    self.profile.mode = _next_mode(response_format)
                     continue
-                raise AgentError(f"the endpoint refused the request: {error}") from error
+                if "max_tokens" in kwargs and error.status_code == 400 and "max_tokens" in f"{error} {_body(error)}":
+                    self.profile.max_tokens = False
+                    continue
+                attempt += 1
+                if not isinstance(error, RETRYABLE):
+                    raise AgentError(f"the endpoint refused the request: {error}") from error
+                unavailable = True
+                self._backoff(attempt)
+                continue
             except RETRYABLE as error:
+                attempt += 1
                 last_error, unavailable = f"{type(error).__name__}: {error}", True
-                self._record(level, purpose, prompt, "", started, last_error, None)
-                if attempt < self.max_attempts:
-                    time.sleep(self.backoff_seconds * 2 ** (attempt - 1))  # backoff between retries
+                if isinstance(error, openai.APITimeoutError):
+                    last_error = f"APITimeoutError: no reply within {timeout:g} s"
+                self._record(level, purpose, prompt, "", started, last_error, None, timeout)
+                if isinstance(error, openai.APITimeoutError):
+                    # A slow endpoint not measured yet (a CPU model's first long prompt) gets more time.
+                    timeout = min(self.max_timeout, timeout * 2)
+                self._backoff(attempt)
                 continue
             except openai.OpenAIError as error:
-                self._record(level, purpose, prompt, "", started, str(error), None)
+                self._record(level, purpose, prompt, "", started, str(error), None, timeout)
                 raise AgentError(f"LLM call failed: {error}") from error
+            attempt += 1
             content = without_nul(response.choices[0].message.content) if response.choices else None
-            self._record(level, purpose, prompt, content or "", started, "" if content else "empty reply", response)
+            self._record(
+                level, purpose, prompt, content or "", started, "" if content else "empty reply", response, timeout
+            )
             if not content or not content.strip():
                 last_error, unavailable = "the endpoint returned an empty reply", False
                 continue
+            self._measure(started, response, estimated)
             return content
         failure = AgentUnavailable if unavailable else AgentError
         raise failure(f"no usable reply after {self.max_attempts} attempts: {last_error}")
 
+    def _backoff(self, attempt: int) -> None:
+        if attempt < self.max_attempts:
+            time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+
+    def _measure(self, started: float, response: Any, estimated: int) -> None:
+        usage = getattr(response, "usage", None)
+        tokens = (getattr(usage, "prompt_tokens", 0) or 0) + (getattr(usage, "completion_tokens", 0) or 0)
+        speed = (time.monotonic() - started) / max(1, tokens or estimated)
+        # The slowest speed seen wins: a long prompt on a CPU model is slower per token than a short one.
+        self.profile.seconds_per_token = max(speed, self.profile.seconds_per_token or 0.0)
+
     def _record(
-        self, level: str, purpose: str, prompt: str, reply: str, started: float, error: str, response: Any
+        self,
+        level: str,
+        purpose: str,
+        prompt: str,
+        reply: str,
+        started: float,
+        error: str,
+        response: Any,
+        timeout: float,
     ) -> None:
         usage = getattr(response, "usage", None)
         self.recorder(
@@ -138,20 +262,54 @@ class LLMAgent:
             tokens_out=getattr(usage, "completion_tokens", 0) or 0,
             latency_seconds=time.monotonic() - started,
             error=error,
+            timeout_seconds=timeout,
         )
 
     def propose(self, request: ProposalRequest) -> AgentReply:
-        text = self.complete(level="1", purpose="propose", system=PROPOSER_SYSTEM, prompt=proposal_prompt(request))
-        return parse_proposal(text, {k["name"] for k in request.state["search_space"]})
+        state = request.state
+        text = self.complete(
+            level="1",
+            purpose="propose",
+            system=PROPOSER_SYSTEM,
+            prompt=proposal_prompt(request, self.context_tokens),
+            schema=proposal_schema(state["search_space"], request.allowed),
+            reply_tokens=PROPOSAL_REPLY_TOKENS,
+        )
+        return parse_proposal(text, {k["name"] for k in state["search_space"]})
 
     def strategize(self, request: StrategyRequest) -> StrategyReply:
-        text = self.complete(level="1.5", purpose="strategy", system=STRATEGIST_SYSTEM, prompt=strategy_prompt(request))
+        text = self.complete(
+            level="1.5",
+            purpose="strategy",
+            system=STRATEGIST_SYSTEM,
+            prompt=strategy_prompt(request, self.context_tokens),
+            schema=STRATEGY_SCHEMA,
+            reply_tokens=STRATEGY_REPLY_TOKENS,
+        )
         data = extract_json_object(text)
         return StrategyReply(
             guidance=str(data.get("guidance", ""))[:4000],
             strategy=str(data.get("strategy", ""))[:200],
             reasoning=str(data.get("reasoning", ""))[:4000],
         )
+
+
+STRATEGY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"guidance": {"type": "string"}, "strategy": {"type": "string"}, "reasoning": {"type": "string"}},
+    "required": ["guidance", "strategy", "reasoning"],
+}
+
+
+def _next_mode(sent: dict[str, Any]) -> str:
+    if sent["type"] == "json_schema":
+        return "json_object_schema"
+    return "json_object" if "schema" in sent else "text"
+
+
+def _names_format(error: openai.APIStatusError) -> bool:
+    text = f"{error} {_body(error)}".lower()
+    return any(word in text for word in FORMAT_WORDS)
 
 
 def _body(error: openai.APIStatusError) -> str:

@@ -9,6 +9,7 @@ from django import template
 from ..iteration_table import changes_text as _changes_text
 from ..iteration_table import mechanism_activity as _mechanism_activity
 from ..iteration_table import mechanism_names as _mechanism_names
+from ..iteration_table import refused_attempts as _refused_attempts
 from ..models import Iteration
 
 register = template.Library()
@@ -49,6 +50,11 @@ def mechanism_names(iteration: Iteration) -> list[str]:
 @register.filter
 def mechanism_activity(iteration: Iteration) -> list[dict[str, Any]]:
     return _mechanism_activity(iteration)
+
+
+@register.filter
+def refused_attempts(iteration: Iteration) -> list[dict[str, str]]:
+    return _refused_attempts(iteration)
 
 
 @register.simple_tag

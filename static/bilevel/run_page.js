@@ -504,6 +504,21 @@
       if (session.repair_rounds) extra.push(session.repair_rounds + " repair round" + (session.repair_rounds === 1 ? "" : "s"));
       if (session.status_detail) extra.push(session.status_detail);
       item.appendChild(el("span", " " + extra.join(" · "), "muted"));
+      // Every round's reply and refusal, so a failed session can be read here (produced ones also have a review page).
+      if (session.rounds && session.rounds.length) {
+        const details = el("details", null, "session-rounds");
+        details.appendChild(el("summary", session.rounds.length + " round" + (session.rounds.length === 1 ? "" : "s")));
+        const rounds = el("ol");
+        session.rounds.forEach((round) => {
+          const entry = el("li");
+          entry.appendChild(el("strong", round.round + (round.attempt ? " (repair " + round.attempt + ")" : "")));
+          entry.appendChild(el("span", round.error ? " refused: " + round.error : " accepted", round.error ? "error" : "muted"));
+          if (round.reply) entry.appendChild(el("pre", round.reply, "round-reply"));
+          rounds.appendChild(entry);
+        });
+        details.appendChild(rounds);
+        item.appendChild(details);
+      }
       list.appendChild(item);
     });
   };

@@ -38,6 +38,27 @@ def drive(run: Run, max_steps: int = 200) -> list[str]:
     raise AssertionError(f"run {run.pk} did not finish in {max_steps} steps: {outcomes[-5:]}")
 
 
+def drive_with_research(run: Run, max_steps: int = 200) -> None:
+    """drive(), with each Level 2 session run here while the run waits for it (no workers: an LLM
+    endpoint sees one request at a time, in the order a single worker would send them). Level 2 is
+    a step: the run waits in "researching" until its session ends. Use it with the review gate off."""
+    from mechanisms.models import ResearchSession, SessionStatus
+    from runs.level2 import execute_research_session
+
+    for _ in range(max_steps):
+        run.refresh_from_db()
+        if run.is_finished:
+            return
+        if run.status == "researching":
+            for session in ResearchSession.objects.filter(run=run, status=SessionStatus.RUNNING):
+                execute_research_session(session.pk)
+        elif run.status == "awaiting_review":
+            raise AssertionError(f"run {run.pk} awaits a review: drive it with the review gate off")
+        else:
+            execute_step(run.pk, run.step_ticket, "test")
+    raise AssertionError(f"run {run.pk} did not finish in {max_steps} steps")
+
+
 def wait_for(condition: Any, timeout: float, what: str) -> None:
     """Poll a database condition until it holds (workers run in other processes)."""
     deadline = time.monotonic() + timeout

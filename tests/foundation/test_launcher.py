@@ -56,6 +56,17 @@ def wait_until_gone(pids: set[int], timeout: float) -> set[int]:
     return remaining
 
 
+def output_until_up(process: subprocess.Popen[str]) -> str:
+    """What the launcher printed until it said it is up (fails the test if it exited first)."""
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # blocks until the launcher reports progress
+        seen.append(line)
+        if "bilevel is up" in line:
+            return "".join(seen)
+    pytest.fail("launcher exited before it was up:\n" + "".join(seen))
+
+
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     with socket.socket() as sock:
@@ -67,15 +78,7 @@ def launcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         [sys.executable, "manage.py", "launch", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:  # blocks until the launcher reports progress
-        seen.append(line)
-        if "bilevel is up" in line:
-            break
-    else:
-        pytest.fail("launcher exited before it was up:\n" + "".join(seen))
-    assert any("created account: user 'admin'" in line for line in seen)
+    assert "created account: user 'admin'" in output_until_up(process)
     yield process, port
     if process.poll() is None:
         process.kill()

@@ -2,12 +2,13 @@
 
     python manage.py launch [--port 8000] [--demo]
 
-Children: an embedded Redis (only when REDIS_URL is unset), the ASGI server on 127.0.0.1,
-a Celery worker for the `train` queue and one for `research`/`default` (which also runs the
-periodic lease reaper). Ctrl-C or SIGTERM stops all of them. A child that dies is restarted
-with backoff (runs/supervisor.py) while the others keep running; only one that keeps crashing
-stops the launcher, which then says which one and why. Every child asks the kernel to kill it
-if the launcher dies, so even SIGKILL leaves no orphans.
+Children: an embedded Redis (only when REDIS_URL is unset), with --local-llm-model a llama.cpp
+OpenAI-compatible server on loopback (made the default LLM of everything started after it), the
+ASGI server on 127.0.0.1, a Celery worker for the `train` queue and one for `research`/`default`
+(which also runs the periodic lease reaper). Ctrl-C or SIGTERM stops all of them. A child that
+dies is restarted with backoff (runs/supervisor.py) while the others keep running; only one that
+keeps crashing stops the launcher, which then says which one and why. Every child asks the kernel
+to kill it if the launcher dies, so even SIGKILL leaves no orphans.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=None, help="web port (default 8000, or a free one)")
         parser.add_argument("--demo", action="store_true", help="create and start a demo experiment")
         parser.add_argument("--no-worker", action="store_true", help="web server only")
+        parser.add_argument("--local-llm-model", default="", help="a GGUF model file: serve it with llama.cpp")
+        parser.add_argument("--local-llm-python", default=sys.executable,
+                            help="the Python that has llama_cpp.server installed (bootstrap.py's .venv-llm)")
+        parser.add_argument("--local-llm-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                            help="CPU threads for the model (default: half the cores; training needs the rest)")
+        parser.add_argument("--local-llm-context", type=int, default=8192, help="context window in tokens")
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.stopping = False
@@ -79,6 +86,8 @@ class Command(BaseCommand):
             if not os.environ.get("REDIS_URL"):
                 Path(settings.REDIS_URL_FILE).unlink(missing_ok=True)  # left by a launcher that was killed
                 env["REDIS_URL"] = self._start_embedded_redis(log_dir)
+            if options["local_llm_model"]:
+                self._start_local_llm(env, log_dir, options)
             self._run_once("migrate", [sys.executable, "manage.py", "migrate", "--noinput"])
             self._run_once("admin account", [sys.executable, "manage.py", "ensure_admin"])
             port = options["port"] or (8000 if port_is_free(8000) else free_port())
@@ -168,6 +177,28 @@ class Command(BaseCommand):
                 [sys.executable, "manage.py", "reap_steps", "--broker-restarted"], env=self.env,
                 cwd=settings.BASE_DIR, preexec_fn=die_with_parent, start_new_session=True,
             ))
+
+    def _start_local_llm(self, env: dict[str, str], log_dir: Path, options: dict[str, Any]) -> None:
+        """llama.cpp's server for the model, on loopback; every process started later uses it by default."""
+        model = Path(options["local_llm_model"])
+        alias = model.stem.lower()
+        port = free_port()
+        argv = [options["local_llm_python"], "-m", "llama_cpp.server", "--model", str(model),
+                "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
+                "--n_ctx", str(options["local_llm_context"]), "--n_threads", str(options["local_llm_threads"])]
+        # Every process started after this (web, workers) gets the server as its default LLM.
+        env.update(
+            LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
+            LLM_MODEL=alias,
+            LLM_CONTEXT_TOKENS=str(options["local_llm_context"]),
+            BILEVEL_DEFAULT_AGENT="llm",
+        )
+        self.supervisor.start(Child("llm", argv, ready_port=port))
+        # Loading a model file takes seconds to a minute on a busy CPU.
+        if not wait_for_port("127.0.0.1", port, timeout=300, alive=self.supervisor.all_alive):
+            raise CommandError("the local LLM server did not start; see " + str(log_dir / "llm.log"))
+        self.stdout.write(f"local LLM {alias} on {env['LLM_BASE_URL']} ({options['local_llm_threads']} threads, "
+                          f"{options['local_llm_context']}-token context): the default agent of new experiments")
 
     def _reap_helpers(self) -> None:
         for helper in [h for h in self.helpers if h.poll() is not None]:

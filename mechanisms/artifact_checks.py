@@ -1,0 +1,78 @@
+"""Checks that a Level 2 round's reply is an answer, not a well-formed echo of the question.
+
+A 1.5B model's replies passed the format checks while saying nothing: the reply template's own
+sentences as the diagnosis, a critique scoring every candidate 0, a diagnosis that cites nothing
+the run did. Each check returns the defect in words, which the session quotes in its repair prompt
+(and, if the repair has the same defect, records as the reason the session failed).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mechanisms.protocol import TraceRecord
+
+# Sentences of the reply formats and repair errors (current and earlier wordings) that a model copies.
+TEMPLATE_PHRASES = (
+    "the failure mode you see in the trace",
+    "what goes wrong in this run",
+    "citing iteration numbers and parameter names",
+    "source field",
+    "the field the idea comes from",
+    "3 or 4 candidates",
+    "3 or 4 mechanisms",
+    "3 or 4 different mechanisms",
+    "must be a list of",
+    "hooks it would use",
+    "snake_case",
+)
+_ITERATION_CITATION = re.compile(r"\b(?:iterations?|its?)\s*#?\s*\d+|#\d+", re.IGNORECASE)
+
+
+def echoed_template(texts: list[str]) -> str | None:
+    for text in texts:
+        lowered = text.lower()
+        for phrase in TEMPLATE_PHRASES:
+            if phrase in lowered:
+                return f"it repeats the reply format ({phrase!r}) instead of filling it in"
+    return None
+
+
+def trace_parameters(trace: list[TraceRecord]) -> set[str]:
+    return {name for record in trace for name in (record.get("changes") or {})}
+
+
+def explore_defect(explore: dict[str, Any], trace: list[TraceRecord]) -> str | None:
+    """Why a well-formed explore reply is still unusable, or None."""
+    candidates = explore.get("candidates") or []
+    texts = [str(explore.get("diagnosis", ""))] + [
+        str(c.get(key, "")) for c in candidates if isinstance(c, dict) for key in ("name", "idea", "field")
+    ]
+    echo = echoed_template(texts)
+    if echo:
+        return echo
+    names = [str(c.get("name", "")).strip().lower() for c in candidates if isinstance(c, dict)]
+    if len(set(names)) < len(names):
+        return "two candidates have the same name: give each mechanism its own name"
+    parameters = trace_parameters(trace)
+    if not parameters:
+        return None  # nothing happened yet that a diagnosis could cite
+    diagnosis = str(explore.get("diagnosis", ""))
+    cited = any(p.lower() in diagnosis.lower() for p in parameters) or _ITERATION_CITATION.search(diagnosis)
+    if not cited:
+        shown = ", ".join(sorted(parameters)[:6])
+        return (f"the diagnosis names nothing from the trace: cite iterations (e.g. 'iteration 3') or the "
+                f"parameters that were changed ({shown})")
+    return None
+
+
+def critique_defect(critique: dict[str, Any]) -> str | None:
+    """Why a well-formed critique is still unusable, or None."""
+    scores = [s.get("score") for s in critique.get("scores", []) if isinstance(s, dict)]
+    numbers = [s for s in scores if isinstance(s, int | float) and not isinstance(s, bool)]
+    if len(numbers) >= 2 and len(set(numbers)) == 1:
+        return (f"every candidate has the same score ({numbers[0]:g}): the candidates differ, so score them "
+                "differently and select the highest")
+    reasons = [str(s.get("reason", "")) for s in critique.get("scores", []) if isinstance(s, dict)]
+    return echoed_template(reasons)

@@ -1,0 +1,91 @@
+"""`launch --local-llm-model` (what `bootstrap.py up --local-llm` runs): the model server is a supervised
+child on loopback, everything started after it uses it as the default LLM, and Ctrl-C stops it with the rest.
+
+llama.cpp itself is not installed for the suite (it compiles for minutes); a stand-in `llama_cpp.server`
+module on PYTHONPATH takes the same arguments and answers the OpenAI models endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .test_launcher import ROOT, descendants, output_until_up, wait_until_gone
+
+pytestmark = pytest.mark.services
+
+STAND_IN = '''
+import argparse, json
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+parser = argparse.ArgumentParser()
+for name in ("--model", "--model_alias", "--host", "--port", "--n_ctx", "--n_threads"):
+    parser.add_argument(name, required=True)
+args = parser.parse_args()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": args.model_alias, "n_ctx": args.n_ctx, "threads": args.n_threads}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+
+HTTPServer((args.host, int(args.port)), Handler).serve_forever()
+'''
+
+
+def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tmp_path: Path) -> None:
+    package = tmp_path / "fake" / "llama_cpp" / "server"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(STAND_IN)
+    model = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model.write_bytes(b"GGUF")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "BILEVEL_TEST_SQLITE",
+                                                             "LLM_BASE_URL", "LLM_MODEL")}
+    env.update(BILEVEL_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(tmp_path / "fake"))
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "launch", "--port", str(port), "--no-worker", "--local-llm-model", str(model),
+         "--local-llm-threads", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        output = output_until_up(process)
+        found = re.search(r"local LLM (\S+) on (http://127\.0\.0\.1:\d+/v1) \(1 threads, 8192-token context\)", output)
+        assert found, output
+        alias, url = found.groups()
+        assert alias == "smollm2-135m-instruct.q4_1"
+        with urllib.request.urlopen(f"{url}/models", timeout=20) as response:
+            assert json.load(response)["data"][0] == {"id": alias, "n_ctx": "8192", "threads": "1"}
+
+        tree = descendants(process.pid)
+        web = [pid for pid in tree if b"daphne" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert web, "the web server runs"
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{web[0]}/environ").read_text().split("\0") if "=" in item
+        )
+        assert (environ["LLM_BASE_URL"], environ["LLM_MODEL"], environ["BILEVEL_DEFAULT_AGENT"]) == (url, alias, "llm")
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert wait_until_gone(tree, timeout=30) == set()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
