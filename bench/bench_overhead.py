@@ -123,7 +123,8 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     from mechanisms.catalogue import catalogue_entries
     from mechanisms.models import Mechanism
     from mechanisms.runtime import MechanismRuntime
-    from runs import engine
+    from runs import engine, recording
+    from runs import proposals as proposal_module
     from runs.agents.builtin import BuiltinAgent
     from runs.control import create_runs
     from runs.models import Experiment, Iteration
@@ -185,11 +186,11 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     engine.publish_run_event = publish
     clock.wrap(engine.LeaseKeeper, "start", "lease heartbeat thread")
     clock.wrap(engine.LeaseKeeper, "stop", "lease heartbeat thread")
-    clock.wrap(engine.Step, "_record", "record iteration (DB transaction)")
-    clock.wrap(engine.Step, "_check", "proposal checks (schema, duplicates)")
+    clock.wrap(engine, "record_iteration", "record iteration (DB transaction)")
+    clock.wrap(proposal_module, "check_changes", "proposal checks (schema, duplicates)")
     clock.wrap(RunState, "load", "load run state (DB)")
     clock.wrap(BuiltinAgent, "propose", "agent (built-in heuristic)")
-    clock.wrap(engine, "record_runtime_outcome", "mechanism attribution (DB)")
+    clock.wrap(recording, "record_runtime_outcome", "mechanism attribution (DB)")
     clock.wrap_context(engine, "open_runtime", "mechanism host: start + replay trace", "mechanism host: close")
     for hook in ("prompt_sections", "restrict", "propose", "filter", "accept"):
         clock.wrap(MechanismRuntime, hook, "mechanism hooks (sandbox round trips)")
