@@ -10,7 +10,14 @@ train and one research Celery worker; see bench/bench_common.py) it
 2. runs the surrogate ablation (A, B, C, D, R × repeats × iterations, built-in agent, K=5, M=2,
    review gate off so Level 2 mechanisms are validated and run without waiting, confirmation on 3
    seeds), and photographs its comparison page (comparison-page.png) and the review page of a
-   mechanism the built-in research agent wrote for group C (review-page.png).
+   mechanism the built-in research agent wrote for group C (review-page.png); then, from the same
+   ablation, the iteration tools: parallel coordinates above the experiment's iteration table
+   (parallel-coordinates.png), a config diff between two runs' best iterations (config-diff.png),
+   the clone-and-edit form (clone-and-edit.png), the API docs (api-docs.png) and the token page
+   (api-tokens.png);
+3. runs a group C surrogate experiment with the review gate on and photographs its run page while
+   the run awaits review (run-page-awaiting-review.png), approves the mechanism on the review page,
+   and photographs the run's iteration table once the mechanism acted (iterations-mechanism-calls.png).
 Chromium is Debian's (/usr/bin/chromium) driven by Playwright, 1280 px wide, whole pages.
 """
 
@@ -86,6 +93,54 @@ def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> No
         raise RuntimeError("the ablation's group C produced no mechanism to show on the review page")
     page.goto(f"{url}/mechanisms/{attachment.pk}/")
     page.screenshot(path=str(SHOTS / "review-page.png"), full_page=True)
+    iteration_tools(page, url, experiment)
+
+
+def iteration_tools(page: Any, url: str, experiment: Any) -> None:
+    page.goto(f"{url}/experiments/{experiment.pk}/iterations/")
+    page.wait_for_selector("#parcoords svg")
+    page.screenshot(path=str(SHOTS / "parallel-coordinates.png"), full_page=True)
+    first, second = experiment.runs.filter(group="C").order_by("repeat")[:2]
+    page.goto(f"{url}/diff/?a={first.pk}.{first.best_iteration}&b={second.pk}.{second.best_iteration}")
+    page.screenshot(path=str(SHOTS / "config-diff.png"), full_page=True)
+    page.goto(f"{url}/experiments/{experiment.pk}/clone/")
+    page.screenshot(path=str(SHOTS / "clone-and-edit.png"), full_page=True)
+    page.goto(f"{url}/api/docs")
+    page.wait_for_selector(".swagger-ui .opblock")
+    page.screenshot(path=str(SHOTS / "api-docs.png"), full_page=False)
+    page.goto(f"{url}/settings/tokens/")
+    page.screenshot(path=str(SHOTS / "api-tokens.png"), full_page=True)
+
+
+def review_gate(page: Any, url: str) -> None:
+    from mechanisms.models import MechanismAttachment
+    from runs import control
+    from runs.control import create_runs
+    from runs.models import Experiment, Run, RunStatus
+
+    experiment = Experiment.objects.create(
+        name="Review gate: group C, surrogate, T=8, K=3", groups=["C"], repeats=1, iterations=8,
+        strategy_interval=3, research_interval=1, objective="surrogate", budget_value=1.5e12, review_gate=True)
+    run = create_runs(experiment)[0]
+    control.start_experiment(experiment)
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == RunStatus.AWAITING_REVIEW, 600,
+               "the run to await review", interval=0.5)
+    page.goto(f"{url}/runs/{run.pk}/")
+    page.wait_for_selector("#run-waiting-links a")
+    page.screenshot(path=str(SHOTS / "run-page-awaiting-review.png"), full_page=True)
+    page.click("#run-waiting-links a >> nth=0")
+    page.fill("#approve-form textarea[name=comment]", "looks right")
+    page.click("#approve-button")
+    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished or Run.objects.get(pk=run.pk).status
+               == RunStatus.AWAITING_REVIEW, 600, "the run to go on after the approval", interval=0.5)
+    for pending in MechanismAttachment.objects.filter(run=run, status="pending"):
+        page.goto(f"{url}/mechanisms/{pending.pk}/")
+        page.fill("#approve-form textarea[name=comment]", "looks right")
+        page.click("#approve-button")
+    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, 600, "the run to finish", interval=0.5)
+    page.goto(f"{url}/runs/{run.pk}/")
+    page.wait_for_selector("#iteration-table td.mechanisms .mechanism-activity")
+    page.locator("#iteration-table").screenshot(path=str(SHOTS / "iterations-mechanism-calls.png"))
 
 
 def run(env: BenchEnv, repeats: int, iterations: int) -> None:
@@ -103,6 +158,7 @@ def run(env: BenchEnv, repeats: int, iterations: int) -> None:
         log_in(page, url)
         demo_mid_training(page, url)
         surrogate_ablation(page, url, repeats, iterations)
+        review_gate(page, url)
         browser.close()
 
 
