@@ -4,9 +4,9 @@
 
 Children: an embedded Redis (only when REDIS_URL is unset), with --local-llm-model a llama.cpp
 OpenAI-compatible server on loopback (made the default LLM of everything started after it), the
-ASGI server on 127.0.0.1, a Celery worker for the `train` queue and one for `research`/`default`
-(which also runs the periodic lease reaper). Ctrl-C or SIGTERM stops all of them. A child that
-dies is restarted with backoff (runs/supervisor.py) while the others keep running; only one that
+ASGI server on 127.0.0.1, a Celery worker for the `train` queue and one for `research`/`default`,
+and Celery beat (the periodic lease reaper and review timeouts). Ctrl-C or SIGTERM stops all of
+them. A child that dies is restarted with backoff (runs/supervisor.py) while the others keep running; only one that
 keeps crashing stops the launcher, which then says which one and why. Every child asks the kernel
 to kill it if the launcher dies, so even SIGKILL leaves no orphans.
 """
@@ -106,9 +106,14 @@ class Command(BaseCommand):
                 )
                 self.supervisor.start(
                     Child("worker-research", [celery, "-A", "bilevel_site", "worker", "-Q", "research,default",
-                                              "-c", "1", "-n", "research@%h", "-B", "-s", beat_file, "-l", "INFO",
-                                              *QUICK_START],
+                                              "-c", "1", "-n", "research@%h", "-l", "INFO", *QUICK_START],
                           stop_signal=signal.SIGQUIT, needs_redis=True, ready_marker=CELERY_READY_MARKER)
+                )
+                # Beat as a supervised child of its own, not embedded in a worker (-B): an embedded beat
+                # is a fork that does not inherit the kernel's kill-with-parent, so it could outlive us.
+                self.supervisor.start(
+                    Child("beat", [celery, "-A", "bilevel_site", "beat", "-s", beat_file, "-l", "INFO"],
+                          needs_redis=True)
                 )
             if not wait_for_port("127.0.0.1", port, timeout=60, alive=self.supervisor.all_alive):
                 raise CommandError("the web server did not start; see " + str(log_dir / "web.log"))
