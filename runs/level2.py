@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import current_app
 from django.db import IntegrityError, transaction
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from mechanisms import research_prompts
@@ -71,10 +72,9 @@ def wait_for_level2(run: Run, owner: str, cycle_index: int) -> str | None:
 
 
 def _wait(run: Run, owner: str, status: str, detail: str) -> None:
-    now = timezone.now()
-    waiting = Run.objects.filter(pk=run.pk, lease_owner=owner, status=RunStatus.RUNNING)
-    if waiting.filter(waiting_since__isnull=True).update(status=status, status_detail=detail, waiting_since=now) \
-            or waiting.update(status=status, status_detail=detail):
+    # waiting_since keeps the start of the whole wait (session, then review): the timeout counts from it.
+    if Run.objects.filter(pk=run.pk, lease_owner=owner, status=RunStatus.RUNNING).update(
+            status=status, status_detail=detail, waiting_since=Coalesce("waiting_since", Now())):
         publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": status, "detail": detail})
 
 

@@ -177,3 +177,13 @@ def test_form_page_lists_groups_presets_and_the_builtin_label(client: Client, us
     for text in ("A: Level 1", "R: random control", "cpu-tiny", "gpu", "built-in heuristic (no LLM)", "Surrogate"):
         assert text in content
     assert 'type="password"' in content
+
+
+def test_review_timeout_is_stored_with_the_gate_and_dropped_without_it(users: Any, enqueued: list[int]) -> None:
+    with_gate = ExperimentForm(valid_data(review_gate=True, review_timeout_minutes=15))
+    assert with_gate.is_valid(), with_gate.errors
+    assert with_gate.save_and_start(users.plain).review_timeout_minutes == 15
+    without_gate = ExperimentForm(valid_data(name="no gate", review_gate=False, review_timeout_minutes=15))
+    assert without_gate.is_valid(), without_gate.errors
+    assert without_gate.save_and_start(users.plain).review_timeout_minutes is None
+    assert "review_timeout_minutes" in ExperimentForm(valid_data(review_timeout_minutes=0)).errors

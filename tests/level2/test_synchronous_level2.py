@@ -20,7 +20,7 @@ from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, MechanismAttachment, ResearchSession, SessionStatus
 from runs.engine import execute_step
 from runs.level2 import execute_research_session, expire_reviews
-from runs.models import Experiment, Iteration, Run, RunStatus
+from runs.models import Iteration, Run, RunStatus
 from tests.engine.helpers import make_experiment
 
 # on_commit callbacks (resuming a run after a decision) must run: real transactions.
@@ -197,7 +197,3 @@ def test_same_trace_on_the_real_trainer_with_a_flop_budget(users: Any) -> None:
         traces.append(strip_attachment_ids(trace(run)))
     assert traces[0] == traces[1]
     assert len(traces[0]) == 3 and all(row[3] is not None for row in traces[0])
-
-
-def test_experiment_fields_reach_the_form() -> None:
-    assert Experiment._meta.get_field("review_timeout_minutes").null
