@@ -118,10 +118,13 @@ def apt_install(packages: list[str], purpose: str) -> bool:
 
 
 def ensure_isolation_tools() -> None:
-    """bubblewrap and libseccomp confine Level 2's generated code; without them Level 2 refuses to run it."""
-    if shutil.which("bwrap") and ctypes.util.find_library("seccomp"):
-        return
-    apt_install(["bubblewrap", "libseccomp2"], "Level 2 will refuse to load generated mechanisms (fail closed)")
+    """bubblewrap and libseccomp confine Level 2's generated code; without them Level 2 refuses to run it.
+    As root, also acl: the launcher gives up root for an unprivileged account, and setfacl lets that
+    account pass through a directory such as /root (mode 700) on the way to the interpreter."""
+    if not (shutil.which("bwrap") and ctypes.util.find_library("seccomp")):
+        apt_install(["bubblewrap", "libseccomp2"], "Level 2 will refuse to load generated mechanisms (fail closed)")
+    if os.geteuid() == 0 and not shutil.which("setfacl"):
+        apt_install(["acl"], "started as root, the launcher may refuse to run (it never runs services as root)")
 
 
 def ensure_chromium() -> None:

@@ -5,7 +5,8 @@
 Children: an embedded Redis (only when REDIS_URL is unset), with --local-llm-model a llama.cpp
 OpenAI-compatible server on loopback (made the default LLM of everything started after it), the
 ASGI server on 127.0.0.1, a Celery worker for the `train` queue and one for `research`/`default`,
-and Celery beat (the periodic lease reaper and review timeouts). Ctrl-C or SIGTERM stops all of
+and Celery beat (the periodic lease reaper and review timeouts). Started as root, it first becomes an
+unprivileged account (runs/privileges.py), so none of them runs as root. Ctrl-C or SIGTERM stops all of
 them. A child that dies is restarted with backoff (runs/supervisor.py) while the others keep running; only one that
 keeps crashing stops the launcher, which then says which one and why. Every child asks the kernel
 to kill it if the launcher dies, so even SIGKILL leaves no orphans.
@@ -26,6 +27,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from runs.privileges import PrivilegeError, drop_root
 from runs.process_tools import die_with_parent, kill_process_group, wait_for_port
 from runs.supervisor import Child, GiveUp, Supervisor
 
@@ -67,6 +69,11 @@ class Command(BaseCommand):
         parser.add_argument("--local-llm-context", type=int, default=8192, help="context window in tokens")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            # Before anything starts: every child inherits the account, none runs as root.
+            drop_root(Path(settings.DATA_DIR), Path(settings.BASE_DIR), say=self.stdout.write)
+        except PrivilegeError as reason:
+            raise CommandError(f"not starting as root: {reason}") from None
         self.stopping = False
         self.helpers: list[subprocess.Popen[bytes]] = []
         env = os.environ.copy()
