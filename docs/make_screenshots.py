@@ -9,12 +9,15 @@ train and one research Celery worker; see bench/bench_common.py) it
    points (run-page-mid-training.png), then cancels it;
 2. runs the surrogate ablation (A, B, C, D, R × repeats × iterations, built-in agent, K=5, M=2,
    review gate off so Level 2 mechanisms are validated and run without waiting, confirmation on 3
-   seeds), and photographs its comparison page (comparison-page.png) and the review page of a
-   mechanism the built-in research agent wrote for group C (review-page.png); then, from the same
+   seeds), and photographs its comparison page (comparison-page.png), the review page of a
+   mechanism the built-in research agent wrote for group C (review-page.png) and a finished group C
+   run's page (run-page-finished-surrogate.png); then, from the same
    ablation, the iteration tools: parallel coordinates above the experiment's iteration table
    (parallel-coordinates.png), a config diff between two runs' best iterations (config-diff.png),
    the clone-and-edit form (clone-and-edit.png), the API docs (api-docs.png) and the token page
    (api-tokens.png);
+   then groups A and B with K = T on the same seeds, whose curves are identical, for the comparison
+   page's handling of identical groups (comparison-identical-groups.png);
 3. runs a group C surrogate experiment with the review gate on and photographs its run page while
    the run awaits review (run-page-awaiting-review.png), approves the mechanism on the review page,
    and photographs the run's iteration table once the mechanism acted (iterations-mechanism-calls.png).
@@ -93,7 +96,31 @@ def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> No
         raise RuntimeError("the ablation's group C produced no mechanism to show on the review page")
     page.goto(f"{url}/mechanisms/{attachment.pk}/")
     page.screenshot(path=str(SHOTS / "review-page.png"), full_page=True)
+    finished = experiment.runs.filter(group="C").order_by("repeat").first()
+    page.goto(f"{url}/runs/{finished.pk}/")
+    page.wait_for_selector("#iteration-table tbody tr")
+    page.screenshot(path=str(SHOTS / "run-page-finished-surrogate.png"), full_page=True)
     iteration_tools(page, url, experiment)
+
+
+def identical_groups(page: Any, url: str) -> None:
+    """Groups A and B with K = T: Level 1.5 first acts after the last proposal, so on the same seeds B
+    makes exactly A's decisions. The comparison must still show both curves and say why p = 1."""
+    from runs import control
+    from runs.control import create_runs
+    from runs.models import Experiment, RunStatus
+
+    experiment = Experiment.objects.create(
+        name="A vs B with K = T = 6: Level 1.5 never acts before the end", groups=["A", "B"], repeats=3,
+        iterations=6, strategy_interval=6, research_interval=1, objective="surrogate", budget_value=1.5e12,
+        review_gate=False)
+    create_runs(experiment)
+    control.start_experiment(experiment)
+    wait_until(lambda: not experiment.runs.exclude(status__in=[RunStatus.COMPLETED, RunStatus.FAILED]).exists(),
+               1800, "the A/B experiment to finish", interval=0.5)
+    page.goto(f"{url}/experiments/{experiment.pk}/compare/")
+    page.wait_for_function("document.querySelector('#compare-chart').width > 0")
+    page.screenshot(path=str(SHOTS / "comparison-identical-groups.png"), full_page=True)
 
 
 def iteration_tools(page: Any, url: str, experiment: Any) -> None:
@@ -158,6 +185,7 @@ def run(env: BenchEnv, repeats: int, iterations: int) -> None:
         log_in(page, url)
         demo_mid_training(page, url)
         surrogate_ablation(page, url, repeats, iterations)
+        identical_groups(page, url)
         review_gate(page, url)
         browser.close()
 

@@ -25,7 +25,7 @@ from .conftest import make_experiment, make_iteration, make_run
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
 XSS = "<img src=x onerror=alert(1)>"
-# BILEVEL_SCREENSHOTS=docs/screenshots refreshes the README's screenshots from these tests.
+# Pictures of test fixtures, for looking at a failure; docs/screenshots comes from docs/make_screenshots.py.
 SHOTS = Path(os.environ.get("BILEVEL_SCREENSHOTS", "/tmp/shots"))
 
 # Keep every WebSocket the page opens reachable, so a test can drop one and watch the page reconnect.
