@@ -96,7 +96,7 @@ def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> No
         raise RuntimeError("the ablation's group C produced no mechanism to show on the review page")
     page.goto(f"{url}/mechanisms/{attachment.pk}/")
     page.screenshot(path=str(SHOTS / "review-page.png"), full_page=True)
-    finished = experiment.runs.filter(group="C").order_by("repeat").first()
+    finished = experiment.runs.filter(group="C").order_by("repeat")[0]
     page.goto(f"{url}/runs/{finished.pk}/")
     page.wait_for_selector("#iteration-table tbody tr")
     page.screenshot(path=str(SHOTS / "run-page-finished-surrogate.png"), full_page=True)
