@@ -13,15 +13,17 @@ train and one research Celery worker; see bench/bench_common.py) it
    mechanism the built-in research agent wrote for group C (review-page.png) and a finished group C
    run's page (run-page-finished-surrogate.png); then, from the same
    ablation, the iteration tools: parallel coordinates above the experiment's iteration table
-   (parallel-coordinates.png), a config diff between two runs' best iterations (config-diff.png),
-   the clone-and-edit form (clone-and-edit.png), the API docs (api-docs.png) and the token page
-   (api-tokens.png);
+   (parallel-coordinates.png) and the slice plots below them (slice-plots.png), a config diff
+   between two runs' best iterations (config-diff.png), the clone-and-edit form (clone-and-edit.png),
+   the API docs (api-docs.png) and the token page (api-tokens.png);
    then groups A and B with K = T on the same seeds, whose curves are identical, for the comparison
    page's handling of identical groups (comparison-identical-groups.png);
 3. runs a group C surrogate experiment with the review gate on and photographs its run page while
    the run awaits review (run-page-awaiting-review.png), approves the mechanism on the review page,
    and photographs the run's iteration table once the mechanism acted (iterations-mechanism-calls.png).
 Chromium is Debian's (/usr/bin/chromium) driven by Playwright, 1280 px wide, whole pages.
+`--only NAME,...` (names without .png) writes only those screenshots and skips the parts that make
+none of them (the demo on the real trainer takes longest).
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ from bench_common import BenchEnv, bench_env, make_user, wait_until  # noqa: E40
 # Playwright's sync API runs an event loop in this thread; the ORM calls between page actions are
 # plain synchronous queries, as in the browser tests (tests/conftest.py).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ONLY: set[str] = set()  # --only: the screenshots to write; empty = all
+
+
+def wanted(*names: str) -> bool:
+    return not ONLY or any(name in ONLY for name in names)
+
+
+def save(target: Any, name: str, **options: Any) -> None:
+    """A page (or a locator) as docs/screenshots/NAME.png, unless --only leaves it out."""
+    if wanted(name):
+        target.screenshot(path=str(SHOTS / f"{name}.png"), **options)
 
 
 def log_in(page: Any, url: str) -> None:
@@ -67,7 +81,7 @@ def demo_mid_training(page: Any, url: str) -> None:
     page.goto(f"{url}/runs/{run.pk}/")
     page.wait_for_function("document.getElementById('live-indicator').textContent === 'live'")
     page.wait_for_function("window.bilevelRunPage.curveChart.data.datasets[0].data.length >= 6", timeout=300_000)
-    page.screenshot(path=str(SHOTS / "run-page-mid-training.png"), full_page=True)
+    save(page, "run-page-mid-training", full_page=True)
     # Cancelling publishes a live event through async_to_sync, which must not run on Playwright's loop thread.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(control.cancel_run, Run.objects.get(pk=run.pk)).result()
@@ -89,17 +103,17 @@ def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> No
                3 * 3600, "the ablation to finish", interval=1.0)
     page.goto(f"{url}/experiments/{experiment.pk}/compare/")
     page.wait_for_function("document.querySelector('#compare-chart').width > 0")
-    page.screenshot(path=str(SHOTS / "comparison-page.png"), full_page=True)
+    save(page, "comparison-page", full_page=True)
     attachment = (MechanismAttachment.objects.filter(run__experiment=experiment, run__group="C")
                   .exclude(ladder=[]).order_by("pk").first())
     if attachment is None:
         raise RuntimeError("the ablation's group C produced no mechanism to show on the review page")
     page.goto(f"{url}/mechanisms/{attachment.pk}/")
-    page.screenshot(path=str(SHOTS / "review-page.png"), full_page=True)
+    save(page, "review-page", full_page=True)
     finished = experiment.runs.filter(group="C").order_by("repeat")[0]
     page.goto(f"{url}/runs/{finished.pk}/")
     page.wait_for_selector("#iteration-table tbody tr")
-    page.screenshot(path=str(SHOTS / "run-page-finished-surrogate.png"), full_page=True)
+    save(page, "run-page-finished-surrogate", full_page=True)
     iteration_tools(page, url, experiment)
 
 
@@ -120,23 +134,25 @@ def identical_groups(page: Any, url: str) -> None:
                1800, "the A/B experiment to finish", interval=0.5)
     page.goto(f"{url}/experiments/{experiment.pk}/compare/")
     page.wait_for_function("document.querySelector('#compare-chart').width > 0")
-    page.screenshot(path=str(SHOTS / "comparison-identical-groups.png"), full_page=True)
+    save(page, "comparison-identical-groups", full_page=True)
 
 
 def iteration_tools(page: Any, url: str, experiment: Any) -> None:
     page.goto(f"{url}/experiments/{experiment.pk}/iterations/")
     page.wait_for_selector("#parcoords svg")
-    page.screenshot(path=str(SHOTS / "parallel-coordinates.png"), full_page=True)
+    save(page, "parallel-coordinates", full_page=True)
+    page.wait_for_selector("#slices svg.slice-panel")
+    save(page.locator(".slices-figure"), "slice-plots")
     first, second = experiment.runs.filter(group="C").order_by("repeat")[:2]
     page.goto(f"{url}/diff/?a={first.pk}.{first.best_iteration}&b={second.pk}.{second.best_iteration}")
-    page.screenshot(path=str(SHOTS / "config-diff.png"), full_page=True)
+    save(page, "config-diff", full_page=True)
     page.goto(f"{url}/experiments/{experiment.pk}/clone/")
-    page.screenshot(path=str(SHOTS / "clone-and-edit.png"), full_page=True)
+    save(page, "clone-and-edit", full_page=True)
     page.goto(f"{url}/api/docs")
     page.wait_for_selector(".swagger-ui .opblock")
-    page.screenshot(path=str(SHOTS / "api-docs.png"), full_page=False)
+    save(page, "api-docs", full_page=False)
     page.goto(f"{url}/settings/tokens/")
-    page.screenshot(path=str(SHOTS / "api-tokens.png"), full_page=True)
+    save(page, "api-tokens", full_page=True)
 
 
 def review_gate(page: Any, url: str) -> None:
@@ -154,7 +170,7 @@ def review_gate(page: Any, url: str) -> None:
                "the run to await review", interval=0.5)
     page.goto(f"{url}/runs/{run.pk}/")
     page.wait_for_selector("#run-waiting-links a")
-    page.screenshot(path=str(SHOTS / "run-page-awaiting-review.png"), full_page=True)
+    save(page, "run-page-awaiting-review", full_page=True)
     page.click("#run-waiting-links a >> nth=0")
     page.fill("#approve-form textarea[name=comment]", "looks right")
     page.click("#approve-button")
@@ -167,7 +183,7 @@ def review_gate(page: Any, url: str) -> None:
     wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, 600, "the run to finish", interval=0.5)
     page.goto(f"{url}/runs/{run.pk}/")
     page.wait_for_selector("#iteration-table td.mechanisms .mechanism-activity")
-    page.locator("#iteration-table").screenshot(path=str(SHOTS / "iterations-mechanism-calls.png"))
+    save(page.locator("#iteration-table"), "iterations-mechanism-calls")
 
 
 def run(env: BenchEnv, repeats: int, iterations: int) -> None:
@@ -183,10 +199,15 @@ def run(env: BenchEnv, repeats: int, iterations: int) -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(120_000)
         log_in(page, url)
-        demo_mid_training(page, url)
-        surrogate_ablation(page, url, repeats, iterations)
-        identical_groups(page, url)
-        review_gate(page, url)
+        if wanted("run-page-mid-training"):
+            demo_mid_training(page, url)
+        if wanted("comparison-page", "review-page", "run-page-finished-surrogate", "parallel-coordinates",
+                  "slice-plots", "config-diff", "clone-and-edit", "api-docs", "api-tokens"):
+            surrogate_ablation(page, url, repeats, iterations)
+        if wanted("comparison-identical-groups"):
+            identical_groups(page, url)
+        if wanted("run-page-awaiting-review", "iterations-mechanism-calls"):
+            review_gate(page, url)
         browser.close()
 
 
@@ -194,7 +215,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--only", default="", help="comma-separated screenshot names (without .png); default all")
     args = parser.parse_args()
+    ONLY.update(name for name in args.only.split(",") if name)
     with bench_env("screenshots") as env:
         run(env, args.repeats, args.iterations)
     print(f"screenshots written to {SHOTS}")

@@ -13,23 +13,27 @@ from .models import Iteration
 MAX_LINES = 2000  # beyond this an SVG plot stops being readable or fast; the note says so
 
 
-def _numeric(value: Any) -> bool:
+def numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def parallel_coordinates(rows: QuerySet[Iteration]) -> dict[str, Any]:
+def measured_iterations(rows: QuerySet[Iteration]) -> tuple[list[Iteration], int]:
+    """The filtered iterations with a val_bpb (the first MAX_LINES of them) and how many there are."""
     measured = rows.filter(val_bpb__isnull=False)
-    total = measured.count()
-    picked = list(measured.select_related("run")[:MAX_LINES])
+    return list(measured.select_related("run")[:MAX_LINES]), measured.count()
+
+
+def parallel_coordinates(rows: QuerySet[Iteration]) -> dict[str, Any]:
+    picked, total = measured_iterations(rows)
     values: dict[str, set[float]] = {}
     for iteration in picked:
         for name, value in (iteration.config or {}).items():
-            if _numeric(value):
+            if numeric(value):
                 values.setdefault(name, set()).add(float(value))
     axes = sorted(name for name, seen in values.items() if len(seen) > 1)
     lines = [
         {"run": it.run.pk, "group": it.run.group, "repeat": it.run.repeat, "index": it.index, "status": it.status,
-         "values": [it.config.get(name) if _numeric((it.config or {}).get(name)) else None for name in axes]
+         "values": [it.config.get(name) if numeric((it.config or {}).get(name)) else None for name in axes]
          + [it.val_bpb]}
         for it in picked
     ]

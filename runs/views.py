@@ -36,6 +36,7 @@ from .iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations,
 from .models import AgentBackend, Experiment, Group, Iteration, Run, RunStatus
 from .parallel_coordinates import parallel_coordinates
 from .serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
+from .slice_plots import slice_plots
 
 TABLE_TARGET = "iteration-table"
 EXPERIMENTS_PER_PAGE = 25
@@ -331,6 +332,7 @@ def experiment_iterations(request: HttpRequest, experiment_id: int) -> HttpRespo
     context = _table_context(request, base, experiment_view=True)
     context["experiment"] = experiment
     context["parcoords"] = parallel_coordinates(context["rows"])
+    context["slices"] = slice_plots(context["rows"], experiment.groups)
     # Only the experiment's own groups, labelled with what each group is.
     context["filter_form"].fields["group"].choices = [(g, Group(g).label) for g in experiment.groups]
     return _render_table(request, "runs/experiment_iterations.html", context)
@@ -383,7 +385,8 @@ def run_iterations(request: HttpRequest, run_id: int) -> HttpResponseBase:
     if "format" in request.GET:
         return _export(request, base, f"run-{run.pk}-iterations")
     context = _table_context(request, base, experiment_view=False)
-    context.update(run=run, experiment=run.experiment, parcoords=parallel_coordinates(context["rows"]))
+    context.update(run=run, experiment=run.experiment, parcoords=parallel_coordinates(context["rows"]),
+                   slices=slice_plots(context["rows"], [run.group]))
     return _render_table(request, "runs/run_iterations.html", context)
 
 

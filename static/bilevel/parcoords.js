@@ -4,17 +4,8 @@
 "use strict";
 
 (function () {
-  const SVG = "http://www.w3.org/2000/svg";
   const GROUP_COLOURS = { R: "#7a8594", A: "#2f6fd6", B: "#e07b00", C: "#1f9d55", D: "#8a4fd0" };
-
-  function node(name, attrs, text) {
-    const el = document.createElementNS(SVG, name);
-    Object.keys(attrs).forEach(function (key) { el.setAttribute(key, attrs[key]); });
-    if (text !== undefined) el.textContent = text;
-    return el;
-  }
-
-  function fmt(v) { return Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.01) ? v.toExponential(2) : String(+v.toFixed(4)); }
+  const node = window.bilevelSvg.node, fmt = window.bilevelSvg.fmt;
 
   function draw() {
     const source = document.getElementById("parcoords-data");
