@@ -3,6 +3,7 @@ redrawn from exactly what the table's filter selects."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -44,3 +45,37 @@ def test_parallel_coordinates_follow_the_table_filter(asgi_server: LiveServer, u
     expect(page.locator("#parcoords-note")).to_contain_text("1 iteration with a val_bpb")
     page.reload()  # the linkable filtered URL draws the same plot
     expect(lines).to_have_count(1)
+
+
+def test_the_last_filter_change_wins_while_an_earlier_request_is_in_flight(
+    asgi_server: LiveServer, users: Any, page: Any
+) -> None:
+    """Two quick ticks: the first request is held by the network until the second one is sent. The
+    table must end up showing both ticks (the earlier request is replaced), never only the first."""
+    experiment = make_experiment(users.plain, name="quick", groups=["A"], iterations=3)
+    run = make_run(experiment, "A", baseline_val_bpb=2.7)
+    make_iteration(run, 0, val_bpb=2.7, config={"DEPTH": 4})
+    make_iteration(run, 1, status="keep", val_bpb=2.6, config={"DEPTH": 6})
+    make_iteration(run, 2, status="discard", val_bpb=2.65, config={"DEPTH": 8})
+    make_iteration(run, 3, status="crash", val_bpb=None, config={"DEPTH": 99})
+    log_in(page, asgi_server, "plain")
+    page.goto(f"{asgi_server.url}/experiments/{experiment.pk}/iterations/")
+    expect(page.locator("tbody tr[data-index]")).to_have_count(4)
+
+    held: list[Any] = []
+
+    def hold_the_first(route: Any) -> None:
+        held.append(route)
+        if len(held) == 1:
+            return  # the first filter request stays on the wire until the second is sent
+        route.continue_()
+        with contextlib.suppress(Exception):  # the page may have aborted it already
+            held[0].continue_()
+
+    page.route("**/iterations/?*", hold_the_first)
+    page.check("input[name=status][value=discard]")
+    page.check("input[name=status][value=keep]")
+    expect(page.locator("tbody tr[data-index]")).to_have_count(2)
+    expect(page.locator("input[name=status][value=discard]")).to_be_checked()
+    expect(page.locator("input[name=status][value=keep]")).to_be_checked()
+    expect(page.locator("#parcoords polyline.pc-line")).to_have_count(2)
