@@ -103,6 +103,8 @@ class RunOut(Schema):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    waiting_since: str | None = Field(
+        default=None, description="while the run waits for a Level 2 session or a review: since when")
 
 
 class ExperimentOut(Schema):

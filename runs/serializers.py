@@ -73,4 +73,5 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "waiting_since": run.waiting_since.isoformat() if run.waiting_since else None,
     }

@@ -377,7 +377,12 @@
     } else if (this.run.started_at && this.run.status === "running") {
       timeText.push("running for " + duration((Date.now() - Date.parse(this.run.started_at)) / 1000));
     }
-    if (done && planned > done && !this.run.is_finished && this.run.status !== "cancelled") {
+    const waiting = this.run.status === "researching" || this.run.status === "awaiting_review";
+    if (waiting && this.run.waiting_since) {
+      // No estimate while the run waits: a review takes as long as the person takes.
+      timeText.push((this.run.status === "researching" ? "Level 2 research" : "waiting for a review") +
+        " for " + duration(Math.max(0, (Date.now() - Date.parse(this.run.waiting_since)) / 1000)));
+    } else if (done && planned > done && proposalSeconds > 0 && !this.run.is_finished && this.run.status !== "cancelled") {
       timeText.push("run ≈ " + duration((proposalSeconds / done) * (planned - done)) + " left");
     }
     byId("progress-time").textContent = timeText.join(" · ") || "–";

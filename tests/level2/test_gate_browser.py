@@ -13,6 +13,7 @@ from runs import control
 from runs.engine import execute_step
 from runs.models import Run, RunStatus
 from tests.conftest import LiveServer, ServiceProcess, log_in
+from tests.dashboard_runs.test_browser import expect
 from tests.engine.helpers import make_experiment, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -34,6 +35,9 @@ def test_awaiting_review_holds_the_run_and_approval_on_the_page_resumes_it(
     page.reload()  # the navigation badge is drawn by the server
     page.wait_for_selector("#run-waiting-links a")
     assert page.locator("#pending-count").inner_text() == "1"  # the badge counts reviews that block a run
+    # While it waits there is no time-left estimate, only how long it has been waiting.
+    expect(page.locator("#progress-time")).to_contain_text("waiting for a review for ")
+    expect(page.locator("#progress-time")).not_to_contain_text("left")
 
     waiting = Run.objects.get(pk=run.pk)
     held_at = waiting.iteration_set.count()
