@@ -29,10 +29,20 @@ def _secret_key() -> str:
     if key:
         return key
     key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(64))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+    # Never through a symbolic link: the launcher reads this as root before it gives root up, and the
+    # unprivileged account owns DATA_DIR, so a planted link must not make root create or read elsewhere.
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(64))
+    try:
+        with os.fdopen(os.open(key_file, os.O_RDONLY | os.O_NOFOLLOW)) as handle:
+            return handle.read().strip()
+    except OSError as error:
+        raise ImproperlyConfigured(f"{key_file} must be a regular file, not a symbolic link: {error}") from None
 
 
 SECRET_KEY = _secret_key()

@@ -76,11 +76,17 @@ def find_or_create_account(name: str, home: Path, say: Callable[[str], None]) ->
 
 
 def hand_over(directory: Path, account: Account) -> None:
-    """Make the account own everything in the data directory (files root created: the secret key, logs)."""
-    for root, dirs, files in os.walk(directory):
+    """Make the account own everything in the data directory (files root created: the secret key, logs).
+
+    The account could have planted symbolic links there on an earlier run. Walking with directory
+    descriptors and never following a link (os.fwalk, chown with follow_symlinks=False) means root
+    only ever changes entries inside the directory itself, even if a link replaces a directory
+    during the walk.
+    """
+    os.chown(directory, account.uid, account.gid, follow_symlinks=False)
+    for _root, dirs, files, dir_fd in os.fwalk(directory, follow_symlinks=False):
         for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), account.uid, account.gid)
-    os.chown(directory, account.uid, account.gid)
+            os.chown(name, account.uid, account.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def can_traverse(directory: Path, account: Account) -> bool:

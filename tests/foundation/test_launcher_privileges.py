@@ -145,3 +145,37 @@ def test_launcher_refuses_an_account_that_cannot_read_the_application(tmp_path: 
     assert "not starting as root" in output
     assert "cannot reach the application" in output and str(closed) in output
     assert "started " not in output
+
+
+def test_handing_over_the_data_directory_never_follows_a_planted_link(tmp_path: Path) -> None:
+    """The account owns the data directory between launches, so it may leave links there pointing at
+    root's files; root's chown at the next start must change only what is inside the directory."""
+    from runs.privileges import find_or_create_account, hand_over
+
+    outside = tmp_path / "roots-own"
+    outside.mkdir()
+    (outside / "precious").write_text("root's")
+    data = tmp_path / "data"
+    (data / "logs").mkdir(parents=True)
+    (data / "logs" / "web.log").write_text("")
+    (data / "to-a-directory").symlink_to(outside, target_is_directory=True)
+    (data / "logs" / "to-a-file").symlink_to(outside / "precious")
+    account = find_or_create_account("bilevel", data / "home", say=lambda text: None)
+
+    hand_over(data, account)
+
+    assert outside.stat().st_uid == 0 and (outside / "precious").stat().st_uid == 0
+    assert (data / "logs" / "web.log").stat().st_uid == account.uid
+    assert (data / "to-a-directory").lstat().st_uid == account.uid  # the link itself, not its target
+
+
+def test_a_secret_key_link_is_refused_not_followed(tmp_path: Path, free_tcp_port: int) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    target = tmp_path / "created-by-root-elsewhere"
+    (data / "secret_key").symlink_to(target)  # dangling: following it would create the target as root
+    process = launch(data, free_tcp_port)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "must be a regular file, not a symbolic link" in output
+    assert not target.exists()
