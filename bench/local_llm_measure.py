@@ -83,7 +83,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         generate = [r for r in rounds if r.get("round") == "generate"]
         reached_dry_run = any(r.get("error") is None or "'dry_run'" in str(r.get("error")) for r in generate)
         session_rows.append({"status": session.status, "detail": session.status_detail[:300],
-                             "rounds": len(rounds), "reached_dry_run": reached_dry_run})
+                             "rounds": len(rounds), "reached_dry_run": reached_dry_run,
+                             "furthest": furthest_rung(session.status, rounds)})
     summary = {
         "model": args.model, "wall_seconds": round(wall, 1), "proposals": len(proposals),
         "valid": len(valid), "valid_within_two_asks": len(within_two),
@@ -93,6 +94,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "context_tokens": int(os.environ.get("LLM_CONTEXT_TOKENS", "8192")),
         "llm_calls": len(calls), "llm_call_errors": sum(1 for c in calls if c.error),
         "llm_seconds": round(sum(c.latency_seconds for c in calls), 1),
+        "seconds_per_call_by_level": {
+            level: {"calls": len(times), "mean": round(sum(times) / len(times), 1), "max": round(max(times), 1)}
+            for level in sorted({c.level for c in calls})
+            for times in [[c.latency_seconds for c in calls if c.level == level and not c.error]] if times},
         "sessions": session_rows,
         "sessions_reaching_dry_run": sum(1 for s in session_rows if s["reached_dry_run"]),
     }
@@ -105,6 +110,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                   for c in calls],
     }
     return {"summary": summary, "transcript": transcript}
+
+
+def furthest_rung(status: str, rounds: list[dict[str, Any]]) -> str:
+    """How far a session got: 'produced', or its last round (for generate: the ladder step it failed at)."""
+    if status == "produced":
+        return "produced (passed the whole ladder)"
+    if not rounds:
+        return "no round"
+    last = rounds[-1]
+    error = str(last.get("error") or "")
+    for step in ("spec", "static", "import", "dry_run"):
+        if f"step '{step}'" in error:
+            return f"{last.get('round')}: ladder step {step}"
+    return f"{last.get('round')}: {error[:80]}"
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ BUILTIN_LABEL = "built-in heuristic (no LLM)"
 STAGNATION_WINDOW = 6
 FIXATION_WINDOW = 8
 
-Responder = Callable[[str, str], str]
+# respond(round_name, prompt) -> reply; with ResearchContext.structured_output also given the round's
+# reply schema as a third argument (None for the generate round), for endpoints that constrain decoding.
+Responder = Callable[..., str]
 Validator = Callable[..., LadderReport]
 
 
@@ -49,6 +51,8 @@ class ResearchContext:
     # LLM sessions: a well-formed reply that echoes the template, scores all candidates alike or cites
     # nothing from the trace is repaired like a malformed one (mechanisms.artifact_checks).
     check_artifacts: bool = False
+    # The responder takes each JSON round's reply schema (research_prompts.round_schema) as a third argument.
+    structured_output: bool = False
 
 
 class RoundRecord(TypedDict):
@@ -159,13 +163,14 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
     result = SessionResult(status="failed", reason="")
     protocol = protocol_description()
 
-    def ask(round_name: str, prompt: str, parse: Callable[[str], Any]) -> Any:
+    def ask(round_name: str, prompt: str, parse: Callable[[str], Any], schema: dict[str, Any] | None = None) -> Any:
         current = prompt
         for attempt in range(max_repairs + 1):
             started = time.monotonic()
             reply = ""
             try:
-                reply = respond(round_name, current)
+                reply = respond(round_name, current, schema) if context.structured_output else respond(
+                    round_name, current)
                 parsed = parse(reply)
             except _StepError as error:
                 result.rounds.append({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
@@ -203,10 +208,12 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
     try:
         explore = ask("explore", research_prompts.explore_prompt(
             protocol, context.runner_source, context.trace, context.level15_history, context.active_mechanisms),
-            parse_explore)
-        critique = ask("critique", research_prompts.critique_prompt(explore), parse_critique)
+            parse_explore, research_prompts.round_schema("explore"))
+        critique = ask("critique", research_prompts.critique_prompt(explore), parse_critique,
+                       research_prompts.round_schema("critique", explore["candidates"]))
         selected = next(c for c in explore["candidates"] if c["name"] == critique["selected"])
-        spec = ask("specify", research_prompts.specify_prompt(explore, selected), _parse_spec)
+        spec = ask("specify", research_prompts.specify_prompt(explore, selected), _parse_spec,
+                   research_prompts.round_schema("specify"))
         code = ask("generate", research_prompts.generate_prompt(protocol, spec), generate_and_validate)
     except _StepError as error:
         result.reason = str(error)

@@ -7,7 +7,11 @@ Every prompt fits the model's context window by construction (mechanisms.context
 runner is given as a summary of its modules and public functions rather than its whole source
 (about 15K tokens), the trace as compact records cut to the latest that fit, and each round keeps
 room for its reply and for one repair prompt quoting that reply. Reply formats are described key
-by key instead of as a JSON skeleton, which small models echo back verbatim.
+by key instead of as a JSON skeleton, which small models echo back verbatim; where the endpoint
+constrains decoding to a JSON schema, each JSON round's reply is also constrained by its schema below
+(critique: the selected name is one of the candidates'; specify: hooks from the protocol, identifiers).
+The generate round is given the class to fill in: its name, exactly the spec's hooks with their
+signatures and what each must return, so the code matches the spec by construction.
 """
 
 from __future__ import annotations
@@ -44,6 +48,101 @@ SYSTEM_TOKENS = 100  # the research system prompt (mechanisms.research_session.R
 RUNNER_SUMMARY_TOKENS = 1000
 LEVEL15_TOKENS = 500
 TEXT_FIELD_CHARS = 600  # one diagnosis, idea or reason as quoted back to the model in a later round
+
+
+_SHORT = {"type": "string", "maxLength": 60}
+_HOOK_LIST = {"type": "array", "items": {"enum": list(HOOK_NAMES)}, "minItems": 1, "maxItems": len(HOOK_NAMES)}
+
+
+def explore_schema() -> dict[str, Any]:
+    """The explore reply's JSON schema (for endpoints that constrain decoding to one)."""
+    candidate = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"}, "field": _SHORT,
+                       "idea": {"type": "string"}, "hooks": _HOOK_LIST},
+        "required": ["name", "field", "idea", "hooks"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"diagnosis": {"type": "string"},
+                       "candidates": {"type": "array", "items": candidate, "minItems": 3, "maxItems": 4}},
+        "required": ["diagnosis", "candidates"],
+        "additionalProperties": False,
+    }
+
+
+def critique_schema(names: list[str]) -> dict[str, Any]:
+    """The critique reply's JSON schema: one score per candidate, the selection one of their names."""
+    score = {
+        "type": "object",
+        "properties": {"name": {"enum": names}, "score": {"type": "integer", "minimum": 0, "maximum": 10},
+                       "reason": {"type": "string"}},
+        "required": ["name", "score", "reason"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"scores": {"type": "array", "items": score, "minItems": len(names), "maxItems": len(names)},
+                       "selected": {"enum": names}},
+        "required": ["scores", "selected"],
+        "additionalProperties": False,
+    }
+
+
+def spec_schema() -> dict[str, Any]:
+    """The specification's JSON schema: identifiers where the ladder needs them, hooks of the protocol."""
+    text = {"type": "string"}
+    return {
+        "type": "object",
+        "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"},
+                       "class_name": {"type": "string", "pattern": "^[A-Z][A-Za-z0-9]{2,40}$"},
+                       "hooks": _HOOK_LIST, "rationale": text, "state_kept": text, "expected_effect": text},
+        "required": ["name", "class_name", "hooks", "rationale", "state_kept", "expected_effect"],
+        "additionalProperties": False,
+    }
+
+
+def round_schema(round_name: str, candidates: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The JSON schema of a round's reply, or None (generate answers with code)."""
+    if round_name == "explore":
+        return explore_schema()
+    if round_name == "critique":
+        return critique_schema([str(c.get("name")) for c in candidates or []])
+    if round_name == "specify":
+        return spec_schema()
+    return None
+
+
+# What each hook receives and must return, as the generate round's class skeleton states it.
+HOOK_SKELETON = {
+    "on_result": ("record, state", "None",
+                  "record is one finished iteration: record[\"changes\"] maps a parameter name to "
+                  "{\"old\": v, \"new\": v}; record[\"val_bpb\"] may be None; update what self remembers"),
+    "prompt_sections": ("state", "a list of strings (text for the proposer), or None", ""),
+    "restrict": ("state", "a list of parameter names that may change now, or None (all may)", ""),
+    "propose": ("state", '{"changes": {name: new_value}, "hypothesis": "why"}, or None (the LLM proposes)',
+                'name is a parameter of state["search_space"]; new_value within its min/max or choices'),
+    "filter": ("proposal, state", 'None (accept) or {"reject": "reason"} (the proposer is asked again)',
+               'proposal["changes"] maps parameter names to new values'),
+    "accept": ("result, state", 'None (no opinion) or {"keep": True or False, "reason": "why"}',
+               'result["val_bpb"] and result["best_val_bpb"] may be None'),
+}
+
+
+def class_skeleton(class_name: str, hooks: list[str]) -> str:
+    """The class to fill in: the spec's name and exactly its hooks, each with its signature and contract."""
+    lines = ["import math", "", "", f"class {class_name}:", "    def __init__(self):",
+             "        self.seen = []  # whatever the mechanism remembers, rebuilt by on_result", ""]
+    for hook in [h for h in HOOK_NAMES if h in hooks]:
+        args, returns, note = HOOK_SKELETON[hook]
+        lines.append(f"    def {hook}(self, {args}):")
+        if note:
+            lines.append(f"        # {note}")
+        lines.append(f"        # returns {returns}")
+        lines.append("        ...")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def round_budget(round_name: str, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> int:
@@ -185,6 +284,8 @@ Reply with ONE JSON object and nothing else, in this format:
 
 def generate_prompt(protocol: str, spec: dict[str, Any]) -> str:
     shown = {key: _cut(value) if isinstance(value, str) else value for key, value in spec.items()}
+    hooks = [h for h in spec.get("hooks", []) if h in HOOK_NAMES]
+    class_name = str(spec.get("class_name"))
     return f"""Write the mechanism's code.
 
 {protocol}
@@ -193,30 +294,42 @@ Specification:
 {json.dumps(shown, indent=1)}
 
 Rules: one module; only the allowed imports; exactly one top-level class named
-{spec.get("class_name")!r} with a no-argument constructor, defining exactly the hooks {spec.get("hooks")};
-everything it remembers must be rebuilt from on_result records; return plain JSON values only.
+{class_name!r} with a no-argument constructor, defining exactly the hooks {hooks} and no other
+hook names (helper methods with other names are fine); everything it remembers must be rebuilt from
+on_result records (or read from state["trace"]); return plain JSON values only.
 state["best"]["val_bpb"] and a record's "val_bpb" may be None (before the baseline is measured, and
 for crashed or invalid iterations): check for None before comparing numbers.
-It will be dry-run on recorded traces and must change at least one decision.
+It will be dry-run on recorded traces and must change at least one decision there (return something
+other than None from a deciding hook when its condition holds).
 
-Reply with the Python source only, in one ```python fenced block.
+Fill in this class (replace each ... with the body):
+```python
+{class_skeleton(class_name, hooks)}```
+
+Reply with the complete Python module only, in one ```python fenced block.
 """
 
 
 def repair_prompt(round_name: str, original_prompt: str, reply: str, error: str,
                   context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> str:
-    error = _cut(error, 1500)
-    frame = f"""Your previous reply to the {round_name} round could not be used.
+    """The original request, then the defect and the refused reply quoted, then the ask to fix only that.
 
-Error:
+    The original request comes first so that a local server reuses what it already computed for it (llama.cpp
+    keeps the longest common prefix of consecutive prompts), and the defect comes last, nearest the reply.
+    """
+    error = _cut(error, 1500)
+    frame = f"""{original_prompt.rstrip()}
+
+## YOUR PREVIOUS REPLY TO THIS REQUEST WAS REFUSED
+
+Defect:
 {error}
 
 Your previous reply:
 {{reply}}
 
-Fix the problem and reply again in exactly the requested format. The original request follows.
-
-{original_prompt}
+Reply again to the request above, in exactly the requested format, and fix what the defect names; keep
+everything else that was right.
 """
     room = (context_tokens - REPLY_TOKENS.get(round_name, 1200) - SYSTEM_TOKENS - 2 * TEMPLATE_OVERHEAD_TOKENS
             - estimate_tokens(frame))

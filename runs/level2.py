@@ -163,18 +163,20 @@ def execute_research_session(session_id: int) -> str:
         return f"session {session_id} already {session.status}"
     run = session.run
     context = build_context(run)
-    respond: Callable[[str, str], str]
+    respond: Callable[..., str]
     if run.experiment.agent_backend == AgentBackend.LLM:
         agent = build_llm_agent(run, research_session_id=session.pk)
         context.check_artifacts = True  # an LLM's artifacts are checked for echoes and empty critiques
+        context.structured_output = True  # each JSON round's reply schema goes with its request
 
-        def respond_with_llm(round_name: str, prompt: str) -> str:
+        def respond_with_llm(round_name: str, prompt: str, schema: dict[str, Any] | None = None) -> str:
             return agent.complete(
                 level="2",
                 purpose=round_name,
                 system=RESEARCH_SYSTEM,
                 prompt=prompt,
                 json_reply=round_name != "generate",
+                schema=schema,
                 reply_tokens=research_prompts.REPLY_TOKENS[round_name],
             )
 

@@ -1,7 +1,8 @@
 """Opt-in: the real local model of `bootstrap.py up --local-llm` drives all three levels.
 
-Runs only with BILEVEL_LOCAL_LLM_TEST=1 on a machine where `up --local-llm` installed .venv-llm (the
-suite does not compile llama.cpp). It checks the plumbing against the real server: every proposal is
+Runs only with BILEVEL_LOCAL_LLM_TEST=1 on a machine where `up --local-llm` installed .venv-llm and joined
+the model (Qwen2.5-Coder-1.5B-Instruct Q4_K_M; the suite does not compile llama.cpp). On 2 shared CPU cores it
+takes tens of minutes. It checks the plumbing against the real server: every proposal is
 recorded (valid or with its reason), every prompt fits the context window, every Level 2 session ends
 with a status and a reason. How often a small model's replies are usable is measured, not asserted:
 bench/local_llm_measure.py.
@@ -26,9 +27,13 @@ from tests.engine.helpers import drive_with_research, make_experiment
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not (os.environ.get("BILEVEL_LOCAL_LLM_TEST") and LLM_PYTHON.exists()),
+    pytest.mark.skipif(not (os.environ.get("BILEVEL_LOCAL_LLM_TEST") and LLM_PYTHON.exists()
+                            and local_model_path().exists()),
                        reason="opt-in: BILEVEL_LOCAL_LLM_TEST=1 after bootstrap.py up --local-llm installed .venv-llm"),
 ]
+
+
+THREADS = max(1, (os.cpu_count() or 2) // 2)  # as the launcher gives it
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,8 @@ def local_llm() -> Iterator[str]:
     port = free_port()
     server = subprocess.Popen(
         [str(LLM_PYTHON), "-m", "llama_cpp.server", "--model", str(local_model_path()), "--model_alias", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(DEFAULT_CONTEXT_TOKENS), "--n_threads", "1"],
+         "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", str(DEFAULT_CONTEXT_TOKENS), "--n_threads", str(THREADS)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -33,9 +33,15 @@ for name in ("--model", "--model_alias", "--host", "--port", "--n_ctx", "--n_thr
 args = parser.parse_args()
 
 
+import llama_cpp.llama
+
+REPACK = llama_cpp.llama.llama_cpp.llama_model_default_params().use_extra_bufts
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({"data": [{"id": args.model_alias, "n_ctx": args.n_ctx, "threads": args.n_threads}]})
+        body = json.dumps({"data": [{"id": args.model_alias, "n_ctx": args.n_ctx, "threads": args.n_threads,
+                                     "repack": REPACK}]})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -49,10 +55,12 @@ HTTPServer((args.host, int(args.port)), Handler).serve_forever()
 def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tmp_path: Path) -> None:
     package = tmp_path / "fake" / "llama_cpp" / "server"
     package.mkdir(parents=True)
-    (package.parent / "__init__.py").write_text("")
+    (package.parent / "__init__.py").write_text(
+        "import types\n\ndef llama_model_default_params():\n    return types.SimpleNamespace(use_extra_bufts=True)\n")
+    (package.parent / "llama.py").write_text("import llama_cpp\n")  # as the real one: llama_cpp.llama.llama_cpp
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(STAND_IN)
-    model = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = tmp_path / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     model.write_bytes(b"GGUF")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -70,9 +78,10 @@ def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tm
         found = re.search(r"local LLM (\S+) on (http://127\.0\.0\.1:\d+/v1) \(1 threads, 8192-token context\)", output)
         assert found, output
         alias, url = found.groups()
-        assert alias == "smollm2-135m-instruct.q4_1"
+        assert alias == "qwen2.5-coder-1.5b-instruct-q4_k_m"
         with urllib.request.urlopen(f"{url}/models", timeout=20) as response:
-            assert json.load(response)["data"][0] == {"id": alias, "n_ctx": "8192", "threads": "1"}
+            # served through llm_server.py: weight repacking (AMX) off
+            assert json.load(response)["data"][0] == {"id": alias, "n_ctx": "8192", "threads": "1", "repack": False}
 
         tree = descendants(process.pid)
         web = [pid for pid in tree if b"daphne" in Path(f"/proc/{pid}/cmdline").read_bytes()]

@@ -52,7 +52,8 @@ def test_each_round_and_its_repair_fit_an_8k_window(round_name: str) -> None:
     assert prompt_tokens(RESEARCH_SYSTEM, prompt) + reply <= DEFAULT_CONTEXT_TOKENS
     repair = research_prompts.repair_prompt(round_name, prompt, "a long reply " * 5000, "an error " * 1000)
     assert prompt_tokens(RESEARCH_SYSTEM, repair) + reply <= DEFAULT_CONTEXT_TOKENS
-    assert "The original request follows." in repair and prompt in repair
+    assert repair.startswith(prompt.rstrip())  # the request first: a local server reuses its computed prefix
+    assert repair.index("an error") > len(prompt.rstrip())  # the defect after it, nearest the reply
 
 
 def test_explore_gives_a_runner_summary_and_the_latest_trace_not_the_whole_source() -> None:

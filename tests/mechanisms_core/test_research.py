@@ -112,3 +112,29 @@ def test_inert_code_fails_validation_with_the_ladder_detail(fixtures: dict[str, 
 def test_extract_code_accepts_fenced_and_bare_code() -> None:
     assert extract_code("Here:\n```python\nclass A:\n    pass\n```\nDone") == "class A:\n    pass\n"
     assert extract_code("class A:\n    pass") == "class A:\n    pass\n"
+
+
+def test_a_structured_responder_gets_each_rounds_schema(fixtures: dict[str, TraceFixture]) -> None:
+    fixated = fixtures["fixated_matrix_lr"]
+    context = _context(fixated, [fixtures["repeated_proposals"]])
+    context.structured_output = True
+    builtin = builtin_responder(context, seed=1)
+    schemas: dict[str, dict | None] = {}
+
+    def respond(round_name: str, prompt: str, schema: dict | None) -> str:
+        schemas[round_name] = schema
+        return builtin(round_name, prompt)
+
+    result = run_session(context, respond)
+    assert result.status == "produced", result.reason
+    explore = next(r["parsed"] for r in result.rounds if r["round"] == "explore")
+    names = [c["name"] for c in explore["candidates"]]
+    critique = schemas["critique"]
+    assert critique is not None and critique["properties"]["selected"] == {"enum": names}  # only a real candidate
+    assert schemas["explore"] is not None and schemas["specify"] is not None
+    assert schemas["specify"]["properties"]["hooks"]["items"]["enum"][0] == "on_result"
+    assert schemas["generate"] is None  # code, not JSON
+    generate = next(r["prompt"] for r in result.rounds if r["round"] == "generate")
+    spec = result.spec or {}
+    assert f"class {spec['class_name']}:" in generate  # the class to fill in, with exactly the spec's hooks
+    assert all(f"    def {hook}(self" in generate for hook in spec["hooks"])
