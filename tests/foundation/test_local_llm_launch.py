@@ -80,7 +80,7 @@ def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tm
         alias, url = found.groups()
         assert alias == "qwen2.5-coder-1.5b-instruct-q4_k_m"
         with urllib.request.urlopen(f"{url}/models", timeout=20) as response:
-            # served through llm_server.py: weight repacking (AMX) off
+            # served through runs/llm_server.py: weight repacking (AMX) off
             assert json.load(response)["data"][0] == {"id": alias, "n_ctx": "8192", "threads": "1", "repack": False}
 
         tree = descendants(process.pid)

@@ -195,8 +195,9 @@ class Command(BaseCommand):
         model = Path(options["local_llm_model"])
         alias = model.stem.lower()
         port = free_port()
-        # llm_server.py is llama_cpp.server with weight repacking (AMX among it) off: see its docstring.
-        argv = [options["local_llm_python"], str(Path(settings.BASE_DIR) / "llm_server.py"), "--model", str(model),
+        # runs/llm_server.py is llama_cpp.server with weight repacking (AMX among it) off: see its docstring.
+        server = Path(settings.BASE_DIR) / "runs" / "llm_server.py"
+        argv = [options["local_llm_python"], str(server), "--model", str(model),
                 "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", str(options["local_llm_context"]), "--n_threads", str(options["local_llm_threads"])]
         # Every process started after this (web, workers) gets the server as its default LLM.

@@ -2,7 +2,7 @@
 
 Run by .venv-llm's Python (it imports nothing from the project):
 
-    .venv-llm/bin/python llm_server.py --model FILE.gguf --n_ctx 8192 --n_threads N [llama_cpp.server options]
+    .venv-llm/bin/python runs/llm_server.py --model FILE.gguf --n_ctx 8192 --n_threads N [llama_cpp.server options]
 
 The one difference from `python -m llama_cpp.server`: the weights stay in llama.cpp's plain CPU buffers
 (model parameter use_extra_bufts off) unless BILEVEL_LLM_REPACK=1. The extra buffer types repack weights
