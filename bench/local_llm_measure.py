@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--record", default="")
+    parser.add_argument("--groups", default="A,C", help="comma-separated groups (default A,C)")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="bilevel-llm-measure-")
@@ -60,7 +61,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from tests.engine.helpers import drive_with_research
 
     experiment = Experiment.objects.create(
-        name="local LLM measurement", groups=["A", "C"], repeats=args.repeats, iterations=args.iterations,
+        name="local LLM measurement", groups=args.groups.split(","), repeats=args.repeats, iterations=args.iterations,
         strategy_interval=3, research_interval=1, objective="surrogate", budget_value=1.5e12, review_gate=False,
         agent_backend="llm", llm_base_url=args.base_url, llm_model=args.model)
     runs = create_runs(experiment)
@@ -103,7 +104,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     transcript = {
         "model": args.model,
-        "experiment": {"groups": ["A", "C"], "repeats": args.repeats, "iterations": args.iterations,
+        "experiment": {"groups": args.groups.split(","), "repeats": args.repeats, "iterations": args.iterations,
                        "strategy_interval": 3, "research_interval": 1},
         "summary": summary,
         "calls": [{"level": c.level, "purpose": c.purpose, "prompt": c.prompt, "reply": c.reply, "error": c.error}

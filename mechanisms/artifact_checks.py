@@ -59,12 +59,27 @@ def explore_defect(explore: dict[str, Any], trace: list[TraceRecord]) -> str | N
     if not parameters:
         return None  # nothing happened yet that a diagnosis could cite
     diagnosis = str(explore.get("diagnosis", ""))
-    cited = any(p.lower() in diagnosis.lower() for p in parameters) or _ITERATION_CITATION.search(diagnosis)
+    cited = (any(p.lower() in diagnosis.lower() for p in parameters) or _ITERATION_CITATION.search(diagnosis)
+             or quotes_a_measurement(diagnosis, trace))
     if not cited:
         shown = ", ".join(sorted(parameters)[:6])
-        return (f"the diagnosis names nothing from the trace: cite iterations (e.g. 'iteration 3') or the "
-                f"parameters that were changed ({shown})")
+        return (f"the diagnosis names nothing from the trace: cite iterations (e.g. 'iteration 3'), the "
+                f"parameters that were changed ({shown}) or val_bpb values measured in the trace")
     return None
+
+
+_NUMBER = re.compile(r"\d+\.\d{2,}")
+
+
+def quotes_a_measurement(text: str, trace: list[TraceRecord]) -> bool:
+    """Whether the text quotes a val_bpb of the trace (to the decimals it gives, at least two): that is
+    evidence from this run as much as an iteration number is."""
+    measured = [float(value) for r in trace if isinstance(value := r.get("val_bpb"), int | float)]
+    for token in _NUMBER.findall(text):
+        decimals = len(token.split(".")[1])
+        if any(round(value, decimals) == round(float(token), decimals) for value in measured):
+            return True
+    return False
 
 
 def critique_defect(critique: dict[str, Any]) -> str | None:

@@ -280,6 +280,16 @@ def _dry_run_trace(host: MechanismHost, name: str, hooks: list[str], fixture: Tr
             "examples": examples}
 
 
+def grouped_errors(errors: list[str]) -> str:
+    """'trace: error' lines with the same error once, naming every trace it happened on: the same bug
+    seen on eight traces is one defect to a reviewer and to the repair prompt, not eight."""
+    by_error: dict[str, list[str]] = {}
+    for line in errors:
+        trace, _, error = line.partition(": ")
+        by_error.setdefault(error, []).append(trace)
+    return " | ".join(f"{', '.join(traces)}: {error}" for error, traces in by_error.items())
+
+
 def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: list[TraceFixture],
              time_limit_per_call: float) -> tuple[bool, str, dict[str, Any]]:
     per_trace: list[dict[str, Any]] = []
@@ -300,7 +310,7 @@ def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: 
     report_data = {"traces": per_trace, "changed_decisions": total, "invalid_decisions": refused,
                    "inert": total == 0, "type_errors": errors}
     if errors:
-        return False, "hook errors: " + " | ".join(errors)[:2000], report_data
+        return False, "hook errors: " + grouped_errors(errors)[:2000], report_data
     if not fixtures:
         return False, "no traces to dry-run on", report_data
     if total == 0:

@@ -34,7 +34,7 @@ ROUNDS = ("explore", "critique", "specify", "generate")
 
 SPEC_FORMAT = (
     '{"name": "snake_case_identifier", "class_name": "PascalCaseIdentifier",\n'
-    f' "hooks": [subset of {json.dumps(list(HOOK_NAMES))}, exactly the methods the class defines],\n'
+    f' "hooks": [1 to 3 of {json.dumps(list(HOOK_NAMES))}, exactly the methods the class defines],\n'
     ' "rationale": "why this mechanism fits the observed failure mode",\n'
     ' "state_kept": "what the mechanism remembers (rebuilt from on_result on replay)",\n'
     ' "expected_effect": "which decisions it will change, and when"}'
@@ -51,7 +51,10 @@ TEXT_FIELD_CHARS = 600  # one diagnosis, idea or reason as quoted back to the mo
 
 
 _SHORT = {"type": "string", "maxLength": 60}
-_HOOK_LIST = {"type": "array", "items": {"enum": list(HOOK_NAMES)}, "minItems": 1, "maxItems": len(HOOK_NAMES)}
+# One to three hooks: a mechanism that does one thing well is also code a small model gets right; a spec
+# listing every hook mostly produced classes that defined only some of them (static check refused).
+MAX_HOOKS = 3
+_HOOK_LIST = {"type": "array", "items": {"enum": list(HOOK_NAMES)}, "minItems": 1, "maxItems": MAX_HOOKS}
 
 
 def explore_schema() -> dict[str, Any]:
@@ -242,7 +245,8 @@ Reply with ONE JSON object and nothing else. Its keys:
   from the trace above.
 - "candidates": a list of 3 or 4 different mechanisms; each is an object with the keys "name" (a
   snake_case identifier), "field" (the field the idea comes from), "idea" (how it works, one or two
-  sentences) and "hooks" (a list of hook names from {json.dumps(list(HOOK_NAMES))}).
+  sentences) and "hooks" (a list of 1 to {MAX_HOOKS} hook names from {json.dumps(list(HOOK_NAMES))}: only
+  the hooks the idea needs).
 """]
     room = round_budget("explore", context_tokens) - estimate_tokens("".join(parts))
     parts[1] = format_trace(trace, room)
