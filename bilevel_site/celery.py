@@ -4,7 +4,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import beat_init, celeryd_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bilevel_site.settings")
 
@@ -13,6 +13,31 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 TRAIN_QUEUE = "train"
+# Only for a harness that itself runs as root and starts workers directly (the test suite, bench/).
+ALLOW_ROOT_VARIABLE = "BILEVEL_ALLOW_ROOT_WORKER"
+ROOT_REFUSAL = (
+    "bilevel refuses to run a Celery {part} as root (as Celery's documentation recommends): a worker runs "
+    "trainings and Level 2's sandboxes. Start it as an unprivileged account, e.g. `runuser -u bilevel -- "
+    ".venv/bin/celery -A bilevel_site {part} ...`, or start everything with `python3 bootstrap.py up` / "
+    "`manage.py launch`, which gives root up itself."
+)
+
+
+def refuse_root(part: str) -> None:
+    if os.geteuid() == 0 and os.environ.get(ALLOW_ROOT_VARIABLE) != "1":
+        # SystemExit passes through Celery's signal dispatch (it only catches Exception) and stops
+        # the worker before it consumes anything.
+        raise SystemExit(ROOT_REFUSAL.format(part=part))
+
+
+@celeryd_init.connect
+def refuse_root_worker(**_: Any) -> None:
+    refuse_root("worker")
+
+
+@beat_init.connect
+def refuse_root_beat(**_: Any) -> None:
+    refuse_root("beat")
 
 
 @worker_process_init.connect

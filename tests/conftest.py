@@ -52,6 +52,8 @@ def child_env() -> dict[str, str]:
     from django.db import connection
 
     env = os.environ.copy()
+    # The suite runs as root in CI and starts its workers directly; the product's launcher gives root up.
+    env["BILEVEL_ALLOW_ROOT_WORKER"] = "1"
     db = connection.settings_dict
     if db["ENGINE"] == "django.db.backends.sqlite3":
         if "memory" in str(db["NAME"]):

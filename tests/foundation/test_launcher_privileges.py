@@ -179,3 +179,19 @@ def test_a_secret_key_link_is_refused_not_followed(tmp_path: Path, free_tcp_port
     assert process.returncode != 0
     assert "must be a regular file, not a symbolic link" in output
     assert not target.exists()
+
+
+@pytest.mark.parametrize("part", ["worker", "beat"])
+def test_a_worker_or_beat_started_directly_as_root_refuses(tmp_path: Path, part: str) -> None:
+    """Started by hand as root (as the README's 'more workers' section starts them), not by the launcher:
+    the worker and beat stop before they consume or schedule anything, saying how to start them."""
+    env = {k: v for k, v in os.environ.items() if k != "BILEVEL_ALLOW_ROOT_WORKER"}
+    env["BILEVEL_DATA_DIR"] = str(tmp_path)
+    extra = ["-Q", "train", "-c", "1", "--without-gossip", "--without-mingle"] if part == "worker" else [
+        "-s", str(tmp_path / "schedule")]
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "bilevel_site", part, *extra], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"refuses to run a Celery {part} as root" in output and "runuser -u bilevel" in output
+    assert " ready." not in output and "beat: Starting..." not in output
