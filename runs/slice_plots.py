@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.db.models import QuerySet
-
 from .models import Group, Iteration
-from .parallel_coordinates import measured_iterations, numeric
+from .parallel_coordinates import numeric
 from .views_compare import colour
 
 LOG_SPAN = 50  # as the parallel coordinates: learning rates and the like span decades
@@ -42,9 +40,10 @@ def _parameter(name: str, values: list[Any]) -> dict[str, Any] | None:
     return {"name": name, "kind": "categorical", "categories": categories}
 
 
-def slice_plots(rows: QuerySet[Iteration], groups: list[str]) -> dict[str, Any]:
-    """`groups`: the legend (the experiment's groups, or the run's one), in order."""
-    picked, total = measured_iterations(rows)
+def slice_plots(measured: tuple[list[Iteration], int], groups: list[str]) -> dict[str, Any]:
+    """`measured`: measured_iterations() of the table's rows; `groups`: the legend (the experiment's
+    groups, or the run's one), in order."""
+    picked, total = measured
     seen: dict[str, list[Any]] = {}
     for iteration in picked:
         for name, value in (iteration.config or {}).items():

@@ -34,7 +34,7 @@ from .confirmation import confirmed_deltas
 from .forms import DEFAULT_PER_PAGE, GROUP_HELP, ExperimentForm, IterationFilterForm
 from .iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
 from .models import AgentBackend, Experiment, Group, Iteration, Run, RunStatus
-from .parallel_coordinates import parallel_coordinates
+from .parallel_coordinates import measured_iterations, parallel_coordinates
 from .serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 from .slice_plots import slice_plots
 
@@ -331,8 +331,9 @@ def experiment_iterations(request: HttpRequest, experiment_id: int) -> HttpRespo
         return _export(request, base, f"experiment-{experiment.pk}-iterations")
     context = _table_context(request, base, experiment_view=True)
     context["experiment"] = experiment
-    context["parcoords"] = parallel_coordinates(context["rows"])
-    context["slices"] = slice_plots(context["rows"], experiment.groups)
+    measured = measured_iterations(context["rows"])
+    context["parcoords"] = parallel_coordinates(measured)
+    context["slices"] = slice_plots(measured, experiment.groups)
     # Only the experiment's own groups, labelled with what each group is.
     context["filter_form"].fields["group"].choices = [(g, Group(g).label) for g in experiment.groups]
     return _render_table(request, "runs/experiment_iterations.html", context)
@@ -385,8 +386,9 @@ def run_iterations(request: HttpRequest, run_id: int) -> HttpResponseBase:
     if "format" in request.GET:
         return _export(request, base, f"run-{run.pk}-iterations")
     context = _table_context(request, base, experiment_view=False)
-    context.update(run=run, experiment=run.experiment, parcoords=parallel_coordinates(context["rows"]),
-                   slices=slice_plots(context["rows"], [run.group]))
+    measured = measured_iterations(context["rows"])
+    context.update(run=run, experiment=run.experiment, parcoords=parallel_coordinates(measured),
+                   slices=slice_plots(measured, [run.group]))
     return _render_table(request, "runs/run_iterations.html", context)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from runs.models import Iteration
+from runs.parallel_coordinates import measured_iterations
 from runs.slice_plots import slice_plots
 
 from .conftest import make_experiment, make_iteration, make_run
@@ -27,7 +28,7 @@ def test_varying_parameters_are_panels_by_kind_and_constants_are_named(users: An
                    config={**base, "DEPTH": 99, "MATRIX_LR": 9.0, "BETAS": [0.9, 0.99], "ASPECT": 1})
     make_iteration(run_c, 0, val_bpb=2.72, config={**base, "DEPTH": 4.0, "MATRIX_LR": 0.001})
 
-    data = slice_plots(Iteration.objects.filter(run__experiment=experiment), ["A", "C"])
+    data = slice_plots(measured_iterations(Iteration.objects.filter(run__experiment=experiment)), ["A", "C"])
 
     params = {p["name"]: p for p in data["params"]}
     assert list(params) == ["DEPTH", "MATRIX_LR", "TIED", "WINDOW_PATTERN"]  # sorted, varying only
@@ -53,7 +54,7 @@ def test_a_single_run_has_its_baseline_and_mixed_types_are_categorical(users: An
     make_iteration(run, 1, val_bpb=2.65, config={"X": "auto", "Y": 1})
     make_iteration(run, 2, val_bpb=2.66, config={"X": 4.0})  # Y missing: no point on its axis, still constant
 
-    data = slice_plots(run.iteration_set.all(), [run.group])
+    data = slice_plots(measured_iterations(run.iteration_set.all()), [run.group])
 
     assert data["params"] == [{"name": "X", "kind": "categorical", "categories": ["4", "auto"]}]
     assert data["constant"] == [{"name": "Y", "value": "1"}]
@@ -64,5 +65,5 @@ def test_a_single_run_has_its_baseline_and_mixed_types_are_categorical(users: An
 def test_nothing_measured_gives_no_panel(users: Any) -> None:
     run = make_run(make_experiment(users.plain), "A")
     make_iteration(run, 0, status="crash", val_bpb=None, config={"X": 1})
-    data = slice_plots(run.iteration_set.all(), ["A"])
+    data = slice_plots(measured_iterations(run.iteration_set.all()), ["A"])
     assert data["params"] == [] and data["points"] == [] and data["total"] == 0 and data["baseline"] is None
