@@ -61,11 +61,38 @@ def explore_defect(explore: dict[str, Any], trace: list[TraceRecord]) -> str | N
     diagnosis = str(explore.get("diagnosis", ""))
     cited = (any(p.lower() in diagnosis.lower() for p in parameters) or _ITERATION_CITATION.search(diagnosis)
              or quotes_a_measurement(diagnosis, trace))
-    if not cited:
+    evidence = explore.get("evidence") if isinstance(explore.get("evidence"), list) else []
+    if evidence and not any(true_evidence(row, trace) for row in evidence):
+        return f"no evidence row is true of the trace: {evidence_mismatch(evidence, trace)}"
+    if not (cited or evidence):
         shown = ", ".join(sorted(parameters)[:6])
         return (f"the diagnosis names nothing from the trace: cite iterations (e.g. 'iteration 3'), the "
                 f"parameters that were changed ({shown}) or val_bpb values measured in the trace")
     return None
+
+
+def true_evidence(row: Any, trace: list[TraceRecord]) -> bool:
+    """Whether an evidence row names an iteration of the trace and a parameter that iteration changed."""
+    if not isinstance(row, dict):
+        return False
+    return any(record.get("iteration") == row.get("iteration") and row.get("parameter") in (record.get("changes") or {})
+               for record in trace)
+
+
+def evidence_mismatch(evidence: list[Any], trace: list[TraceRecord]) -> str:
+    """What the trace says about the iterations the evidence names, for the repair prompt."""
+    changed = {record.get("iteration"): sorted(record.get("changes") or {}) for record in trace}
+    facts = []
+    for row in evidence[:3]:
+        if not isinstance(row, dict):
+            continue
+        iteration = row.get("iteration")
+        if iteration not in changed:
+            facts.append(f"there is no iteration {iteration!r}")
+        else:
+            facts.append(f"iteration {iteration} changed {', '.join(changed[iteration]) or 'nothing'}, "
+                         f"not {row.get('parameter')!r}")
+    return "; ".join(facts) or "its rows are not objects"
 
 
 _NUMBER = re.compile(r"\d+\.\d{2,}")

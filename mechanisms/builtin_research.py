@@ -33,7 +33,8 @@ STAGNATION_WINDOW = 6
 FIXATION_WINDOW = 8
 
 # respond(round_name, prompt) -> reply; with ResearchContext.structured_output also given the round's
-# reply schema as a third argument (None for the generate round), for endpoints that constrain decoding.
+# reply schema (None for the generate round), for endpoints that constrain decoding, and the attempt
+# (0 = first ask, 1.. = repairs), so that a repair can be sampled differently from the refused reply.
 Responder = Callable[..., str]
 Validator = Callable[..., LadderReport]
 
@@ -51,7 +52,7 @@ class ResearchContext:
     # LLM sessions: a well-formed reply that echoes the template, scores all candidates alike or cites
     # nothing from the trace is repaired like a malformed one (mechanisms.artifact_checks).
     check_artifacts: bool = False
-    # The responder takes each JSON round's reply schema (research_prompts.round_schema) as a third argument.
+    # The responder takes each JSON round's reply schema (research_prompts.round_schema) and the attempt number.
     structured_output: bool = False
 
 
@@ -122,13 +123,53 @@ def _parse_explore(reply: str) -> dict[str, Any]:
     candidates = value.get("candidates")
     if not isinstance(value.get("diagnosis"), str) or not value["diagnosis"].strip():
         raise _StepError("'diagnosis' must be a non-empty string")
+    evidence = value.get("evidence", [])
+    if not (isinstance(evidence, list) and all(isinstance(row, dict) for row in evidence)):
+        raise _StepError("'evidence' must be a list of objects with the keys 'iteration', 'parameter', 'observation'")
     if not isinstance(candidates, list) or not 3 <= len(candidates) <= 4:
         raise _StepError("'candidates' must be a list of 3 or 4 mechanisms")
     for candidate in candidates:
         if not (isinstance(candidate, dict) and isinstance(candidate.get("name"), str)
                 and isinstance(candidate.get("idea"), str)):
             raise _StepError("each candidate needs a 'name' and an 'idea' (strings)")
+    value["candidates"], notes = distinct_candidates(candidates)
+    if len(value["candidates"]) < 3:
+        raise _StepError("the candidates repeat the same idea: give 3 or 4 different mechanisms")
+    if notes:
+        value["notes"] = notes
     return value
+
+
+def _identifier(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def distinct_candidates(candidates: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The candidates with one name each, and notes saying what was changed.
+
+    A small model often gave several different ideas one name (four "metaheuristic_search"s), and kept
+    doing so when asked to repair it. The names only label the ideas, so a repeated name is made unique
+    from the candidate's field (or a number); a candidate whose idea repeats an earlier one's is dropped.
+    """
+    kept: list[dict[str, Any]] = []
+    notes: list[str] = []
+    ideas: set[str] = set()
+    for candidate in candidates:
+        idea = " ".join(candidate["idea"].lower().split())
+        if idea in ideas:
+            notes.append(f"dropped a second {candidate['name']!r}: its idea repeats an earlier candidate's")
+            continue
+        ideas.add(idea)
+        names = {c["name"] for c in kept}
+        name = candidate["name"]
+        if name in names or not name.strip():
+            base = _identifier(name) or "mechanism"
+            options = [f"{base}_{_identifier(str(candidate.get('field', '')))[:20]}".rstrip("_")]
+            options += [f"{base}_{number}" for number in range(2, 2 + len(candidates))]
+            name = next(option for option in options if option not in names and option != base)
+            notes.append(f"renamed a repeated name {candidate['name']!r} to {name!r}")
+        kept.append({**candidate, "name": name})
+    return kept, notes
 
 
 def _parse_critique(reply: str, candidates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,7 +210,7 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
             started = time.monotonic()
             reply = ""
             try:
-                reply = respond(round_name, current, schema) if context.structured_output else respond(
+                reply = respond(round_name, current, schema, attempt) if context.structured_output else respond(
                     round_name, current)
                 parsed = parse(reply)
             except _StepError as error:
@@ -206,9 +247,11 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
         return _checked(value, critique_defect(value) if context.check_artifacts else None)
 
     try:
+        noise_sd = context.state.get("baseline", {}).get("noise_sd")
+        patterns = [f"{symptom.name}: {symptom.evidence}" for symptom in diagnose(context.trace, noise_sd)]
         explore = ask("explore", research_prompts.explore_prompt(
-            protocol, context.runner_source, context.trace, context.level15_history, context.active_mechanisms),
-            parse_explore, research_prompts.round_schema("explore"))
+            protocol, context.runner_source, context.trace, context.level15_history, context.active_mechanisms,
+            patterns=patterns), parse_explore, research_prompts.round_schema("explore", trace=context.trace))
         critique = ask("critique", research_prompts.critique_prompt(explore), parse_critique,
                        research_prompts.round_schema("critique", explore["candidates"]))
         selected = next(c for c in explore["candidates"] if c["name"] == critique["selected"])

@@ -47,6 +47,8 @@ REPAIR_ROOM_TOKENS = 1200
 SYSTEM_TOKENS = 100  # the research system prompt (mechanisms.research_session.RESEARCH_SYSTEM) and its wrapping
 RUNNER_SUMMARY_TOKENS = 1000
 LEVEL15_TOKENS = 500
+# Repairs are sampled at this temperature (first asks at the endpoint's default), so a repair is a new reply.
+REPAIR_TEMPERATURE = 0.7
 TEXT_FIELD_CHARS = 600  # one diagnosis, idea or reason as quoted back to the model in a later round
 
 
@@ -57,8 +59,28 @@ MAX_HOOKS = 3
 _HOOK_LIST = {"type": "array", "items": {"enum": list(HOOK_NAMES)}, "minItems": 1, "maxItems": MAX_HOOKS}
 
 
-def explore_schema() -> dict[str, Any]:
-    """The explore reply's JSON schema (for endpoints that constrain decoding to one)."""
+# Evidence rows the explore reply starts with: an iteration of the trace, a parameter it changed, what was seen.
+MAX_EVIDENCE = 3
+EVIDENCE_TRACE_ROWS = 60  # the latest proposals offered as evidence (bounds the decoding grammar's size)
+
+
+def trace_changes(trace: list[TraceRecord]) -> dict[int, list[str]]:
+    """The parameters each proposal of the trace changed, by iteration (the latest EVIDENCE_TRACE_ROWS)."""
+    changed = {int(r["iteration"]): sorted(r.get("changes") or {}) for r in trace
+               if r.get("kind") == "proposal" and isinstance(r.get("iteration"), int) and r.get("changes")}
+    return dict(sorted(changed.items())[-EVIDENCE_TRACE_ROWS:])
+
+
+def explore_schema(trace: list[TraceRecord] | None = None) -> dict[str, Any]:
+    """The explore reply's JSON schema (for endpoints that constrain decoding to one).
+
+    With a trace that changed something, the reply opens with 1-3 evidence rows, each an iteration of the
+    trace and a parameter that iteration changed (one alternative per iteration): a small model wrote
+    diagnoses that cited nothing the run did ("the search does not explore enough") and kept them through
+    repairs; made to pick its evidence from the trace first, it writes the diagnosis after reading it.
+    Left to pair them itself, it cited "iteration 2, WARMUP_RATIO" for a change made at iteration 5.
+    Endpoints that do not constrain decoding are held to the same by mechanisms.artifact_checks.
+    """
     candidate = {
         "type": "object",
         "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"}, "field": _SHORT,
@@ -66,13 +88,20 @@ def explore_schema() -> dict[str, Any]:
         "required": ["name", "field", "idea", "hooks"],
         "additionalProperties": False,
     }
-    return {
-        "type": "object",
-        "properties": {"diagnosis": {"type": "string"},
-                       "candidates": {"type": "array", "items": candidate, "minItems": 3, "maxItems": 4}},
-        "required": ["diagnosis", "candidates"],
-        "additionalProperties": False,
-    }
+    properties: dict[str, Any] = {}
+    changes = trace_changes(trace or [])
+    if changes:
+        rows = [{
+            "type": "object",
+            "properties": {"iteration": {"const": iteration}, "parameter": {"enum": names},
+                           "observation": {"type": "string"}},  # a maxLength here is a grammar rule per row
+            "required": ["iteration", "parameter", "observation"],
+            "additionalProperties": False,
+        } for iteration, names in changes.items()]
+        properties["evidence"] = {"type": "array", "items": {"anyOf": rows}, "minItems": 1, "maxItems": MAX_EVIDENCE}
+    properties["diagnosis"] = {"type": "string"}
+    properties["candidates"] = {"type": "array", "items": candidate, "minItems": 3, "maxItems": 4}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
 def critique_schema(names: list[str]) -> dict[str, Any]:
@@ -106,10 +135,11 @@ def spec_schema() -> dict[str, Any]:
     }
 
 
-def round_schema(round_name: str, candidates: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+def round_schema(round_name: str, candidates: list[dict[str, Any]] | None = None,
+                 trace: list[TraceRecord] | None = None) -> dict[str, Any] | None:
     """The JSON schema of a round's reply, or None (generate answers with code)."""
     if round_name == "explore":
-        return explore_schema()
+        return explore_schema(trace)
     if round_name == "critique":
         return critique_schema([str(c.get("name")) for c in candidates or []])
     if round_name == "specify":
@@ -215,7 +245,10 @@ def summarize_runner(source: str, budget_tokens: int = RUNNER_SUMMARY_TOKENS) ->
 
 
 def explore_prompt(protocol: str, runner_source: str, trace: list[TraceRecord], level15_history: list[Any],
-                   active_mechanisms: list[str], context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> str:
+                   active_mechanisms: list[str], context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+                   patterns: list[str] | None = None) -> str:
+    """The first round's request. `patterns` are failure patterns counted in the trace (repeated moves,
+    fixation, stagnation, crashes), shown as leads to check rather than as the diagnosis."""
     history = [{key: (_cut(value, 200) if isinstance(value, str) else value) for key, value in cycle.items()}
                for cycle in level15_history[-4:]] if level15_history else []
     level15 = "\n".join(json.dumps(cycle) for cycle in history) or "(none)"
@@ -239,18 +272,41 @@ metaheuristics, bandits, statistics, design of experiments, active learning, con
 Allowed imports: {", ".join(ALLOWED_IMPORTS)}.
 
 ## The run's trace, oldest first (one record per iteration)
-""", "", f"""
-Reply with ONE JSON object and nothing else. Its keys:
-- "diagnosis": a string: what goes wrong in THIS run, citing iteration numbers and parameter names
-  from the trace above.
-- "candidates": a list of 3 or 4 different mechanisms; each is an object with the keys "name" (a
-  snake_case identifier), "field" (the field the idea comes from), "idea" (how it works, one or two
-  sentences) and "hooks" (a list of 1 to {MAX_HOOKS} hook names from {json.dumps(list(HOOK_NAMES))}: only
-  the hooks the idea needs).
+""", "", f"""{_patterns_section(patterns)}
+Reply with ONE JSON object and nothing else. Its keys, in this order:
+{_EVIDENCE_KEY if trace_changes(trace) else ""}{_DIAGNOSIS_KEY}
+- "candidates": a list of 3 or 4 different mechanisms, each with its own name; each is an object with
+  the keys "name" (a snake_case identifier), "field" (the field the idea comes from), "idea" (how it
+  works, one or two sentences) and "hooks" (a list of 1 to {MAX_HOOKS} hook names from
+  {json.dumps(list(HOOK_NAMES))}: only the hooks the idea needs).
 """]
     room = round_budget("explore", context_tokens) - estimate_tokens("".join(parts))
     parts[1] = format_trace(trace, room)
     return "".join(parts)
+
+
+_DIAGNOSIS_KEY = """- "diagnosis": a string: what goes wrong in THIS run, citing iteration numbers and parameter names
+  from the trace above."""
+_EVIDENCE_KEY = f"""- "evidence": a list of 1 to {MAX_EVIDENCE} observations from the trace above that show the problem;
+  each is an object with the keys "iteration" (an iteration number of the trace), "parameter" (a
+  parameter that iteration changed) and "observation" (what happened there: its val_bpb and status).
+"""
+
+
+def _patterns_section(patterns: list[str] | None) -> str:
+    if not patterns:
+        return ""
+    lines = "\n".join(f"- {_cut(p, 300)}" for p in patterns[:5])
+    return f"\n## Patterns counted in the trace (leads to check against it, not the diagnosis)\n{lines}\n"
+
+
+def evidence_lines(explore: dict[str, Any]) -> str:
+    """The explore reply's evidence rows as a later round is shown them ("" when it has none)."""
+    evidence = explore.get("evidence")
+    rows: list[Any] = evidence if isinstance(evidence, list) else []
+    lines = [f"- iteration {row.get('iteration')}, {row.get('parameter')}: {_cut(row.get('observation', ''), 200)}"
+             for row in rows[:MAX_EVIDENCE] if isinstance(row, dict)]
+    return "Evidence:\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def critique_prompt(explore: dict[str, Any]) -> str:
@@ -260,7 +316,7 @@ def critique_prompt(explore: dict[str, Any]) -> str:
     return f"""Critique the candidate mechanisms against the observed failure mode.
 
 Diagnosis: {_cut(explore["diagnosis"])}
-Candidates:
+{evidence_lines(explore)}Candidates:
 {json.dumps(candidates, indent=1)}
 
 Score each candidate from 0 to 10 for: fixes the observed failure mode; changes decisions often

@@ -169,7 +169,8 @@ def execute_research_session(session_id: int) -> str:
         context.check_artifacts = True  # an LLM's artifacts are checked for echoes and empty critiques
         context.structured_output = True  # each JSON round's reply schema goes with its request
 
-        def respond_with_llm(round_name: str, prompt: str, schema: dict[str, Any] | None = None) -> str:
+        def respond_with_llm(round_name: str, prompt: str, schema: dict[str, Any] | None = None,
+                             attempt: int = 0) -> str:
             return agent.complete(
                 level="2",
                 purpose=round_name,
@@ -178,6 +179,9 @@ def execute_research_session(session_id: int) -> str:
                 json_reply=round_name != "generate",
                 schema=schema,
                 reply_tokens=research_prompts.REPLY_TOKENS[round_name],
+                # A small model at the server's default (low) temperature answered a repair prompt with
+                # its refused reply again, word for word, whatever the defect said.
+                temperature=research_prompts.REPAIR_TEMPERATURE if attempt else None,
             )
 
         respond = respond_with_llm

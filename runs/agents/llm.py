@@ -159,8 +159,11 @@ class LLMAgent:
         json_reply: bool = True,
         schema: dict[str, Any] | None = None,
         reply_tokens: int = REPLY_RESERVE_TOKENS,
+        temperature: float | None = None,
     ) -> str:
-        """One reply text, after bounded retries; raises AgentError if none could be had."""
+        """One reply text, after bounded retries; raises AgentError if none could be had.
+
+        `temperature` None leaves sampling to the endpoint's default."""
         estimated = prompt_tokens(system, prompt) + reply_tokens
         if estimated > self.context_tokens:
             # Sending it would only earn a 400 (or a silently truncated prompt) from the endpoint.
@@ -177,6 +180,8 @@ class LLMAgent:
             started = time.monotonic()
             response_format = self._response_format(self.profile.mode, schema) if json_reply else None
             kwargs: dict[str, Any] = {"response_format": response_format} if response_format else {}
+            if temperature is not None:
+                kwargs["temperature"] = temperature
             if self.profile.max_tokens:
                 kwargs["max_tokens"] = reply_tokens
             try:

@@ -1,13 +1,19 @@
 """Level 2 aids for small models: few hooks per mechanism, a measured value counts as evidence from the
-trace, and one dry-run error seen on many traces is reported once."""
+trace, evidence rows chosen from the trace, repeated candidate names made unique, and one dry-run error
+seen on many traces is reported once."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
+
 from mechanisms.artifact_checks import explore_defect
+from mechanisms.builtin_research import _parse_explore, _StepError, distinct_candidates
 from mechanisms.ladder import grouped_errors
-from mechanisms.research_prompts import MAX_HOOKS, explore_schema, spec_schema
+from mechanisms.protocol import protocol_description
+from mechanisms.research_prompts import MAX_HOOKS, critique_prompt, explore_prompt, explore_schema, spec_schema
 
 TRACE: list[Any] = [
     {"iteration": 0, "kind": "baseline", "changes": {}, "val_bpb": 3.13174, "status": "baseline"},
@@ -42,3 +48,86 @@ def test_the_same_dry_run_error_on_many_traces_is_reported_once() -> None:
     assert text.count("AttributeError") == 1
     assert text.startswith("this_run, crashing_capacity, paper_A1: propose() crashed")
     assert text.endswith("paper_C1: load failed: boom")
+
+
+TWO_PROPOSALS: list[Any] = [*TRACE, {"iteration": 2, "kind": "proposal", "status": "keep", "val_bpb": 3.1,
+                                     "changes": {"WARMUP_RATIO": {"old": 0.0, "new": 0.05},
+                                                 "WEIGHT_DECAY": {"old": 0.0, "new": 0.1}}}]
+
+
+def candidate(name: str, idea: str, field: str = "bandits") -> dict[str, Any]:
+    return {"name": name, "field": field, "idea": idea, "hooks": ["propose"]}
+
+
+def test_different_ideas_under_one_name_are_renamed_and_a_repeated_idea_is_dropped() -> None:
+    reply = {"diagnosis": "iteration 1 got worse", "candidates": [
+        candidate("metaheuristic_search", "anneal the step size"),
+        candidate("metaheuristic_search", "a bandit over parameters", field="Multi-armed bandits"),
+        candidate("metaheuristic_search", "a bandit over parameters", field="bandits"),  # the same idea again
+        candidate("metaheuristic_search", "random restarts", field="Multi-armed bandits")]}
+    parsed = _parse_explore(json.dumps(reply))
+    names = [c["name"] for c in parsed["candidates"]]
+    assert names == ["metaheuristic_search", "metaheuristic_search_multi_armed_bandits", "metaheuristic_search_2"]
+    assert [c["idea"] for c in parsed["candidates"]] == ["anneal the step size", "a bandit over parameters",
+                                                        "random restarts"]
+    assert len(parsed["notes"]) == 3 and "dropped" in parsed["notes"][1]
+
+
+def test_candidates_that_are_one_idea_repeated_are_refused_with_the_reason() -> None:
+    reply = {"diagnosis": "iteration 1 got worse", "candidates": [candidate(n, "same idea") for n in "abc"]}
+    with pytest.raises(_StepError, match="repeat the same idea"):
+        _parse_explore(json.dumps(reply))
+
+
+def test_distinct_candidates_leave_distinct_ones_alone() -> None:
+    kept, notes = distinct_candidates([candidate("a_one", "x"), candidate("b_two", "y"), candidate("c_three", "z")])
+    assert [c["name"] for c in kept] == ["a_one", "b_two", "c_three"] and notes == []
+
+
+def test_the_explore_schema_offers_only_the_traces_iterations_and_parameters_as_evidence() -> None:
+    evidence = explore_schema(TWO_PROPOSALS)["properties"]["evidence"]
+    # One alternative per proposal (the baseline changed nothing), with only the parameters it changed.
+    rows = [(row["properties"]["iteration"]["const"], row["properties"]["parameter"]["enum"])
+            for row in evidence["items"]["anyOf"]]
+    assert rows == [(1, ["MATRIX_LR"]), (2, ["WARMUP_RATIO", "WEIGHT_DECAY"])]
+    assert (evidence["minItems"], evidence["maxItems"]) == (1, 3)
+    assert next(iter(explore_schema(TWO_PROPOSALS)["properties"])) == "evidence"  # chosen before the diagnosis
+    assert "evidence" not in explore_schema(TRACE[:1])["properties"]  # nothing to cite yet
+    assert "evidence" not in explore_schema()["properties"]
+
+
+def test_an_evidence_row_true_of_the_trace_cites_it_and_a_false_one_is_refused_with_the_facts() -> None:
+    generic = "the search does not explore enough"
+    true_row = {"iteration": 2, "parameter": "WEIGHT_DECAY", "observation": "kept at 3.1"}
+    assert explore_defect({"diagnosis": generic, "evidence": [true_row], "candidates": CANDIDATES},
+                          TWO_PROPOSALS) is None
+    false_rows = [{"iteration": 2, "parameter": "MATRIX_LR", "observation": "x"},
+                  {"iteration": 7, "parameter": "MATRIX_LR", "observation": "y"}]
+    defect = explore_defect({"diagnosis": generic, "evidence": false_rows, "candidates": CANDIDATES}, TWO_PROPOSALS)
+    assert defect is not None
+    assert "iteration 2 changed WARMUP_RATIO, WEIGHT_DECAY, not 'MATRIX_LR'" in defect
+    assert "there is no iteration 7" in defect
+    # A false row does not excuse a diagnosis that cites nothing, and one true row is enough.
+    assert explore_defect({"diagnosis": generic, "evidence": [*false_rows, true_row], "candidates": CANDIDATES},
+                          TWO_PROPOSALS) is None
+
+
+def test_evidence_must_be_a_list_of_objects() -> None:
+    reply = {"diagnosis": "d", "evidence": "iteration 2", "candidates": CANDIDATES}
+    with pytest.raises(_StepError, match="'evidence' must be a list"):
+        _parse_explore(json.dumps(reply))
+
+
+def test_the_explore_prompt_asks_for_evidence_first_and_shows_counted_patterns_as_leads() -> None:
+    prompt = explore_prompt(protocol_description(), "", TWO_PROPOSALS, [], [],
+                            patterns=["fixation: 2 of the last 2 proposals changed MATRIX_LR"])
+    keys = prompt[prompt.index("Its keys, in this order:"):]
+    assert keys.index('"evidence"') < keys.index('"diagnosis"') < keys.index('"candidates"')
+    assert "- fixation: 2 of the last 2 proposals changed MATRIX_LR" in prompt
+    assert '"evidence"' not in explore_prompt(protocol_description(), "", TRACE[:1], [], [])
+
+
+def test_the_critique_is_shown_the_evidence() -> None:
+    explore = {"diagnosis": "d", "candidates": CANDIDATES,
+               "evidence": [{"iteration": 1, "parameter": "MATRIX_LR", "observation": "3.21, discarded"}]}
+    assert "- iteration 1, MATRIX_LR: 3.21, discarded" in critique_prompt(explore)

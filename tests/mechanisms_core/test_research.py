@@ -121,7 +121,7 @@ def test_a_structured_responder_gets_each_rounds_schema(fixtures: dict[str, Trac
     builtin = builtin_responder(context, seed=1)
     schemas: dict[str, dict | None] = {}
 
-    def respond(round_name: str, prompt: str, schema: dict | None) -> str:
+    def respond(round_name: str, prompt: str, schema: dict | None, attempt: int) -> str:
         schemas[round_name] = schema
         return builtin(round_name, prompt)
 
@@ -138,3 +138,25 @@ def test_a_structured_responder_gets_each_rounds_schema(fixtures: dict[str, Trac
     spec = result.spec or {}
     assert f"class {spec['class_name']}:" in generate  # the class to fill in, with exactly the spec's hooks
     assert all(f"    def {hook}(self" in generate for hook in spec["hooks"])
+
+
+def test_a_structured_session_sends_the_explore_round_the_traces_evidence_choices_and_patterns(
+        fixtures: dict[str, TraceFixture]) -> None:
+    fixated = fixtures["fixated_matrix_lr"]
+    context = _context(fixated, [])
+    context.structured_output = True
+    builtin = builtin_responder(context, seed=1)
+    sent: dict[str, tuple[str, dict[str, object] | None]] = {}
+
+    def respond(round_name: str, prompt: str, schema: dict[str, object] | None, attempt: int) -> str:
+        sent.setdefault(round_name, (prompt, schema))
+        return builtin(round_name, prompt)
+
+    assert run_session(context, respond).status == "produced"
+    prompt, schema = sent["explore"]
+    assert schema is not None
+    rows = schema["properties"]["evidence"]["items"]["anyOf"]  # type: ignore[index]
+    pairs = [(row["properties"]["iteration"]["const"], row["properties"]["parameter"]["enum"]) for row in rows]
+    assert pairs == [(r["iteration"], sorted(r["changes"])) for r in fixated.trace
+                     if r["kind"] == "proposal" and r["changes"]]
+    assert "## Patterns counted in the trace" in prompt and "- fixation: " in prompt
