@@ -72,7 +72,8 @@ def test_a_recorded_transcript_replays_to_the_same_outcome(stub: ScriptedOpenAI,
     # the ladder's dry run (spec, static check and sandboxed import passed).
     assert recorded["valid_within_two_asks"] >= 0.8 * recorded["proposals"]
     reached = [s for s in sessions if any(reached_dry_run(r) for r in s.artifacts.get("rounds", []))]
-    assert len(reached) == recorded["sessions_reaching_dry_run"] >= 1
+    assert len(reached) == recorded["sessions_reaching_dry_run"]
+    assert 3 * len(reached) >= 2 * len(sessions) >= 2 * 3  # at least 2 of 3 sessions, of at least 3
 
 
 def reached_dry_run(round_record: dict[str, Any]) -> bool:
