@@ -370,6 +370,48 @@ Reply with the complete Python module only, in one ```python fenced block.
 """
 
 
+_RAISED_IN = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) exception")
+_NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
+_ATTRIBUTE_ERROR = re.compile(r"AttributeError: '\w+' object has no attribute '(\w+)'")
+_KEY_ERROR = re.compile(r"KeyError: '(\w+)'")
+_MUST_RETURN = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) must return")
+
+
+def dry_run_hints(error: str) -> list[str]:
+    """How to fix each kind of error a failed dry run reports, in words naming the hook and the name involved.
+
+    Shown only the traceback, a small model sent its code back unchanged: `result` used inside filter, a
+    helper method called but never written, state["best"]["val_bpb"] compared while None.
+    """
+    hints: list[str] = []
+    raised_in = _RAISED_IN.findall(error)
+    hook = raised_in[0] if raised_in else None
+    for name in dict.fromkeys(_NAME_ERROR.findall(error)):
+        where = f"{hook}(self, {HOOK_SKELETON[hook][0]})" if hook else "that method"
+        owners = [h for h, (args, _, _) in HOOK_SKELETON.items() if name in args.split(", ") and h != hook]
+        also = f" ({name} is an argument of {owners[0]} only)" if owners else ""
+        hints.append(f"{name!r} is not defined in {where}{also}: use only its arguments, what self remembers, "
+                     "or state.")
+    for name in dict.fromkeys(_ATTRIBUTE_ERROR.findall(error)):
+        hints.append(f"the class uses self.{name} but never defines it: write the method `def {name}(self, ...)` "
+                     f"in the class, or set self.{name} in __init__, or do not use it.")
+    if "NoneType" in error:
+        hints.append('a value was None: state["best"]["val_bpb"] is None before the baseline is measured '
+                     '(iteration 0), and a record\'s or result\'s "val_bpb" is None for crashed iterations; '
+                     "when a value you need is None, return None from the hook.")
+    for key in dict.fromkeys(_KEY_ERROR.findall(error)):
+        hints.append(f"a dict has no key {key!r}: read it with .get({key!r}) and handle None; the shapes of "
+                     "state, record, proposal and result are in the protocol above.")
+    for name in dict.fromkeys(_MUST_RETURN.findall(error)):
+        hints.append(f"{name}() must return {HOOK_SKELETON[name][1]}, nothing else "
+                     '(only filter returns {"reject": ...}; only accept returns {"keep": ..., "reason": ...}).')
+    if "inert" in error:
+        hints.append("no hook changed a decision on any recorded trace: replace every ... with a body, and make a "
+                     "deciding hook (restrict, propose, filter or accept) return a value when a condition that "
+                     "ordinary runs meet holds (for example: the last 3 records were all discarded).")
+    return hints
+
+
 def repair_prompt(round_name: str, original_prompt: str, reply: str, error: str,
                   context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> str:
     """The original request, then the defect and the refused reply quoted, then the ask to fix only that.
@@ -377,7 +419,10 @@ def repair_prompt(round_name: str, original_prompt: str, reply: str, error: str,
     The original request comes first so that a local server reuses what it already computed for it (llama.cpp
     keeps the longest common prefix of consecutive prompts), and the defect comes last, nearest the reply.
     """
+    hints = dry_run_hints(error) if round_name == "generate" else []
     error = _cut(error, 1500)
+    if hints:
+        error += "\n\nHow to fix it:\n" + "\n".join(f"- {hint}" for hint in hints)
     frame = f"""{original_prompt.rstrip()}
 
 ## YOUR PREVIOUS REPLY TO THIS REQUEST WAS REFUSED

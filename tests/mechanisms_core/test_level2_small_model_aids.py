@@ -13,7 +13,15 @@ from mechanisms.artifact_checks import explore_defect
 from mechanisms.builtin_research import _parse_explore, _StepError, distinct_candidates
 from mechanisms.ladder import grouped_errors
 from mechanisms.protocol import protocol_description
-from mechanisms.research_prompts import MAX_HOOKS, critique_prompt, explore_prompt, explore_schema, spec_schema
+from mechanisms.research_prompts import (
+    MAX_HOOKS,
+    critique_prompt,
+    dry_run_hints,
+    explore_prompt,
+    explore_schema,
+    repair_prompt,
+    spec_schema,
+)
 
 TRACE: list[Any] = [
     {"iteration": 0, "kind": "baseline", "changes": {}, "val_bpb": 3.13174, "status": "baseline"},
@@ -131,3 +139,36 @@ def test_the_critique_is_shown_the_evidence() -> None:
     explore = {"diagnosis": "d", "candidates": CANDIDATES,
                "evidence": [{"iteration": 1, "parameter": "MATRIX_LR", "observation": "3.21, discarded"}]}
     assert "- iteration 1, MATRIX_LR: 3.21, discarded" in critique_prompt(explore)
+
+
+def traceback_in(hook: str, last_line: str) -> str:
+    return (f"validation ladder failed at step 'dry_run': hook errors: this_run, paper_A1: {hook}() exception at "
+            f"iteration 1: Traceback (most recent call last):\n  File \"<mechanism:m>\", line 10, in {hook}\n"
+            f"    x = 1\n{last_line}\n")
+
+
+def test_dry_run_errors_come_with_how_to_fix_them_naming_the_hook_and_the_name() -> None:
+    [hint] = dry_run_hints(traceback_in("filter", "NameError: name 'result' is not defined"))
+    assert hint.startswith("'result' is not defined in filter(self, proposal, state) (result is an argument of "
+                           "accept only)")
+    [hint] = dry_run_hints(traceback_in("propose", "AttributeError: 'M' object has no attribute 'step_size'"))
+    assert "self.step_size but never defines it" in hint and "def step_size(self, ...)" in hint
+    [hint] = dry_run_hints(traceback_in("accept", "TypeError: '>=' not supported between instances of 'NoneType' "
+                                                  "and 'float'"))
+    assert 'state["best"]["val_bpb"] is None before the baseline' in hint
+    [hint] = dry_run_hints(traceback_in("propose", "KeyError: 'best'"))
+    assert "no key 'best'" in hint and ".get('best')" in hint
+    [hint] = dry_run_hints("hook errors: this_run: type error at iteration 1: accept() must return None or "
+                           "{'keep': bool, 'reason': str}")
+    assert hint.startswith('accept() must return None (no opinion) or {"keep": True or False')
+    [hint] = dry_run_hints("validation ladder failed at step 'dry_run': inert: the mechanism changed no decision")
+    assert "replace every ... with a body" in hint
+    assert dry_run_hints("validation ladder failed at step 'static': open is not allowed") == []
+
+
+def test_only_the_generate_rounds_repair_carries_the_hints() -> None:
+    error = traceback_in("filter", "NameError: name 'result' is not defined")
+    generate = repair_prompt("generate", "Write the code.", "```python\nclass M: ...\n```", error)
+    assert "How to fix it:\n- 'result' is not defined in filter" in generate
+    assert generate.index("How to fix it:") < generate.index("Your previous reply:")
+    assert "How to fix it" not in repair_prompt("specify", "Write the spec.", "{}", error)
