@@ -172,6 +172,7 @@ def check_spec(spec: dict[str, Any] | str) -> tuple[dict[str, Any] | None, list[
         unknown = [h for h in hooks if h not in HOOK_NAMES]
         if unknown:
             problems.append(f"spec['hooks'] names unknown hooks {unknown} (known: {', '.join(HOOK_NAMES)})")
+        spec = {**spec, "hooks": list(dict.fromkeys(hooks))}  # ["filter", "filter", "filter"] means ["filter"]
     for key in SPEC_TEXT_FIELDS:
         if not (isinstance(spec.get(key), str) and spec[key].strip()):
             problems.append(f"spec['{key}'] must be a non-empty string")
@@ -290,6 +291,27 @@ def grouped_errors(errors: list[str]) -> str:
     return " | ".join(f"{', '.join(traces)}: {error}" for error, traces in by_error.items())
 
 
+# A filter may reject at most this share of the recorded proposals it is shown. The engine asks for a
+# proposal MAX_PROPOSAL_ATTEMPTS (4) times per iteration, so a filter rejecting a share r of them leaves about
+# r**4 of the iterations with nothing to train: 6 % at one half, 100 % for a filter that rejects everything
+# (an LLM's filter rejecting every proposal "No val_bpb provided" passed the dry run as "changed decisions"
+# and turned every later iteration of its run into invalid_proposal).
+MAX_FILTER_REJECT_SHARE = 0.5
+MIN_FILTER_CALLS = 4
+
+
+def _blocking_filter(per_trace: list[dict[str, Any]]) -> str | None:
+    """Why the mechanism's filter would block the search (it rejects most proposals), or None."""
+    calls = sum(t.get("hook_calls", {}).get("filter", 0) for t in per_trace)
+    rejected = sum(t.get("changed", {}).get("proposal_rejected", 0) for t in per_trace)
+    if calls < MIN_FILTER_CALLS or rejected <= MAX_FILTER_REJECT_SHARE * calls:
+        return None
+    example = next((e["detail"] for t in per_trace for e in t.get("examples", [])
+                    if e.get("effect") == "proposal_rejected"), "")
+    return (f"blocks the search: filter() rejected {rejected} of the {calls} recorded proposals it was shown "
+            f"(at most half may be rejected), e.g. {example!r}; reject only the proposals the idea is about")
+
+
 def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: list[TraceFixture],
              time_limit_per_call: float) -> tuple[bool, str, dict[str, Any]]:
     per_trace: list[dict[str, Any]] = []
@@ -313,6 +335,9 @@ def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: 
         return False, "hook errors: " + grouped_errors(errors)[:2000], report_data
     if not fixtures:
         return False, "no traces to dry-run on", report_data
+    blocking = _blocking_filter(per_trace)
+    if blocking:
+        return False, blocking, report_data
     if total == 0:
         inert = (f"inert: the mechanism changed no decision on {len(fixtures)} traces "
                  f"({sum(len(f.trace) for f in fixtures)} records)")

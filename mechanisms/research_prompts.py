@@ -56,7 +56,8 @@ _SHORT = {"type": "string", "maxLength": 60}
 # One to three hooks: a mechanism that does one thing well is also code a small model gets right; a spec
 # listing every hook mostly produced classes that defined only some of them (static check refused).
 MAX_HOOKS = 3
-_HOOK_LIST = {"type": "array", "items": {"enum": list(HOOK_NAMES)}, "minItems": 1, "maxItems": MAX_HOOKS}
+_HOOK_LIST = {"type": "array", "items": {"enum": list(HOOK_NAMES)}, "minItems": 1, "maxItems": MAX_HOOKS,
+              "uniqueItems": True}
 
 
 # Evidence rows the explore reply starts with: an iteration of the trace, a parameter it changed, what was seen.
@@ -374,6 +375,7 @@ _RAISED_IN = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) exception")
 _NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
 _ATTRIBUTE_ERROR = re.compile(r"AttributeError: '\w+' object has no attribute '(\w+)'")
 _KEY_ERROR = re.compile(r"KeyError: '(\w+)'")
+_HOOKS_MISMATCH = re.compile(r"the spec lists hooks (\[[^\]]*\]) but the class defines (\[[^\]]*\])")
 _MUST_RETURN = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) must return")
 
 
@@ -405,11 +407,23 @@ def dry_run_hints(error: str) -> list[str]:
     for name in dict.fromkeys(_MUST_RETURN.findall(error)):
         hints.append(f"{name}() must return {HOOK_SKELETON[name][1]}, nothing else "
                      '(only filter returns {"reject": ...}; only accept returns {"keep": ..., "reason": ...}).')
+    for listed, defined in _HOOKS_MISMATCH.findall(error):
+        wanted, written = _names(listed), _names(defined)
+        extra = [h for h in written if h not in wanted]
+        missing = [h for h in wanted if h not in written]
+        fix = "; ".join(part for part in (f"remove {', '.join(extra)}" if extra else "",
+                                          f"write {', '.join(missing)}" if missing else "") if part)
+        hints.append(f"define exactly the hooks of the class skeleton, {', '.join(wanted)}, and no other hook "
+                     f"method ({fix}); helpers with other names are fine.")
     if "inert" in error:
         hints.append("no hook changed a decision on any recorded trace: replace every ... with a body, and make a "
                      "deciding hook (restrict, propose, filter or accept) return a value when a condition that "
                      "ordinary runs meet holds (for example: the last 3 records were all discarded).")
     return hints
+
+
+def _names(listed: str) -> list[str]:
+    return [name for name in re.findall(r"'(\w+)'", listed) if name in HOOK_NAMES]
 
 
 def repair_prompt(round_name: str, original_prompt: str, reply: str, error: str,

@@ -28,6 +28,7 @@ class RuntimeHandle(Protocol):
     def propose(self, state: dict[str, Any]) -> tuple[Any, str | None]: ...
     def filter(self, proposal: Any, state: dict[str, Any]) -> tuple[bool, str | None, str | None]: ...
     def accept(self, result: Any, default_keep: bool, state: dict[str, Any]) -> tuple[bool, str | None, str]: ...
+    def deactivate(self, name: str, hook: str, reason: str) -> None: ...
 
 
 class NoMechanisms:
@@ -51,6 +52,9 @@ class NoMechanisms:
 
     def accept(self, result: Any, default_keep: bool, state: dict[str, Any]) -> tuple[bool, str | None, str]:
         return default_keep, None, ""
+
+    def deactivate(self, name: str, hook: str, reason: str) -> None:
+        return None  # nothing is active
 
 
 def runtime_name(attachment: MechanismAttachment) -> str:

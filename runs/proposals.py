@@ -8,6 +8,7 @@ rejected by a mechanism's filter is re-asked with the exact reason, up to MAX_PR
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from trainer.schema import ConfigError, apply_changes, config_to_json
 
 from .agents import AgentError, AgentUnavailable, ProposalRequest, build_agent
 from .mechanism_bridge import RuntimeHandle
+from .models import IterationKind, IterationStatus
 from .state import config_key
 from .step_context import StepContext
 
@@ -100,8 +102,40 @@ def propose(ctx: StepContext, runtime: RuntimeHandle) -> Proposed:
         )
     else:
         proposed.error = f"no valid proposal after {MAX_PROPOSAL_ATTEMPTS} attempts; last: {rejection}"
+        blocker = blocking_filter(ctx, proposed.rejected)
+        if blocker is not None:
+            # The run would otherwise spend every remaining iteration on refused asks.
+            runtime.deactivate(blocker, "filter", f"it rejected every proposal of {BLOCKED_ITERATIONS} iterations "
+                                                  "in a row: it blocks the search")
     proposed.agent_seconds = time.monotonic() - started
     return proposed
+
+
+BLOCKED_ITERATIONS = 2
+_REJECTED_BY = re.compile(r"^rejected by mechanism (\S+): ")
+
+
+def _rejecting_mechanisms(attempts: list[dict[str, Any]]) -> set[str | None]:
+    return {match.group(1) if (match := _REJECTED_BY.match(str(a.get("reason", "")))) else None for a in attempts}
+
+
+def blocking_filter(ctx: StepContext, rejected: list[dict[str, Any]]) -> str | None:
+    """The mechanism whose filter rejected every ask of this iteration and of the run's previous proposal.
+
+    The ladder refuses a filter that rejects most recorded proposals; one can still meet a run it blocks.
+    One fully rejected iteration can be chance (a filter rejecting half the proposals does it 1 time in 16);
+    two in a row by the same mechanism are not worth a third.
+    """
+    names = _rejecting_mechanisms(rejected)
+    if len(rejected) < MAX_PROPOSAL_ATTEMPTS or len(names) != 1 or None in names:
+        return None
+    previous = ctx.run.iteration_set.filter(kind=IterationKind.PROPOSAL).order_by("-index").first()
+    if previous is None or previous.status != IterationStatus.INVALID_PROPOSAL:
+        return None
+    attempts = previous.rejected_attempts if isinstance(previous.rejected_attempts, list) else []
+    if len(attempts) < MAX_PROPOSAL_ATTEMPTS or _rejecting_mechanisms(attempts) != names:
+        return None
+    return names.pop()
 
 def check_changes(ctx: StepContext, changes: Any, allowed: list[str], frozen: set[str], tried: set[str]) -> str | None:
     """Why a proposed change cannot be tried, or None."""

@@ -180,3 +180,46 @@ def test_paper_runs_load_from_the_repository(tmp_path: Path) -> None:
     (tmp_path / "A1.json").write_text((PAPER_RUNS_DIR / "A1.json").read_text())
     with pytest.raises(FileNotFoundError, match=r"C1\.json, D1\.json"):
         paper_run_fixtures(tmp_path)
+
+
+# Written by the local 1.5B model (issue 15's measurement): proposals never carry a val_bpb, so this filter
+# rejects every one. It changed "decisions" on every trace; activated, it made each later iteration invalid.
+REJECTS_EVERY_PROPOSAL = '''import math
+
+class StatisticalAnalysis:
+    def __init__(self):
+        self.seen = []
+
+    def on_result(self, record, state):
+        if record["kind"] == "proposal" and record.get("val_bpb") is not None:
+            self.seen.append(record["val_bpb"])
+
+    def filter(self, proposal, state):
+        new_val_bpb = proposal.get("changes", {}).get("val_bpb", None)
+        if new_val_bpb is None:
+            return {"reject": "No val_bpb provided"}
+        return None
+'''
+
+
+@pytest.mark.parametrize("code", [GOOD, REJECTS_EVERY_PROPOSAL], ids=["reject-all", "llm-written"])
+def test_a_filter_rejecting_most_proposals_blocks_the_search_and_is_refused(
+        code: str, fixtures: list[TraceFixture]) -> None:
+    spec = {**SPEC, "name": "statistical_analysis", "class_name": "StatisticalAnalysis",
+            "hooks": ["on_result", "filter"]} if "StatisticalAnalysis" in code else SPEC
+    report = validate_mechanism(spec, code, fixtures)
+    failed = report.failed_step
+    assert failed is not None and failed["step"] == "dry_run"
+    assert failed["detail"].startswith("blocks the search: filter() rejected ")
+    calls = sum(t["hook_calls"].get("filter", 0) for t in report.dry_run_report["traces"])
+    assert f"rejected {calls} of the {calls} recorded proposals" in failed["detail"]
+
+
+def test_a_filter_rejecting_some_of_the_proposals_still_passes(fixtures: list[TraceFixture]) -> None:
+    alternate = ("class Probe:\n    def filter(self, proposal, state):\n"
+                 "        return {'reject': 'every third'} if state['iteration'] % 3 == 0 else None\n")
+    report = validate_mechanism(SPEC, alternate, fixtures)
+    traces = report.dry_run_report["traces"]
+    calls = sum(t["hook_calls"].get("filter", 0) for t in traces)
+    rejected = sum(t["changed"]["proposal_rejected"] for t in traces)
+    assert 0 < rejected <= calls / 2 and report.ok, report.steps

@@ -11,7 +11,7 @@ import pytest
 
 from mechanisms.artifact_checks import explore_defect
 from mechanisms.builtin_research import _parse_explore, _StepError, distinct_candidates
-from mechanisms.ladder import grouped_errors
+from mechanisms.ladder import check_spec, grouped_errors
 from mechanisms.protocol import protocol_description
 from mechanisms.research_prompts import (
     MAX_HOOKS,
@@ -161,6 +161,10 @@ def test_dry_run_errors_come_with_how_to_fix_them_naming_the_hook_and_the_name()
     [hint] = dry_run_hints("hook errors: this_run: type error at iteration 1: accept() must return None or "
                            "{'keep': bool, 'reason': str}")
     assert hint.startswith('accept() must return None (no opinion) or {"keep": True or False')
+    [hint] = dry_run_hints("validation ladder failed at step 'static': the spec lists hooks ['filter'] but the "
+                           "class defines ['accept', 'filter', 'propose']")
+    assert hint.startswith("define exactly the hooks of the class skeleton, filter, and no other hook method "
+                           "(remove accept, propose)")
     [hint] = dry_run_hints("validation ladder failed at step 'dry_run': inert: the mechanism changed no decision")
     assert "replace every ... with a body" in hint
     assert dry_run_hints("validation ladder failed at step 'static': open is not allowed") == []
@@ -172,3 +176,10 @@ def test_only_the_generate_rounds_repair_carries_the_hints() -> None:
     assert "How to fix it:\n- 'result' is not defined in filter" in generate
     assert generate.index("How to fix it:") < generate.index("Your previous reply:")
     assert "How to fix it" not in repair_prompt("specify", "Write the spec.", "{}", error)
+
+
+def test_a_spec_naming_one_hook_three_times_names_it_once() -> None:
+    spec, problems = check_spec({"name": "m_one", "class_name": "MOne", "hooks": ["filter", "filter", "filter"],
+                                 "rationale": "r", "state_kept": "s", "expected_effect": "e"})
+    assert problems == [] and spec is not None and spec["hooks"] == ["filter"]
+    assert spec_schema()["properties"]["hooks"]["uniqueItems"] is True
