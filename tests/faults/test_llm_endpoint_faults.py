@@ -170,7 +170,7 @@ def test_nul_characters_in_replies_do_not_break_the_run(stub: ScriptedOpenAI) ->
 @fast_llm
 def test_nul_characters_in_a_research_session_do_not_leave_it_running(stub: ScriptedOpenAI) -> None:
     run = llm_experiment(stub.base_url, groups=["C"], iterations=4, strategy_interval=2)
-    candidates = [{"name": f"idea{i}\u0000", "idea": "\u0000"} for i in range(3)]
+    candidates = [{"name": f"idea{i}\u0000", "idea": f"\u0000{i}"} for i in range(3)]  # three different ideas
     stub.script = [{"content": json.dumps({"diagnosis": "x\u0000y", "candidates": candidates})}] + \
         [{"content": "\u0000 not json \u0000"}] * 40
     session = ResearchSession.objects.create(run=run, outer_cycle_index=1, backend="llm")
