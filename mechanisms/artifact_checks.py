@@ -62,8 +62,9 @@ def explore_defect(explore: dict[str, Any], trace: list[TraceRecord]) -> str | N
     cited = (any(p.lower() in diagnosis.lower() for p in parameters) or _ITERATION_CITATION.search(diagnosis)
              or quotes_a_measurement(diagnosis, trace))
     evidence = explore.get("evidence") if isinstance(explore.get("evidence"), list) else []
-    if evidence and not any(true_evidence(row, trace) for row in evidence):
-        return f"no evidence row is true of the trace: {evidence_mismatch(evidence, trace)}"
+    changed = changes_by_iteration(trace)
+    if evidence and not any(true_evidence(row, changed) for row in evidence):
+        return f"no evidence row is true of the trace: {evidence_mismatch(evidence, changed)}"
     if not (cited or evidence):
         shown = ", ".join(sorted(parameters)[:6])
         return (f"the diagnosis names nothing from the trace: cite iterations (e.g. 'iteration 3'), the "
@@ -71,17 +72,18 @@ def explore_defect(explore: dict[str, Any], trace: list[TraceRecord]) -> str | N
     return None
 
 
-def true_evidence(row: Any, trace: list[TraceRecord]) -> bool:
+def changes_by_iteration(trace: list[TraceRecord]) -> dict[Any, list[str]]:
+    """The parameters each record of the trace changed, by iteration number."""
+    return {record.get("iteration"): sorted(record.get("changes") or {}) for record in trace}
+
+
+def true_evidence(row: Any, changed: dict[Any, list[str]]) -> bool:
     """Whether an evidence row names an iteration of the trace and a parameter that iteration changed."""
-    if not isinstance(row, dict):
-        return False
-    return any(record.get("iteration") == row.get("iteration") and row.get("parameter") in (record.get("changes") or {})
-               for record in trace)
+    return isinstance(row, dict) and row.get("parameter") in changed.get(row.get("iteration"), [])
 
 
-def evidence_mismatch(evidence: list[Any], trace: list[TraceRecord]) -> str:
+def evidence_mismatch(evidence: list[Any], changed: dict[Any, list[str]]) -> str:
     """What the trace says about the iterations the evidence names, for the repair prompt."""
-    changed = {record.get("iteration"): sorted(record.get("changes") or {}) for record in trace}
     facts = []
     for row in evidence[:3]:
         if not isinstance(row, dict):

@@ -245,6 +245,14 @@ def summarize_runner(source: str, budget_tokens: int = RUNNER_SUMMARY_TOKENS) ->
     return _cut_bytes("\n".join(lines), budget_tokens) if lines else "(not provided)"
 
 
+_DIAGNOSIS_KEY = """- "diagnosis": a string: what goes wrong in THIS run, citing iteration numbers and parameter names
+  from the trace above."""
+_EVIDENCE_KEY = f"""- "evidence": a list of 1 to {MAX_EVIDENCE} observations from the trace above that show the problem;
+  each is an object with the keys "iteration" (an iteration number of the trace), "parameter" (a
+  parameter that iteration changed) and "observation" (what happened there: its val_bpb and status).
+"""
+
+
 def explore_prompt(protocol: str, runner_source: str, trace: list[TraceRecord], level15_history: list[Any],
                    active_mechanisms: list[str], context_tokens: int = DEFAULT_CONTEXT_TOKENS,
                    patterns: list[str] | None = None) -> str:
@@ -284,14 +292,6 @@ Reply with ONE JSON object and nothing else. Its keys, in this order:
     room = round_budget("explore", context_tokens) - estimate_tokens("".join(parts))
     parts[1] = format_trace(trace, room)
     return "".join(parts)
-
-
-_DIAGNOSIS_KEY = """- "diagnosis": a string: what goes wrong in THIS run, citing iteration numbers and parameter names
-  from the trace above."""
-_EVIDENCE_KEY = f"""- "evidence": a list of 1 to {MAX_EVIDENCE} observations from the trace above that show the problem;
-  each is an object with the keys "iteration" (an iteration number of the trace), "parameter" (a
-  parameter that iteration changed) and "observation" (what happened there: its val_bpb and status).
-"""
 
 
 def _patterns_section(patterns: list[str] | None) -> str:

@@ -8,7 +8,6 @@ rejected by a mechanism's filter is re-asked with the exact reason, up to MAX_PR
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +78,7 @@ def propose(ctx: StepContext, runtime: RuntimeHandle) -> Proposed:
                 proposed.error = f"the agent's endpoint is unavailable; not asked again this iteration: {error}"
                 break
             continue
+        rejected_by: str | None = None  # the mechanism whose filter refused it
         problem = check_changes(ctx, changes, allowed, frozen, tried)
         if problem is None:
             config, diff = apply_changes(view["config"], changes, frozen=frozen, preset=ctx.state.preset)
@@ -95,11 +95,12 @@ def propose(ctx: StepContext, runtime: RuntimeHandle) -> Proposed:
                 proposed.hypothesis = hypothesis
                 proposed.source = source
                 break
-            problem = f"rejected by mechanism {by_filter}: {reason}"
+            problem, rejected_by = f"rejected by mechanism {by_filter}: {reason}", by_filter
         rejection = problem
-        proposed.rejected.append(
-            {"attempt": attempt, "source": source, "changes": jsonable(changes), "reason": problem}
-        )
+        attempt_record = {"attempt": attempt, "source": source, "changes": jsonable(changes), "reason": problem}
+        if rejected_by is not None:
+            attempt_record["mechanism"] = rejected_by  # blocking_filter counts on it
+        proposed.rejected.append(attempt_record)
     else:
         proposed.error = f"no valid proposal after {MAX_PROPOSAL_ATTEMPTS} attempts; last: {rejection}"
         blocker = blocking_filter(ctx, proposed.rejected)
@@ -112,11 +113,10 @@ def propose(ctx: StepContext, runtime: RuntimeHandle) -> Proposed:
 
 
 BLOCKED_ITERATIONS = 2
-_REJECTED_BY = re.compile(r"^rejected by mechanism (\S+): ")
 
 
 def _rejecting_mechanisms(attempts: list[dict[str, Any]]) -> set[str | None]:
-    return {match.group(1) if (match := _REJECTED_BY.match(str(a.get("reason", "")))) else None for a in attempts}
+    return {a.get("mechanism") for a in attempts}
 
 
 def blocking_filter(ctx: StepContext, rejected: list[dict[str, Any]]) -> str | None:
@@ -136,6 +136,7 @@ def blocking_filter(ctx: StepContext, rejected: list[dict[str, Any]]) -> str | N
     if len(attempts) < MAX_PROPOSAL_ATTEMPTS or _rejecting_mechanisms(attempts) != names:
         return None
     return names.pop()
+
 
 def check_changes(ctx: StepContext, changes: Any, allowed: list[str], frozen: set[str], tried: set[str]) -> str | None:
     """Why a proposed change cannot be tried, or None."""
