@@ -118,6 +118,11 @@ def extract_code(reply: str) -> str:
     return code.strip() + "\n"
 
 
+# The prompt asks for 3 or 4; two different ideas still give the critique a real choice, and a small
+# model that wrote one idea twice among three lost the whole session when three were required.
+MIN_DISTINCT_CANDIDATES = 2
+
+
 def _parse_explore(reply: str) -> dict[str, Any]:
     value = extract_json(reply)
     candidates = value.get("candidates")
@@ -133,7 +138,7 @@ def _parse_explore(reply: str) -> dict[str, Any]:
                 and isinstance(candidate.get("idea"), str)):
             raise _StepError("each candidate needs a 'name' and an 'idea' (strings)")
     value["candidates"], notes = distinct_candidates(candidates)
-    if len(value["candidates"]) < 3:
+    if len(value["candidates"]) < MIN_DISTINCT_CANDIDATES:
         raise _StepError("the candidates repeat the same idea: give 3 or 4 different mechanisms")
     if notes:
         value["notes"] = notes

@@ -415,6 +415,12 @@ def dry_run_hints(error: str) -> list[str]:
                                           f"write {', '.join(missing)}" if missing else "") if part)
         hints.append(f"define exactly the hooks of the class skeleton, {', '.join(wanted)}, and no other hook "
                      f"method ({fix}); helpers with other names are fine.")
+    if "Out of range float" in error:
+        hints.append("a hook returned inf or NaN (for example float(\"inf\") left in a running minimum): "
+                     "return None instead when there is no finite value.")
+    elif "not JSON serializable" in error:
+        hints.append("a hook returned a value JSON cannot hold (a set, a tuple key, an object): return plain "
+                     "dicts, lists, str, int, float, bool or None, e.g. sorted(list(names)) for a set.")
     if "inert" in error:
         hints.append("no hook changed a decision on any recorded trace: replace every ... with a body, and make a "
                      "deciding hook (restrict, propose, filter or accept) return a value when a condition that "

@@ -3,6 +3,11 @@
 It is NOT the security boundary (the sandbox is): Python offers too many indirect routes for an
 AST check to be complete. Its job is to reject the obvious escapes and protocol mistakes early,
 with messages precise enough (line numbers, names) for a model to fix them.
+
+It refuses nothing that is merely unusual: print() is harmless (the sandboxed host swaps stdout for
+a capped sink, so the output is dropped), and float("inf") as a running minimum is ordinary Python;
+only a non-finite value that a hook RETURNS is an error, which the dry run reports as not JSON.
+Small models write both often, and refusing them cost whole Level 2 sessions.
 """
 
 from __future__ import annotations
@@ -146,11 +151,6 @@ def _check_attribute(node: ast.Attribute, aliases: dict[str, str]) -> list[str]:
     return []
 
 
-def _is_non_finite_literal(node: ast.expr) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-        node.value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
-
-
 def _never_ends(loop: ast.While) -> bool:
     """`while True:` whose body (outside nested loops and functions) has no break, return or raise."""
     if not (isinstance(loop.test, ast.Constant) and loop.test.value):
@@ -181,10 +181,6 @@ def _check_nodes(tree: ast.Module) -> list[str]:
             name = node.func.id
             if name in FORBIDDEN_CALLS:
                 problems.append(f"line {line}: call to {name}() is not allowed")
-            elif name == "print":
-                problems.append(f"line {line}: print() output is discarded; return text from prompt_sections")
-            elif name == "float" and node.args and _is_non_finite_literal(node.args[0]):
-                problems.append(f"line {line}: NaN and infinity are not JSON; use None or a large finite number")
             elif name in ("getattr", "hasattr") and len(node.args) >= 2:
                 attribute = node.args[1]
                 if not (isinstance(attribute, ast.Constant) and isinstance(attribute.value, str)):

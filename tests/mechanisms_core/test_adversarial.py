@@ -112,14 +112,16 @@ CASES = [
          _no_escape_file),
     Case("print 100 MB",
          _mechanism("print('x' * 10**8)\nreturn {'changes': {'X': 1}, 'hypothesis': 'quiet'}"),
-         lambda o: o.kind == "returned" and o.value == {"changes": {"X": 1}, "hypothesis": "quiet"}),
+         lambda o: o.kind == "returned" and o.value == {"changes": {"X": 1}, "hypothesis": "quiet"},
+         statically_detectable=False),  # harmless: the host's capped sink drops it
     Case("return a 50 MB string", _mechanism("return 'x' * (50 * 10**6)"),
          lambda o: o.kind == "bad_return" and "response too large" in o.detail,
          statically_detectable=False),
     Case("return a set", _mechanism("return {1, 2}"), lambda o: o.kind == "bad_return" and "set" in o.detail),
     Case("return an object", _mechanism("return object()"), lambda o: o.kind == "bad_return" and "object" in o.detail,
          statically_detectable=False),
-    Case("return NaN", _mechanism("return float('nan')"), lambda o: o.kind == "bad_return" and "not JSON" in o.detail),
+    Case("return NaN", _mechanism("return float('nan')"), lambda o: o.kind == "bad_return" and "not JSON" in o.detail,
+         statically_detectable=False),  # caught where it matters: the returned value is checked
     Case("switch off the audit hook (replace its __code__)",
          _mechanism("hook = dataclasses.sys.modules['__main__'].deny_side_effects\n"
                     "hook.__code__ = (lambda event, args: None).__code__\n"

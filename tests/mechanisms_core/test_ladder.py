@@ -18,6 +18,7 @@ from mechanisms.ladder import (
     validate_mechanism,
 )
 from mechanisms.protocol import proposal_of, state_before
+from mechanisms.research_prompts import dry_run_hints
 from mechanisms.sandbox import MechanismHost
 
 SPEC: dict[str, Any] = {"name": "probe", "class_name": "Probe", "hooks": ["filter"], "rationale": "r",
@@ -223,3 +224,25 @@ def test_a_filter_rejecting_some_of_the_proposals_still_passes(fixtures: list[Tr
     calls = sum(t["hook_calls"].get("filter", 0) for t in traces)
     rejected = sum(t["changed"]["proposal_rejected"] for t in traces)
     assert 0 < rejected <= calls / 2 and report.ok, report.steps
+
+
+PRINTS_AND_TRACKS_A_MINIMUM = '''
+class Probe:
+    def filter(self, proposal, state):
+        best = float("inf")
+        for record in state["trace"]:
+            if record["val_bpb"] is not None:
+                best = min(best, record["val_bpb"])
+        print("best so far", best)
+        return {"reject": "every third"} if state["iteration"] % 3 == 0 else None
+'''
+
+
+def test_print_and_an_internal_infinity_pass_the_ladder_and_a_returned_one_is_named(
+        fixtures: list[TraceFixture]) -> None:
+    report = validate_mechanism(SPEC, PRINTS_AND_TRACKS_A_MINIMUM, fixtures)
+    assert report.ok, report.steps
+    returns_infinity = PRINTS_AND_TRACKS_A_MINIMUM.replace('"every third"}', '"every third", "floor": -float("inf")}')
+    failed = validate_mechanism(SPEC, returns_infinity, fixtures).failed_step
+    assert failed is not None and failed["step"] == "dry_run" and "not JSON" in failed["detail"], failed
+    assert any("returned inf or NaN" in hint for hint in dry_run_hints(failed["detail"]))

@@ -87,6 +87,15 @@ def test_candidates_that_are_one_idea_repeated_are_refused_with_the_reason() -> 
         _parse_explore(json.dumps(reply))
 
 
+def test_two_different_ideas_among_three_candidates_are_enough_to_go_on() -> None:
+    reply = {"diagnosis": "iteration 1 got worse", "candidates": [
+        candidate("a_one", "anneal the step size"), candidate("b_two", "Anneal the  step size"),
+        candidate("c_three", "a bandit over parameters")]}
+    parsed = _parse_explore(json.dumps(reply))
+    assert [c["name"] for c in parsed["candidates"]] == ["a_one", "c_three"]
+    assert "dropped" in parsed["notes"][0]
+
+
 def test_distinct_candidates_leave_distinct_ones_alone() -> None:
     kept, notes = distinct_candidates([candidate("a_one", "x"), candidate("b_two", "y"), candidate("c_three", "z")])
     assert [c["name"] for c in kept] == ["a_one", "b_two", "c_three"] and notes == []
