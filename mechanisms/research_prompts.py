@@ -377,6 +377,22 @@ _ATTRIBUTE_ERROR = re.compile(r"AttributeError: '\w+' object has no attribute '(
 _KEY_ERROR = re.compile(r"KeyError: '(\w+)'")
 _HOOKS_MISMATCH = re.compile(r"the spec lists hooks (\[[^\]]*\]) but the class defines (\[[^\]]*\])")
 _MUST_RETURN = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) must return")
+_IMPORT_REFUSED = re.compile(r"import of '([\w.]+)' is not allowed")
+_ARITY = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) takes \d+ positional parameters")
+_CLASS_NAME = re.compile(r"the class is named '(\w+)' but the spec names '(\w+)'")
+_CALL_REFUSED = re.compile(r"call to (\w+)\(\) is not allowed")
+# What to write instead of a refused builtin; each is ordinary code the sandbox allows.
+_INSTEAD_OF_CALL = {
+    "setattr": "assign self.name = value directly, or keep a dict on self (self.values[key] = value)",
+    "delattr": "keep a dict on self and delete its key",
+    "vars": "keep what you need in a dict on self",
+    "globals": "keep state on self",
+    "locals": "use the variables directly",
+    "open": "use only the hook's arguments and state; there are no files",
+    "input": "use only the hook's arguments and state",
+    "eval": "write the expression as code",
+    "exec": "write the code directly",
+}
 
 
 def dry_run_hints(error: str) -> list[str]:
@@ -415,6 +431,22 @@ def dry_run_hints(error: str) -> list[str]:
                                           f"write {', '.join(missing)}" if missing else "") if part)
         hints.append(f"define exactly the hooks of the class skeleton, {', '.join(wanted)}, and no other hook "
                      f"method ({fix}); helpers with other names are fine.")
+    for module in dict.fromkeys(_IMPORT_REFUSED.findall(error)):
+        hints.append(f"{module} cannot be imported: use plain lists with the allowed modules instead (statistics.mean, "
+                     "statistics.stdev, min, max, sorted, math.log, random.choice).")
+    if "module-level" in error:
+        hints.append("move that statement into a method (or __init__): module level may hold only imports, "
+                     "NAME = constant lines, functions and the one class.")
+    for name in dict.fromkeys(_ARITY.findall(error)):
+        hints.append(f"write the method as def {name}(self, {HOOK_SKELETON[name][0]}): exactly these parameters.")
+    for written, wanted in _CLASS_NAME.findall(error):
+        hints.append(f"rename class {written} to {wanted}.")
+    if "exactly one top-level class" in error:
+        hints.append("define one class only; turn other classes into methods of it or into plain functions.")
+    for name in dict.fromkeys(_CALL_REFUSED.findall(error)):
+        hints.append(f"{name}() is not available: {_INSTEAD_OF_CALL.get(name, 'do it without that call')}.")
+    if "__init__ must be callable" in error:
+        hints.append("write def __init__(self): with no other parameters, and set every starting value inside it.")
     if "Out of range float" in error:
         hints.append("a hook returned inf or NaN (for example float(\"inf\") left in a running minimum): "
                      "return None instead when there is no finite value.")

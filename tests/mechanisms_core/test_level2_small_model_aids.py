@@ -22,6 +22,7 @@ from mechanisms.research_prompts import (
     repair_prompt,
     spec_schema,
 )
+from mechanisms.static_check import static_check
 
 TRACE: list[Any] = [
     {"iteration": 0, "kind": "baseline", "changes": {}, "val_bpb": 3.13174, "status": "baseline"},
@@ -192,3 +193,25 @@ def test_a_spec_naming_one_hook_three_times_names_it_once() -> None:
                                  "rationale": "r", "state_kept": "s", "expected_effect": "e"})
     assert problems == [] and spec is not None and spec["hooks"] == ["filter"]
     assert spec_schema()["properties"]["hooks"]["uniqueItems"] is True
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    ("import numpy as np\nclass A:\n    def filter(self, proposal, state):\n        return None\n",
+     "numpy cannot be imported: use plain lists"),
+    ("x = []\nx.append(1)\nclass A:\n    def filter(self, proposal, state):\n        return None\n",
+     "move that statement into a method"),
+    ("class A:\n    def filter(self, proposal):\n        return None\n",
+     "write the method as def filter(self, proposal, state)"),
+    ("class B:\n    def filter(self, proposal, state):\n        return None\n", "rename class B to A"),
+    ("class A:\n    def filter(self, proposal, state):\n        return None\nclass C:\n    pass\n",
+     "define one class only"),
+    ("class A:\n    def filter(self, proposal, state):\n        setattr(self, 'n', 1)\n",
+     "setattr() is not available: assign self.name = value directly"),
+    ("class A:\n    def __init__(self, window):\n        self.window = window\n"
+     "    def filter(self, proposal, state):\n        return None\n", "write def __init__(self):"),
+])
+def test_each_kind_of_static_refusal_gets_a_way_to_fix_it(code: str, expected: str) -> None:
+    problems = static_check(code, "A")
+    assert problems, code
+    error = "validation ladder failed at step 'static': " + "; ".join(problems)
+    assert any(hint.startswith(expected) for hint in dry_run_hints(error)), (problems, dry_run_hints(error))
