@@ -26,6 +26,9 @@ TEMPLATE_PHRASES = (
     "must be a list of",
     "hooks it would use",
     "snake_case",
+    "as named in the list",
+    "one from each of these fields",
+    "how that field's idea fixes",
 )
 _ITERATION_CITATION = re.compile(r"\b(?:iterations?|its?)\s*#?\s*\d+|#\d+", re.IGNORECASE)
 

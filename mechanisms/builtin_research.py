@@ -139,7 +139,7 @@ def _parse_explore(reply: str) -> dict[str, Any]:
             raise _StepError("each candidate needs a 'name' and an 'idea' (strings)")
     value["candidates"], notes = distinct_candidates(candidates)
     if len(value["candidates"]) < MIN_DISTINCT_CANDIDATES:
-        raise _StepError("the candidates repeat the same idea: give 3 or 4 different mechanisms")
+        raise _StepError("the candidates repeat the same idea: give each field of the list its own idea")
     if notes:
         value["notes"] = notes
     return value
@@ -194,7 +194,11 @@ def _checked(value: dict[str, Any], defect: str | None) -> dict[str, Any]:
 
 
 def _parse_spec(reply: str) -> dict[str, Any]:
-    spec, problems = check_spec(extract_json(reply))
+    value = extract_json(reply)
+    class_name = value.get("class_name")
+    if not (isinstance(class_name, str) and class_name.isidentifier()) and isinstance(value.get("name"), str):
+        value["class_name"] = research_prompts.class_name_for(value["name"])  # not asked for: derived
+    spec, problems = check_spec(value)
     if spec is None:
         raise _StepError("; ".join(problems))
     return spec
@@ -253,10 +257,13 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
 
     try:
         noise_sd = context.state.get("baseline", {}).get("noise_sd")
-        patterns = [f"{symptom.name}: {symptom.evidence}" for symptom in diagnose(context.trace, noise_sd)]
+        symptoms = diagnose(context.trace, noise_sd)
+        patterns = [f"{symptom.name}: {symptom.evidence}" for symptom in symptoms]
+        fields = research_prompts.candidate_fields([symptom.name for symptom in symptoms])
         explore = ask("explore", research_prompts.explore_prompt(
             protocol, context.runner_source, context.trace, context.level15_history, context.active_mechanisms,
-            patterns=patterns), parse_explore, research_prompts.round_schema("explore", trace=context.trace))
+            patterns=patterns, fields=fields), parse_explore,
+            research_prompts.round_schema("explore", trace=context.trace, fields=fields))
         critique = ask("critique", research_prompts.critique_prompt(explore), parse_critique,
                        research_prompts.round_schema("critique", explore["candidates"]))
         selected = next(c for c in explore["candidates"] if c["name"] == critique["selected"])

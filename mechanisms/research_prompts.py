@@ -32,8 +32,10 @@ from mechanisms.protocol import ALLOWED_IMPORTS, HOOK_NAMES, TraceRecord
 
 ROUNDS = ("explore", "critique", "specify", "generate")
 
+# No class name is asked for: it is derived from the name (class_name_for). Shown "PascalCaseIdentifier" as
+# the class name's format, a small model wrote exactly that, then named its class after the idea.
 SPEC_FORMAT = (
-    '{"name": "snake_case_identifier", "class_name": "PascalCaseIdentifier",\n'
+    '{"name": "snake_case_identifier",\n'
     f' "hooks": [1 to 3 of {json.dumps(list(HOOK_NAMES))}, exactly the methods the class defines],\n'
     ' "rationale": "why this mechanism fits the observed failure mode",\n'
     ' "state_kept": "what the mechanism remembers (rebuilt from on_result on replay)",\n'
@@ -72,7 +74,36 @@ def trace_changes(trace: list[TraceRecord]) -> dict[int, list[str]]:
     return dict(sorted(changed.items())[-EVIDENCE_TRACE_ROWS:])
 
 
-def explore_schema(trace: list[TraceRecord] | None = None) -> dict[str, Any]:
+# Fields an explore candidate comes from: what each offers this kind of search, and the trace symptoms
+# (builtin_research.diagnose) it answers. Asked for "3 or 4 different mechanisms", a small model wrote one
+# candidate and copied it three times, word for word, through both repairs; given a different field for
+# each, every candidate starts differently.
+CANDIDATE_FIELDS: dict[str, tuple[str, frozenset[str]]] = {
+    "multi-armed bandits": ("share the tries among the parameters by what each has gained", frozenset({"fixation"})),
+    "statistics": ("tell a real gain from measurement noise before trusting it", frozenset({"noise"})),
+    "design of experiments": ("try the untried parameters systematically", frozenset({"fixation", "stagnation"})),
+    "tabu search": ("forbid moves that were tried recently", frozenset({"repetition"})),
+    "trust regions": ("take bigger steps after gains and smaller ones after losses", frozenset({"stagnation"})),
+    "constraint learning": ("learn which values crash or fail and stay away from them", frozenset({"crashes"})),
+    "coordinate descent": ("work through the parameters one at a time", frozenset({"repetition"})),
+}
+CANDIDATE_COUNT = 3
+
+
+def candidate_fields(symptoms: list[str]) -> list[str]:
+    """CANDIDATE_COUNT different fields for the explore round: those answering the run's symptoms (strongest
+    first), then the general ones in CANDIDATE_FIELDS' order."""
+    answering = [field for symptom in symptoms for field, (_, answers) in CANDIDATE_FIELDS.items()
+                 if symptom in answers]
+    return list(dict.fromkeys([*answering, *CANDIDATE_FIELDS]))[:CANDIDATE_COUNT]
+
+
+def _fields_list(fields: list[str]) -> str:
+    return "\n".join(f"  {number}. {field}: {CANDIDATE_FIELDS[field][0]}" if field in CANDIDATE_FIELDS
+                     else f"  {number}. {field}" for number, field in enumerate(fields, 1))
+
+
+def explore_schema(trace: list[TraceRecord] | None = None, fields: list[str] | None = None) -> dict[str, Any]:
     """The explore reply's JSON schema (for endpoints that constrain decoding to one).
 
     With a trace that changed something, the reply opens with 1-3 evidence rows, each an iteration of the
@@ -84,7 +115,8 @@ def explore_schema(trace: list[TraceRecord] | None = None) -> dict[str, Any]:
     """
     candidate = {
         "type": "object",
-        "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"}, "field": _SHORT,
+        "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"},
+                       "field": {"enum": fields} if fields else _SHORT,
                        "idea": {"type": "string"}, "hooks": _HOOK_LIST},
         "required": ["name", "field", "idea", "hooks"],
         "additionalProperties": False,
@@ -101,7 +133,8 @@ def explore_schema(trace: list[TraceRecord] | None = None) -> dict[str, Any]:
         } for iteration, names in changes.items()]
         properties["evidence"] = {"type": "array", "items": {"anyOf": rows}, "minItems": 1, "maxItems": MAX_EVIDENCE}
     properties["diagnosis"] = {"type": "string"}
-    properties["candidates"] = {"type": "array", "items": candidate, "minItems": 3, "maxItems": 4}
+    properties["candidates"] = {"type": "array", "items": candidate, "minItems": len(fields) if fields else 3,
+                                "maxItems": len(fields) if fields else 4}
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
@@ -129,18 +162,22 @@ def spec_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{2,40}$"},
-                       "class_name": {"type": "string", "pattern": "^[A-Z][A-Za-z0-9]{2,40}$"},
                        "hooks": _HOOK_LIST, "rationale": text, "state_kept": text, "expected_effect": text},
-        "required": ["name", "class_name", "hooks", "rationale", "state_kept", "expected_effect"],
+        "required": ["name", "hooks", "rationale", "state_kept", "expected_effect"],
         "additionalProperties": False,
     }
 
 
+def class_name_for(name: str) -> str:
+    """The class a spec's mechanism defines: its snake_case name in CamelCase (tabu_filter -> TabuFilter)."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or name
+
+
 def round_schema(round_name: str, candidates: list[dict[str, Any]] | None = None,
-                 trace: list[TraceRecord] | None = None) -> dict[str, Any] | None:
+                 trace: list[TraceRecord] | None = None, fields: list[str] | None = None) -> dict[str, Any] | None:
     """The JSON schema of a round's reply, or None (generate answers with code)."""
     if round_name == "explore":
-        return explore_schema(trace)
+        return explore_schema(trace, fields)
     if round_name == "critique":
         return critique_schema([str(c.get("name")) for c in candidates or []])
     if round_name == "specify":
@@ -255,9 +292,11 @@ _EVIDENCE_KEY = f"""- "evidence": a list of 1 to {MAX_EVIDENCE} observations fro
 
 def explore_prompt(protocol: str, runner_source: str, trace: list[TraceRecord], level15_history: list[Any],
                    active_mechanisms: list[str], context_tokens: int = DEFAULT_CONTEXT_TOKENS,
-                   patterns: list[str] | None = None) -> str:
+                   patterns: list[str] | None = None, fields: list[str] | None = None) -> str:
     """The first round's request. `patterns` are failure patterns counted in the trace (repeated moves,
-    fixation, stagnation, crashes), shown as leads to check rather than as the diagnosis."""
+    fixation, stagnation, crashes), shown as leads to check rather than as the diagnosis; `fields` are the
+    fields the candidates come from, one each (candidate_fields)."""
+    fields = fields or candidate_fields([])
     history = [{key: (_cut(value, 200) if isinstance(value, str) else value) for key, value in cycle.items()}
                for cycle in level15_history[-4:]] if level15_history else []
     level15 = "\n".join(json.dumps(cycle) for cycle in history) or "(none)"
@@ -284,9 +323,11 @@ Allowed imports: {", ".join(ALLOWED_IMPORTS)}.
 """, "", f"""{_patterns_section(patterns)}
 Reply with ONE JSON object and nothing else. Its keys, in this order:
 {_EVIDENCE_KEY if trace_changes(trace) else ""}{_DIAGNOSIS_KEY}
-- "candidates": a list of 3 or 4 different mechanisms, each with its own name; each is an object with
-  the keys "name" (a snake_case identifier), "field" (the field the idea comes from), "idea" (how it
-  works, one or two sentences) and "hooks" (a list of 1 to {MAX_HOOKS} hook names from
+- "candidates": a list of {len(fields)} mechanisms, one from each of these fields, in this order:
+{_fields_list(fields)}
+  Each is an object with the keys "name" (a snake_case identifier of its own), "field" (its field,
+  as named in the list), "idea" (how that field's idea fixes what goes wrong in this run, one or two
+  sentences) and "hooks" (a list of 1 to {MAX_HOOKS} hook names from
   {json.dumps(list(HOOK_NAMES))}: only the hooks the idea needs).
 """]
     room = round_budget("explore", context_tokens) - estimate_tokens("".join(parts))

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from mechanisms.artifact_checks import explore_defect
-from mechanisms.builtin_research import _parse_explore, _StepError, distinct_candidates
+from mechanisms.builtin_research import _parse_explore, _parse_spec, _StepError, distinct_candidates
 from mechanisms.ladder import check_spec, grouped_errors
 from mechanisms.protocol import protocol_description
 from mechanisms.research_prompts import (
     MAX_HOOKS,
+    SPEC_FORMAT,
+    candidate_fields,
     critique_prompt,
     dry_run_hints,
     explore_prompt,
@@ -145,6 +147,26 @@ def test_the_explore_prompt_asks_for_evidence_first_and_shows_counted_patterns_a
     assert '"evidence"' not in explore_prompt(protocol_description(), "", TRACE[:1], [], [])
 
 
+def test_each_candidate_comes_from_its_own_field_and_the_runs_symptoms_choose_the_first_ones() -> None:
+    assert candidate_fields([]) == ["multi-armed bandits", "statistics", "design of experiments"]
+    assert candidate_fields(["repetition", "crashes"]) == ["tabu search", "coordinate descent", "constraint learning"]
+    assert candidate_fields(["noise", "fixation"]) == ["statistics", "multi-armed bandits", "design of experiments"]
+    fields = candidate_fields(["repetition"])
+    prompt = explore_prompt(protocol_description(), "", TWO_PROPOSALS, [], [], fields=fields)
+    assert ("a list of 3 mechanisms, one from each of these fields, in this order:\n  1. tabu search: forbid moves "
+            "that were tried recently\n  2. coordinate descent: ") in prompt
+    candidates = explore_schema(TWO_PROPOSALS, fields)["properties"]["candidates"]
+    assert candidates["items"]["properties"]["field"] == {"enum": fields}
+    assert candidates["minItems"] == candidates["maxItems"] == 3
+
+
+def test_a_candidate_copying_the_field_list_wording_is_an_echo() -> None:
+    echoed = {"diagnosis": "iteration 1 raised MATRIX_LR and got worse", "candidates": [
+        {**c, "idea": "one from each of these fields, in this order"} if i == 0 else c
+        for i, c in enumerate(CANDIDATES)]}
+    assert "repeats the reply format" in str(explore_defect(echoed, TRACE))
+
+
 def test_the_critique_is_shown_the_evidence() -> None:
     explore = {"diagnosis": "d", "candidates": CANDIDATES,
                "evidence": [{"iteration": 1, "parameter": "MATRIX_LR", "observation": "3.21, discarded"}]}
@@ -215,3 +237,12 @@ def test_each_kind_of_static_refusal_gets_a_way_to_fix_it(code: str, expected: s
     assert problems, code
     error = "validation ladder failed at step 'static': " + "; ".join(problems)
     assert any(hint.startswith(expected) for hint in dry_run_hints(error)), (problems, dry_run_hints(error))
+
+
+def test_the_spec_is_not_asked_for_a_class_name_and_gets_one_from_its_name() -> None:
+    assert "class_name" not in spec_schema()["properties"] and "PascalCase" not in SPEC_FORMAT
+    spec = _parse_spec(json.dumps({"name": "parameter_tabu_list", "hooks": ["filter"], "rationale": "r",
+                                   "state_kept": "s", "expected_effect": "e"}))
+    assert spec["class_name"] == "ParameterTabuList"
+    given = _parse_spec(json.dumps({**spec, "name": "tabu", "class_name": "TabuSearch"}))
+    assert given["class_name"] == "TabuSearch"  # a valid one given (the catalogue's) is kept
