@@ -118,8 +118,8 @@ def extract_code(reply: str) -> str:
     return code.strip() + "\n"
 
 
-# The prompt asks for 3 or 4; two different ideas still give the critique a real choice, and a small
-# model that wrote one idea twice among three lost the whole session when three were required.
+# The prompt asks for 3 (one per field); two different ideas still give the critique a real choice, and a
+# small model that wrote one idea twice among three lost the whole session when three were required.
 MIN_DISTINCT_CANDIDATES = 2
 
 
