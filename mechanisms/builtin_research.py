@@ -12,6 +12,7 @@ the fitting mechanism from the project's catalogue. It is labelled as what it is
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import re
@@ -24,7 +25,14 @@ from typing import Any, TypedDict
 from mechanisms import research_prompts
 from mechanisms.artifact_checks import critique_defect, explore_defect
 from mechanisms.catalogue import CatalogueEntry, catalogue_entries
-from mechanisms.ladder import LadderReport, TraceFixture, check_spec, default_fixtures, validate_mechanism
+from mechanisms.ladder import (
+    LadderReport,
+    TraceFixture,
+    check_spec,
+    default_fixtures,
+    defined_hooks,
+    validate_mechanism,
+)
 from mechanisms.protocol import State, TraceRecord, protocol_description
 from mechanisms.text import without_nul
 
@@ -90,6 +98,15 @@ class _StepError(ValueError):
     pass
 
 
+class CutOffReply(str):
+    """A reply that stopped at the endpoint's reply limit (finish_reason "length"), not where the model ended it.
+
+    A small model wrote a 190-line module into a 2,000-token limit; the refusal said only "unterminated string
+    literal at line 190", so its repair was as long and was cut off again. The responder marks such a reply,
+    and a refusal of it says that it was cut off and must be shorter.
+    """
+
+
 # -- reply parsing -----------------------------------------------------------------------------------
 
 
@@ -112,7 +129,9 @@ def extract_json(reply: str) -> dict[str, Any]:
 def extract_code(reply: str) -> str:
     """The Python source in a reply: the first ```python fence, any fence, or the whole reply."""
     fenced = re.search(r"```(?:python|py)?[ \t]*\n(.*?)```", reply, re.DOTALL)
-    code = fenced.group(1) if fenced else reply
+    # An opening fence with no closing one: a reply cut off mid-module; its code starts after the fence.
+    unclosed = None if fenced else re.search(r"```(?:python|py)?[ \t]*\n(.*)", reply, re.DOTALL)
+    code = fenced.group(1) if fenced else unclosed.group(1) if unclosed else reply
     if "class " not in code:
         raise _StepError("the reply contains no Python class")
     return code.strip() + "\n"
@@ -204,6 +223,33 @@ def _parse_spec(reply: str) -> dict[str, Any]:
     return spec
 
 
+def spec_matching_code(spec: dict[str, Any], code: str) -> dict[str, Any]:
+    """The spec with the class name and hooks that the generated code has, and a note saying what changed.
+
+    Both are facts of the code, which is what runs and what a reviewer reads; a small model that wrote a
+    propose() beside the spec's three hooks kept it through both repairs, and the session was lost on a
+    disagreement the spec could simply state. Code that cannot be parsed is left to the static check.
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return spec
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    if len(classes) != 1:
+        return spec  # none or several: the static check says which
+    notes = []
+    if classes[0] != spec["class_name"]:
+        notes.append(f"class_name {spec['class_name']!r} -> {classes[0]!r}")
+        spec = {**spec, "class_name": classes[0]}
+    hooks = defined_hooks(code, spec["class_name"])
+    if hooks and set(hooks) != set(spec["hooks"]):
+        notes.append(f"hooks {spec['hooks']} -> {hooks}")
+        spec = {**spec, "hooks": hooks}
+    if notes:
+        spec["matched_to_code"] = "the spec now says what the generated code defines: " + "; ".join(notes)
+    return spec
+
+
 # -- the session ---------------------------------------------------------------------------------------
 
 
@@ -223,10 +269,13 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
                     round_name, current)
                 parsed = parse(reply)
             except _StepError as error:
+                defect = str(error)
+                if isinstance(reply, CutOffReply):
+                    defect += research_prompts.cut_off_note(round_name)
                 result.rounds.append({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
-                                      "parsed": None, "error": str(error),
+                                      "parsed": None, "error": defect,
                                       "seconds": round(time.monotonic() - started, 4)})
-                current = research_prompts.repair_prompt(round_name, prompt, reply, str(error))
+                current = research_prompts.repair_prompt(round_name, prompt, reply, defect)
                 continue
             result.rounds.append({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
                                   "parsed": parsed, "error": None, "seconds": round(time.monotonic() - started, 4)})
@@ -238,8 +287,12 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
     if context.trace:
         traces.insert(0, TraceFixture("this_run", context.trace, context.state))
 
+    spec: dict[str, Any] = {}  # the specify round's, then matched to the generated code's class and hooks
+
     def generate_and_validate(reply: str) -> str:
+        nonlocal spec
         code = extract_code(reply)
+        spec = spec_matching_code(spec, code)
         report = validate(spec, code, traces, time_limit_per_call=context.time_limit_per_call)
         result.ladder = report
         failed = report.failed_step

@@ -51,6 +51,8 @@ RUNNER_SUMMARY_TOKENS = 1000
 LEVEL15_TOKENS = 500
 # Repairs are sampled at this temperature (first asks at the endpoint's default), so a repair is a new reply.
 REPAIR_TEMPERATURE = 0.7
+# A mechanism this long fits the generate round's reply limit (about 10 tokens a line) with room to spare.
+MAX_MODULE_LINES = 80
 TEXT_FIELD_CHARS = 600  # one diagnosis, idea or reason as quoted back to the model in a later round
 
 
@@ -403,6 +405,7 @@ state["best"]["val_bpb"] and a record's "val_bpb" may be None (before the baseli
 for crashed or invalid iterations): check for None before comparing numbers.
 It will be dry-run on recorded traces and must change at least one decision there (return something
 other than None from a deciding hook when its condition holds).
+Keep the module short: at most {MAX_MODULE_LINES} lines, no docstrings, few comments (a longer reply is cut off).
 
 Fill in this class (replace each ... with the body):
 ```python
@@ -422,6 +425,19 @@ _IMPORT_REFUSED = re.compile(r"import of '([\w.]+)' is not allowed")
 _ARITY = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) takes \d+ positional parameters")
 _CLASS_NAME = re.compile(r"the class is named '(\w+)' but the spec names '(\w+)'")
 _CALL_REFUSED = re.compile(r"call to (\w+)\(\) is not allowed")
+_SYNTAX_ERROR = re.compile(r"line (\d+): syntax error: ([^`;\n]+?)(?: in `([^`\n]*)`|(?=;|$))", re.MULTILINE)
+# What a syntax error's message means in terms a small model acts on (it sent such code back unchanged).
+_SYNTAX_FIXES = {
+    "expected 'else' after 'if' expression": "a conditional expression needs an else: write `A if CONDITION else B`, "
+                                              "or use an if statement",
+    "unterminated string literal": "close the string on the line where it starts",
+    "unterminated triple-quoted string literal": "close the triple-quoted string, or better, write no docstrings",
+    "was never closed": "close every bracket you open",
+    "unmatched": "remove the closing bracket that has no opening one",
+    "expected ':'": "end the def, class, if, for, while or else line with a colon",
+    "unindent does not match": "indent each block by 4 spaces, consistently",
+    "expected an indented block": "give the block a body (return None where there is nothing to do)",
+}
 # What to write instead of a refused builtin; each is ordinary code the sandbox allows.
 _INSTEAD_OF_CALL = {
     "setattr": "assign self.name = value directly, or keep a dict on self (self.values[key] = value)",
@@ -494,11 +510,29 @@ def dry_run_hints(error: str) -> list[str]:
     elif "not JSON serializable" in error:
         hints.append("a hook returned a value JSON cannot hold (a set, a tuple key, an object): return plain "
                      "dicts, lists, str, int, float, bool or None, e.g. sorted(list(names)) for a set.")
+    for line, message, text in _SYNTAX_ERROR.findall(error):
+        fix = next((fix for key, fix in _SYNTAX_FIXES.items() if key in message), "write it as valid Python 3")
+        shown = f" (`{text}`)" if text else ""
+        hints.append(f"line {line}{shown} is not valid Python: {fix}.")
+    if "blocks the search" in error:
+        hints.append('filter() must return None for most proposals: return {"reject": reason} only when the proposal '
+                     "shows the exact problem of the idea (for example, it repeats a change already tried and "
+                     "discarded), and None otherwise, also when a value it needs is missing or None.")
     if "inert" in error:
         hints.append("no hook changed a decision on any recorded trace: replace every ... with a body, and make a "
                      "deciding hook (restrict, propose, filter or accept) return a value when a condition that "
                      "ordinary runs meet holds (for example: the last 3 records were all discarded).")
     return hints
+
+
+def cut_off_note(round_name: str) -> str:
+    """Said after the defect of a reply that stopped at the reply limit: the fix is a shorter reply."""
+    limit = REPLY_TOKENS.get(round_name, 1200)
+    if round_name == "generate":
+        return (f". Your reply was cut off at the reply limit ({limit} tokens) before the module ended: write a "
+                f"shorter module, at most {MAX_MODULE_LINES} lines, with no docstrings or comments.")
+    return (f". Your reply was cut off at the reply limit ({limit} tokens) before the JSON ended: write shorter "
+            "texts, one or two sentences each.")
 
 
 def _names(listed: str) -> list[str]:

@@ -61,7 +61,9 @@ def static_check(code: str, class_name: str | None = None) -> list[str]:
     try:
         tree = ast.parse(code, filename="<mechanism>")
     except SyntaxError as exc:
-        return [f"line {exc.lineno}: syntax error: {exc.msg}"]
+        # The line itself, so that a reviewer and a repair prompt see what is wrong without counting lines.
+        line = (exc.text or "").strip()[:120]
+        return [f"line {exc.lineno}: syntax error: {exc.msg}" + (f" in `{line}`" if line else "")]
     problems: list[str] = []
     problems += _check_module_level(tree)
     problems += _check_nodes(tree)

@@ -27,7 +27,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from mechanisms import research_prompts
-from mechanisms.builtin_research import ResearchContext, SessionResult, builtin_responder, run_session
+from mechanisms.builtin_research import CutOffReply, ResearchContext, SessionResult, builtin_responder, run_session
 from mechanisms.lifecycle import time_out_review, transition
 from mechanisms.models import AttachmentStatus, MechanismAttachment, ResearchSession, SessionStatus
 from mechanisms.research_session import LIVE_STATUSES, store_session_result
@@ -171,7 +171,7 @@ def execute_research_session(session_id: int) -> str:
 
         def respond_with_llm(round_name: str, prompt: str, schema: dict[str, Any] | None = None,
                              attempt: int = 0) -> str:
-            return agent.complete(
+            reply = agent.complete(
                 level="2",
                 purpose=round_name,
                 system=RESEARCH_SYSTEM,
@@ -183,6 +183,7 @@ def execute_research_session(session_id: int) -> str:
                 # its refused reply again, word for word, whatever the defect said.
                 temperature=research_prompts.REPAIR_TEMPERATURE if attempt else None,
             )
+            return CutOffReply(reply) if agent.last_cut_off else reply
 
         respond = respond_with_llm
     else:

@@ -1,6 +1,7 @@
 """A real HTTP server speaking the OpenAI chat-completions protocol, with scripted replies.
 
-Each scripted reply is one of: {"content": "..."} (a normal completion), {"status": 429} (or
+Each scripted reply is one of: {"content": "..."} (a normal completion; with "finish_reason": "length",
+one cut off at max_tokens), {"status": 429} (or
 any error status, with an optional "body"), {"hang": seconds} (answers after the client gave
 up), or {"close": True} (drops the connection). Requests are recorded for assertions.
 
@@ -58,7 +59,7 @@ class ScriptedOpenAI:
                         "choices": [
                             {
                                 "index": 0,
-                                "finish_reason": "stop",
+                                "finish_reason": step.get("finish_reason", "stop"),
                                 "message": {"role": "assistant", "content": step.get("content")},
                             }
                         ],

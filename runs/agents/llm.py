@@ -134,6 +134,7 @@ class LLMAgent:
         self.backoff_seconds = backoff_seconds
         self.context_tokens = context_tokens
         self.profile = endpoint_profile(base_url, model)
+        self.last_cut_off = False  # did the last reply stop at max_tokens?
 
     def timeout_for(self, estimated_tokens: int) -> float:
         """Seconds to allow a request of this size: scaled by the endpoint's measured speed."""
@@ -223,6 +224,9 @@ class LLMAgent:
                 raise AgentError(f"LLM call failed: {error}") from error
             attempt += 1
             content = without_nul(response.choices[0].message.content) if response.choices else None
+            # "length": the reply hit max_tokens and ends mid-sentence (or mid-statement); callers say so.
+            finish_reason = getattr(response.choices[0], "finish_reason", None) if response.choices else None
+            self.last_cut_off = finish_reason == "length"
             self._record(
                 level, purpose, prompt, content or "", started, "" if content else "empty reply", response, timeout
             )

@@ -11,7 +11,7 @@ import pytest
 
 from mechanisms.artifact_checks import explore_defect
 from mechanisms.builtin_research import _parse_explore, _parse_spec, _StepError, distinct_candidates
-from mechanisms.ladder import check_spec, grouped_errors
+from mechanisms.ladder import check_spec, grouped_errors, recorded_fixtures, validate_mechanism
 from mechanisms.protocol import protocol_description
 from mechanisms.research_prompts import (
     MAX_HOOKS,
@@ -231,6 +231,16 @@ def test_a_spec_naming_one_hook_three_times_names_it_once() -> None:
      "setattr() is not available: assign self.name = value directly"),
     ("class A:\n    def __init__(self, window):\n        self.window = window\n"
      "    def filter(self, proposal, state):\n        return None\n", "write def __init__(self):"),
+    ("class A:\n    def filter(self, proposal, state):\n        return 1 if proposal\n",
+     "line 3 (`return 1 if proposal`) is not valid Python: a conditional expression needs an else"),
+    ("class A:\n    def filter(self, proposal, state):\n        return 'x\n",
+     "line 3 (`return 'x`) is not valid Python: close the string on the line where it starts"),
+    ("class A:\n    def filter(self, proposal, state):\n        return max(1, 2\n",
+     "line 3 (`return max(1, 2`) is not valid Python: close every bracket you open"),
+    ("class A:\n    def filter(self, proposal, state)\n        return None\n",
+     "line 2 (`def filter(self, proposal, state)`) is not valid Python: end the def, class, if"),
+    ("class A:\n    def filter(self, proposal, state):\n        return None $\n",
+     "line 3 (`return None $`) is not valid Python: write it as valid Python 3"),
 ])
 def test_each_kind_of_static_refusal_gets_a_way_to_fix_it(code: str, expected: str) -> None:
     problems = static_check(code, "A")
@@ -246,3 +256,14 @@ def test_the_spec_is_not_asked_for_a_class_name_and_gets_one_from_its_name() -> 
     assert spec["class_name"] == "ParameterTabuList"
     given = _parse_spec(json.dumps({**spec, "name": "tabu", "class_name": "TabuSearch"}))
     assert given["class_name"] == "TabuSearch"  # a valid one given (the catalogue's) is kept
+
+
+def test_a_filter_that_blocks_the_search_is_told_to_reject_only_what_its_idea_is_about() -> None:
+    spec = {"name": "no", "class_name": "No", "hooks": ["filter"], "rationale": "r", "state_kept": "s",
+            "expected_effect": "e"}
+    code = "class No:\n    def filter(self, proposal, state):\n        return {'reject': 'no val_bpb'}\n"
+    report = validate_mechanism(spec, code, [f for f in recorded_fixtures()][:2])
+    failed = report.failed_step
+    assert failed is not None and failed["step"] == "dry_run" and "blocks the search" in failed["detail"]
+    hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
+    assert [hint for hint in hints if hint.startswith("filter() must return None for most proposals")]

@@ -9,13 +9,17 @@ import pytest
 
 from mechanisms.builtin_research import (
     BUILTIN_LABEL,
+    CutOffReply,
     ResearchContext,
     builtin_responder,
     diagnose,
     extract_code,
     run_session,
+    spec_matching_code,
 )
 from mechanisms.ladder import TraceFixture, recorded_fixtures
+from mechanisms.research_prompts import MAX_MODULE_LINES, REPLY_TOKENS
+from mechanisms.static_check import static_check
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,8 @@ def test_repair_round_is_used_after_garbage(fixtures: dict[str, TraceFixture]) -
     assert explore_attempts[0]["error"] == "the reply contains no JSON object"
     assert "the reply contains no JSON object" in explore_attempts[1]["prompt"]
     generate_attempts = [r for r in result.rounds if r["round"] == "generate"]
-    assert "validation ladder failed at step 'static'" in str(generate_attempts[0]["error"])
+    # Its one hook is the spec's now (spec_matching_code), and a filter that never rejects changes nothing.
+    assert str(generate_attempts[0]["error"]).startswith("validation ladder failed at step 'dry_run': inert")
 
 
 def test_always_garbage_fails_with_a_reason(fixtures: dict[str, TraceFixture]) -> None:
@@ -160,3 +165,68 @@ def test_a_structured_session_sends_the_explore_round_the_traces_evidence_choice
     assert pairs == [(r["iteration"], sorted(r["changes"])) for r in fixated.trace
                      if r["kind"] == "proposal" and r["changes"]]
     assert "## Patterns counted in the trace" in prompt and "- fixation: " in prompt
+
+
+def test_the_spec_says_what_the_generated_code_defines_its_class_and_hooks(
+        fixtures: dict[str, TraceFixture]) -> None:
+    fixated = fixtures["fixated_matrix_lr"]
+    context = _context(fixated, [fixtures["repeated_proposals"]])
+    builtin = builtin_responder(context, seed=1)
+
+    def respond(round_name: str, prompt: str) -> str:
+        reply = builtin(round_name, prompt)
+        if round_name != "generate":
+            return reply
+        # A small model's code: its own class name, and a propose() beside the spec's three hooks.
+        code = extract_code(reply).replace("class ParameterBandit", "class BanditOfTheModel")
+        return f"```python\n{code}\n    def propose(self, state):\n        return None\n```"
+
+    result = run_session(context, respond)
+    assert result.status == "produced", result.reason
+    assert result.spec is not None and result.spec["name"] == "parameter_bandit"
+    assert result.spec["class_name"] == "BanditOfTheModel"
+    assert sorted(result.spec["hooks"]) == ["on_result", "prompt_sections", "propose", "restrict"]
+    assert result.spec["matched_to_code"] == (
+        "the spec now says what the generated code defines: class_name 'ParameterBandit' -> 'BanditOfTheModel'; "
+        "hooks ['on_result', 'restrict', 'prompt_sections'] -> ['on_result', 'prompt_sections', 'restrict', 'propose']")
+    assert result.repair_rounds == 0
+
+
+def test_code_without_one_parsable_class_leaves_the_spec_to_the_static_check() -> None:
+    spec = {"name": "n", "class_name": "N", "hooks": ["filter"]}
+    assert spec_matching_code(spec, "class A:\n    def filter(self, proposal, state):\n        return None\n"
+                                    "class B:\n    pass\n") is spec
+    assert spec_matching_code(spec, "class N:\n    def filter(self, proposal, state):\n        return 1 if x\n") is spec
+    assert spec_matching_code(spec, "class N:\n    def helper(self):\n        return None\n") is spec  # no hook at all
+
+
+def test_a_reply_cut_off_at_the_reply_limit_is_refused_as_cut_off_and_asked_shorter(
+        fixtures: dict[str, TraceFixture]) -> None:
+    fixated = fixtures["fixated_matrix_lr"]
+    context = _context(fixated, [fixtures["repeated_proposals"]])
+    builtin = builtin_responder(context, seed=1)
+    generated = 0
+
+    def respond(round_name: str, prompt: str) -> str:
+        nonlocal generated
+        reply = builtin(round_name, prompt)
+        if round_name == "generate" and not generated:
+            generated += 1
+            return CutOffReply(reply[: len(reply) // 2] + '"an unfinished string')  # no closing fence either
+        return reply
+
+    result = run_session(context, respond)
+    assert result.status == "produced", result.reason
+    refused, repaired = [r for r in result.rounds if r["round"] == "generate"][:2]
+    assert refused["error"] is not None and "syntax error" in refused["error"]
+    assert refused["error"].endswith(
+        f". Your reply was cut off at the reply limit ({REPLY_TOKENS['generate']} tokens) before the module ended: "
+        f"write a shorter module, at most {MAX_MODULE_LINES} lines, with no docstrings or comments.")
+    assert f"at most {MAX_MODULE_LINES} lines" in repaired["prompt"].split("YOUR PREVIOUS REPLY")[1]
+
+
+def test_an_unclosed_fence_is_code_cut_off_so_its_syntax_error_names_the_real_line() -> None:
+    code = extract_code("Here it is:\n```python\nclass A:\n    def filter(self, proposal, state):\n        return 'x")
+    assert code.startswith("class A:")
+    assert static_check(code, "A") == ["line 3: syntax error: unterminated string literal (detected at line 3) "
+                                       "in `return 'x`"]
