@@ -312,6 +312,29 @@ def _blocking_filter(per_trace: list[dict[str, Any]]) -> str | None:
             f"(at most half may be rejected), e.g. {example!r}; reject only the proposals the idea is about")
 
 
+DECIDING_HOOKS = ("prompt_sections", "restrict", "propose", "filter", "accept")
+
+
+def _what_the_hooks_saw(hooks: list[str], per_trace: list[dict[str, Any]], fixtures: list[TraceFixture]) -> str:
+    """How often each deciding hook was called without deciding anything, and a proposal such as filter() saw.
+
+    Told only "inert", a small model rewrote a filter that looked for "val_bpb" in proposal["changes"] (a
+    proposal is not trained yet) three times; the shape of what the hook was actually shown is the fix.
+    """
+    calls = {hook: sum(t.get("hook_calls", {}).get(hook, 0) for t in per_trace) for hook in DECIDING_HOOKS
+             if hook in hooks}
+    if not calls:
+        return "; it defines no deciding hook (prompt_sections, restrict, propose, filter or accept)"
+    said = ", ".join(f"{hook}() {count} times" for hook, count in calls.items())
+    text = f"; its deciding hooks were called ({said}) and changed no decision"
+    if "filter" in calls:
+        shown = next((proposal_of(r) for f in fixtures for r in f.trace
+                      if r.get("kind") == "proposal" and r.get("changes")), None)
+        if shown is not None:
+            text += f"; filter() was shown proposals such as {json.dumps(shown)[:240]}"
+    return text
+
+
 def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: list[TraceFixture],
              time_limit_per_call: float) -> tuple[bool, str, dict[str, Any]]:
     per_trace: list[dict[str, Any]] = []
@@ -345,6 +368,8 @@ def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: 
             trace, first = next((t["trace"], e) for t in per_trace for e in t.get("invalid_examples", []))
             inert += (f"; the engine would refuse all {refused} of its changes, e.g. on {trace} at iteration "
                       f"{first['iteration']}: {first['detail']}, but {first['reason']}")
+        else:
+            inert += _what_the_hooks_saw(hooks, per_trace, fixtures)
         return False, inert, report_data
     summary = ", ".join(f"{t['trace']}: {t['changed_total']}" for t in per_trace)
     return True, f"changed {total} decisions ({summary})", report_data

@@ -223,7 +223,10 @@ def _check_restrict(value: Any) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(name, str) and name for name in value):
         raise HookReturnError(hook, "must return a list of parameter names (non-empty strings) or None")
     if not value:
-        raise HookReturnError(hook, "returned an empty list; return None for no restriction")
+        # "Nothing to restrict", as an empty prompt_sections list is "nothing to add": the engine could not
+        # act on a restriction that leaves no parameter to change. A small model wrote [] for "no
+        # restriction" and kept it through the repairs; refusing it bought no safety.
+        return None
     return list(dict.fromkeys(value))
 
 

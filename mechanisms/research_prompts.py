@@ -470,10 +470,21 @@ def dry_run_hints(error: str) -> list[str]:
     for name in dict.fromkeys(_ATTRIBUTE_ERROR.findall(error)):
         hints.append(f"the class uses self.{name} but never defines it: write the method `def {name}(self, ...)` "
                      f"in the class, or set self.{name} in __init__, or do not use it.")
+    if "NoneType" in error and (guard := _none_guard(error)):
+        hints.append(guard)
     if "NoneType" in error:
         hints.append('a value was None: state["best"]["val_bpb"] is None before the baseline is measured '
                      '(iteration 0), and a record\'s or result\'s "val_bpb" is None for crashed iterations; '
                      "when a value you need is None, return None from the hook.")
+    if "ZeroDivisionError" in error:
+        hints.append("a division by zero: check that the divisor is not 0 before dividing (values such as a change "
+                     "in val_bpb can be 0), and return None from the hook when it is.")
+    if "math domain error" in error:
+        hints.append("math.log or math.sqrt was given 0 or a negative number: check the value first, and return "
+                     "None from the hook when it is not above 0.")
+    if "IndexError" in error:
+        hints.append("a list was shorter than the code assumed (a run has few records at its start): check len() "
+                     "before indexing, and return None when there are too few.")
     for key in dict.fromkeys(_KEY_ERROR.findall(error)):
         hints.append(f"a dict has no key {key!r}: read it with .get({key!r}) and handle None; the shapes of "
                      "state, record, proposal and result are in the protocol above.")
@@ -523,6 +534,38 @@ def dry_run_hints(error: str) -> list[str]:
                      "deciding hook (restrict, propose, filter or accept) return a value when a condition that "
                      "ordinary runs meet holds (for example: the last 3 records were all discarded).")
     return hints
+
+
+_MECHANISM_LINE = re.compile(r'File "<mechanism:[^>]*>", line (\d+), in \w+\n[ \t]*(.+)')
+
+
+def _none_guard(error: str) -> str | None:
+    """For a TypeError on None, the failing line's operands and the guard to write before using them.
+
+    Told in general that a value may be None, a small model guarded record["val_bpb"] and went on comparing
+    it with state["best"]["val_bpb"], None at iteration 0, through both repairs.
+    """
+    found = _MECHANISM_LINE.search(error)
+    if not found:
+        return None
+    line, source = found.group(1), found.group(2).strip()
+    text = re.sub(r"^(if|elif|while|return|assert)\s+", "", source).rstrip(":")
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    operands: list[str] = []
+    for node in ast.walk(tree):
+        sides = ([node.left, *node.comparators] if isinstance(node, ast.Compare)
+                 else [node.left, node.right] if isinstance(node, ast.BinOp) else [])
+        operands += [ast.unparse(side) for side in sides
+                     if isinstance(side, (ast.Subscript, ast.Name, ast.Attribute, ast.Call))]
+    operands = list(dict.fromkeys(operands))[:3]
+    if not operands:
+        return None
+    checks = " and ".join(f"{operand} is not None" for operand in operands)
+    return (f"line {line} (`{source}`) used None as a number: check {', '.join(operands)} first, "
+            f"e.g. `if {checks}:` around it, and return None from the hook otherwise.")
 
 
 def cut_off_note(round_name: str) -> str:

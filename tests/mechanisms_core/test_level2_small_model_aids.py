@@ -12,7 +12,7 @@ import pytest
 from mechanisms.artifact_checks import explore_defect
 from mechanisms.builtin_research import _parse_explore, _parse_spec, _StepError, distinct_candidates
 from mechanisms.ladder import check_spec, grouped_errors, recorded_fixtures, validate_mechanism
-from mechanisms.protocol import protocol_description
+from mechanisms.protocol import HookReturnError, check_hook_return, proposal_of, protocol_description
 from mechanisms.research_prompts import (
     MAX_HOOKS,
     SPEC_FORMAT,
@@ -267,3 +267,59 @@ def test_a_filter_that_blocks_the_search_is_told_to_reject_only_what_its_idea_is
     assert failed is not None and failed["step"] == "dry_run" and "blocks the search" in failed["detail"]
     hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
     assert [hint for hint in hints if hint.startswith("filter() must return None for most proposals")]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("        self.ratio = record['iteration'] / 0\n", "a division by zero: check that the divisor is not 0"),
+    ("        self.size = math.log(0)\n", "math.log or math.sqrt was given 0 or a negative number"),
+    ("        self.last = [][-1]\n", "a list was shorter than the code assumed"),
+])
+def test_arithmetic_and_index_errors_in_a_hook_get_a_guard_to_write(body: str, expected: str) -> None:
+    spec = {"name": "guarded", "class_name": "Guarded", "hooks": ["on_result", "filter"], "rationale": "r",
+            "state_kept": "s", "expected_effect": "e"}
+    code = ("import math\n\nclass Guarded:\n    def on_result(self, record, state):\n" + body
+            + "    def filter(self, proposal, state):\n        return None\n")
+    failed = validate_mechanism(spec, code, recorded_fixtures()[:1]).failed_step
+    assert failed is not None and failed["step"] == "dry_run", failed
+    hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
+    assert [hint for hint in hints if hint.startswith(expected)], (failed["detail"], hints)
+
+
+def test_a_restrict_returning_an_empty_list_means_no_restriction() -> None:
+    assert check_hook_return("restrict", []) is None
+    assert check_hook_return("restrict", ["MATRIX_LR", "MATRIX_LR"]) == ["MATRIX_LR"]
+    with pytest.raises(HookReturnError):
+        check_hook_return("restrict", ["MATRIX_LR", ""])
+
+
+def test_a_comparison_with_none_in_a_hook_names_the_operands_to_check() -> None:
+    spec = {"name": "best", "class_name": "Best", "hooks": ["on_result", "prompt_sections"], "rationale": "r",
+            "state_kept": "s", "expected_effect": "e"}
+    code = ("class Best:\n    def __init__(self):\n        self.better = 0\n"
+            "    def on_result(self, record, state):\n"
+            "        if record['val_bpb'] is not None:\n"
+            "            if record['val_bpb'] < state['best']['val_bpb']:\n"
+            "                self.better += 1\n"
+            "    def prompt_sections(self, state):\n        return None\n")
+    failed = validate_mechanism(spec, code, recorded_fixtures()[:1]).failed_step
+    assert failed is not None and "NoneType" in failed["detail"], failed
+    hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
+    assert hints[0] == (
+        "line 6 (`if record['val_bpb'] < state['best']['val_bpb']:`) used None as a number: check "
+        "record['val_bpb'], state['best']['val_bpb'] first, e.g. `if record['val_bpb'] is not None and "
+        "state['best']['val_bpb'] is not None:` around it, and return None from the hook otherwise.")
+
+
+def test_an_inert_filter_is_shown_what_the_proposals_it_saw_look_like() -> None:
+    spec = {"name": "noise", "class_name": "Noise", "hooks": ["filter"], "rationale": "r", "state_kept": "s",
+            "expected_effect": "e"}
+    code = ("class Noise:\n    def filter(self, proposal, state):\n"
+            "        if 'val_bpb' not in proposal['changes']:\n            return None\n"
+            "        return {'reject': 'noisy'}\n")
+    fixtures = recorded_fixtures()[:1]
+    failed = validate_mechanism(spec, code, fixtures).failed_step
+    assert failed is not None and failed["detail"].startswith("inert"), failed
+    proposals = sum(1 for r in fixtures[0].trace if r.get("kind") == "proposal" and r.get("changes"))
+    first = next(r for r in fixtures[0].trace if r.get("kind") == "proposal" and r.get("changes"))
+    assert f"its deciding hooks were called (filter() {proposals} times) and changed no decision" in failed["detail"]
+    assert json.dumps(proposal_of(first))[:60] in failed["detail"]
