@@ -452,6 +452,36 @@ _INSTEAD_OF_CALL = {
 }
 
 
+# Hints whose text is fixed, by a marker the error text contains, in the order they are given.
+_HINT_BY_MARKER = {
+    "NoneType": 'a value was None: state["best"]["val_bpb"] is None before the baseline is measured (iteration 0), '
+                'and a record\'s or result\'s "val_bpb" is None for crashed iterations; when a value you need is '
+                "None, return None from the hook.",
+    "ZeroDivisionError": "a division by zero: check that the divisor is not 0 before dividing (values such as a "
+                         "change in val_bpb can be 0), and return None from the hook when it is.",
+    "math domain error": "math.log or math.sqrt was given 0 or a negative number: check the value first, and return "
+                         "None from the hook when it is not above 0.",
+    "IndexError": "a list was shorter than the code assumed (a run has few records at its start): check len() "
+                  "before indexing, and return None when there are too few.",
+    "module-level": "move that statement into a method (or __init__): module level may hold only imports, "
+                    "NAME = constant lines, functions and the one class.",
+    "exactly one top-level class": "define one class only; turn other classes into methods of it or into plain "
+                                   "functions.",
+    "__init__ must be callable": "write def __init__(self): with no other parameters, and set every starting value "
+                                 "inside it.",
+    "blocks the search": 'filter() must return None for most proposals: return {"reject": reason} only when the '
+                         "proposal shows the exact problem of the idea (for example, it repeats a change already "
+                         "tried and discarded), and None otherwise, also when a value it needs is missing or None.",
+    "is not in the search space": "name only real parameters, read at run time from the state: [p[\"name\"] for p "
+                                   "in state[\"search_space\"] if not p[\"locked\"] and p[\"name\"] not in "
+                                   "state[\"frozen\"]] (e.g. MATRIX_LR, WARMUP_RATIO), never placeholders such "
+                                   "as PARAM1.",
+    "inert": "no hook changed a decision on any recorded trace: replace every ... with a body, and make a deciding "
+             "hook (restrict, propose, filter or accept) return a value when a condition that ordinary runs meet "
+             "holds (for example: the last 3 records were all discarded).",
+}
+
+
 def dry_run_hints(error: str) -> list[str]:
     """How to fix each kind of error a failed dry run reports, in words naming the hook and the name involved.
 
@@ -472,19 +502,6 @@ def dry_run_hints(error: str) -> list[str]:
                      f"in the class, or set self.{name} in __init__, or do not use it.")
     if "NoneType" in error and (guard := _none_guard(error)):
         hints.append(guard)
-    if "NoneType" in error:
-        hints.append('a value was None: state["best"]["val_bpb"] is None before the baseline is measured '
-                     '(iteration 0), and a record\'s or result\'s "val_bpb" is None for crashed iterations; '
-                     "when a value you need is None, return None from the hook.")
-    if "ZeroDivisionError" in error:
-        hints.append("a division by zero: check that the divisor is not 0 before dividing (values such as a change "
-                     "in val_bpb can be 0), and return None from the hook when it is.")
-    if "math domain error" in error:
-        hints.append("math.log or math.sqrt was given 0 or a negative number: check the value first, and return "
-                     "None from the hook when it is not above 0.")
-    if "IndexError" in error:
-        hints.append("a list was shorter than the code assumed (a run has few records at its start): check len() "
-                     "before indexing, and return None when there are too few.")
     for key in dict.fromkeys(_KEY_ERROR.findall(error)):
         hints.append(f"a dict has no key {key!r}: read it with .get({key!r}) and handle None; the shapes of "
                      "state, record, proposal and result are in the protocol above.")
@@ -502,19 +519,12 @@ def dry_run_hints(error: str) -> list[str]:
     for module in dict.fromkeys(_IMPORT_REFUSED.findall(error)):
         hints.append(f"{module} cannot be imported: use plain lists with the allowed modules instead (statistics.mean, "
                      "statistics.stdev, min, max, sorted, math.log, random.choice).")
-    if "module-level" in error:
-        hints.append("move that statement into a method (or __init__): module level may hold only imports, "
-                     "NAME = constant lines, functions and the one class.")
     for name in dict.fromkeys(_ARITY.findall(error)):
         hints.append(f"write the method as def {name}(self, {HOOK_SKELETON[name][0]}): exactly these parameters.")
     for written, wanted in _CLASS_NAME.findall(error):
         hints.append(f"rename class {written} to {wanted}.")
-    if "exactly one top-level class" in error:
-        hints.append("define one class only; turn other classes into methods of it or into plain functions.")
     for name in dict.fromkeys(_CALL_REFUSED.findall(error)):
         hints.append(f"{name}() is not available: {_INSTEAD_OF_CALL.get(name, 'do it without that call')}.")
-    if "__init__ must be callable" in error:
-        hints.append("write def __init__(self): with no other parameters, and set every starting value inside it.")
     if "Out of range float" in error:
         hints.append("a hook returned inf or NaN (for example float(\"inf\") left in a running minimum): "
                      "return None instead when there is no finite value.")
@@ -525,14 +535,7 @@ def dry_run_hints(error: str) -> list[str]:
         fix = next((fix for key, fix in _SYNTAX_FIXES.items() if key in message), "write it as valid Python 3")
         shown = f" (`{text}`)" if text else ""
         hints.append(f"line {line}{shown} is not valid Python: {fix}.")
-    if "blocks the search" in error:
-        hints.append('filter() must return None for most proposals: return {"reject": reason} only when the proposal '
-                     "shows the exact problem of the idea (for example, it repeats a change already tried and "
-                     "discarded), and None otherwise, also when a value it needs is missing or None.")
-    if "inert" in error:
-        hints.append("no hook changed a decision on any recorded trace: replace every ... with a body, and make a "
-                     "deciding hook (restrict, propose, filter or accept) return a value when a condition that "
-                     "ordinary runs meet holds (for example: the last 3 records were all discarded).")
+    hints += [hint for marker, hint in _HINT_BY_MARKER.items() if marker in error]
     return hints
 
 

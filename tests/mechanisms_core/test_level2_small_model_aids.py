@@ -323,3 +323,14 @@ def test_an_inert_filter_is_shown_what_the_proposals_it_saw_look_like() -> None:
     first = next(r for r in fixtures[0].trace if r.get("kind") == "proposal" and r.get("changes"))
     assert f"its deciding hooks were called (filter() {proposals} times) and changed no decision" in failed["detail"]
     assert json.dumps(proposal_of(first))[:60] in failed["detail"]
+
+
+def test_a_restriction_naming_placeholder_parameters_is_told_where_the_real_names_are() -> None:
+    spec = {"name": "only", "class_name": "Only", "hooks": ["restrict"], "rationale": "r", "state_kept": "s",
+            "expected_effect": "e"}
+    code = "class Only:\n    def restrict(self, state):\n        return ['PARAM1', 'PARAM2']\n"
+    failed = validate_mechanism(spec, code, recorded_fixtures()[:1]).failed_step
+    assert failed is not None and "PARAM1 is not in the search space" in failed["detail"], failed
+    hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
+    assert [hint for hint in hints if hint.startswith('name only real parameters, read at run time from the state: '
+                                                       '[p["name"] for p in state["search_space"]')], hints
