@@ -28,7 +28,17 @@ from mechanisms.context_budget import (
     estimate_tokens,
     fit_rows,
 )
-from mechanisms.protocol import ALLOWED_IMPORTS, HOOK_NAMES, TraceRecord
+from mechanisms.protocol import (
+    ALLOWED_IMPORTS,
+    HOOK_NAMES,
+    BaselineView,
+    BestView,
+    Proposal,
+    Result,
+    SearchParam,
+    State,
+    TraceRecord,
+)
 
 ROUNDS = ("explore", "critique", "specify", "generate")
 
@@ -503,8 +513,13 @@ def dry_run_hints(error: str) -> list[str]:
     if "NoneType" in error and (guard := _none_guard(error)):
         hints.append(guard)
     for key in dict.fromkeys(_KEY_ERROR.findall(error)):
-        hints.append(f"a dict has no key {key!r}: read it with .get({key!r}) and handle None; the shapes of "
-                     "state, record, proposal and result are in the protocol above.")
+        if key in _PROTOCOL_KEYS or key.isupper():  # MATRIX_LR: a parameter a record did not change
+            hints.append(f"a dict has no key {key!r}: read it with .get({key!r}) and handle None; the shapes of "
+                         "state, record, proposal and result are in the protocol above.")
+        else:  # a small model read state['seen'] for the self.seen its own __init__ had set
+            hints.append(f"{key!r} is not a key of state, record, proposal or result (state has only "
+                         f"{', '.join(State.__annotations__)}): keep what the mechanism remembers on self, "
+                         f"e.g. self.{key if key.isidentifier() else 'values'}, set in __init__ and on_result.")
     for name in dict.fromkeys(_MUST_RETURN.findall(error)):
         hints.append(f"{name}() must return {HOOK_SKELETON[name][1]}, nothing else "
                      '(only filter returns {"reject": ...}; only accept returns {"keep": ..., "reason": ...}).')
@@ -539,6 +554,9 @@ def dry_run_hints(error: str) -> list[str]:
     return hints
 
 
+# Every key the hooks' arguments can have; a KeyError for another one is a value the model meant to keep itself.
+_PROTOCOL_KEYS = {key for shape in (State, TraceRecord, Proposal, Result, SearchParam, BestView, BaselineView)
+                  for key in shape.__annotations__} | {"old", "new"}
 _MECHANISM_LINE = re.compile(r'File "<mechanism:[^>]*>", line (\d+), in \w+\n[ \t]*(.+)')
 
 

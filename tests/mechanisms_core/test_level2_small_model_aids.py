@@ -334,3 +334,18 @@ def test_a_restriction_naming_placeholder_parameters_is_told_where_the_real_name
     hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
     assert [hint for hint in hints if hint.startswith('name only real parameters, read at run time from the state: '
                                                        '[p["name"] for p in state["search_space"]')], hints
+
+
+def test_a_key_error_for_a_value_the_mechanism_keeps_itself_points_to_self() -> None:
+    spec = {"name": "tabu", "class_name": "Tabu", "hooks": ["prompt_sections"], "rationale": "r", "state_kept": "s",
+            "expected_effect": "e"}
+    code = ("class Tabu:\n    def __init__(self):\n        self.seen = []\n"
+            "    def prompt_sections(self, state):\n        return ['Tried: ' + ', '.join(state['seen'])]\n")
+    failed = validate_mechanism(spec, code, recorded_fixtures()[:1]).failed_step
+    assert failed is not None and "KeyError: 'seen'" in failed["detail"], failed
+    hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
+    assert ("'seen' is not a key of state, record, proposal or result (state has only iteration, search_space, "
+            "frozen, guidance, config, best, baseline, trace): keep what the mechanism remembers on self, e.g. "
+            "self.seen, set in __init__ and on_result.") in hints
+    for key in ("noise_sd", "MATRIX_LR"):  # a protocol key or a parameter a record did not change: read with .get
+        assert dry_run_hints(f"KeyError: '{key}'")[0].startswith(f"a dict has no key '{key}': read it with .get(")
