@@ -440,9 +440,12 @@ def cross_field_problems(config: Mapping[str, Any]) -> list[str]:
             f"DEPTH is {config['DEPTH']}; characters beyond the last layer would have no effect"
         )
     if config["WARMUP_RATIO"] + config["WARMDOWN_RATIO"] > 1.0:
+        up, down = config["WARMUP_RATIO"], config["WARMDOWN_RATIO"]
+        # The bound each one has beside the other: a small model told only the sum sent the same pair 3 times.
         problems.append(
-            f"WARMUP_RATIO + WARMDOWN_RATIO must be at most 1, got "
-            f"{config['WARMUP_RATIO']:g} + {config['WARMDOWN_RATIO']:g}"
+            f"WARMUP_RATIO + WARMDOWN_RATIO must be at most 1, got {up:g} + {down:g} (with WARMDOWN_RATIO "
+            f"{down:g}, WARMUP_RATIO may be at most {1 - down:.3g}; with WARMUP_RATIO {up:g}, WARMDOWN_RATIO "
+            f"at most {1 - up:.3g})"
         )
     return problems
 

@@ -192,7 +192,9 @@ def test_validate_config_types_values() -> None:
 def test_cross_field_checks() -> None:
     with pytest.raises(ConfigError, match="WINDOW_PATTERN 'SSSSL' has 5 characters but DEPTH is 4"):
         validate_config(default_config() | {"WINDOW_PATTERN": "SSSSL"})
-    with pytest.raises(ConfigError, match=r"WARMUP_RATIO \+ WARMDOWN_RATIO must be at most 1, got 0.5 \+ 0.8"):
+    with pytest.raises(ConfigError, match=r"WARMUP_RATIO \+ WARMDOWN_RATIO must be at most 1, got 0.5 \+ 0.8 "
+                                          r"\(with WARMDOWN_RATIO 0.8, WARMUP_RATIO may be at most 0.2; with "
+                                          r"WARMUP_RATIO 0.5, WARMDOWN_RATIO at most 0.5\)"):
         validate_config(default_config() | {"WARMUP_RATIO": 0.5, "WARMDOWN_RATIO": 0.8})
 
 
