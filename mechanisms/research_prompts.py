@@ -435,6 +435,21 @@ _IMPORT_REFUSED = re.compile(r"import of '([\w.]+)' is not allowed")
 _ARITY = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) takes \d+ positional parameters")
 _CLASS_NAME = re.compile(r"the class is named '(\w+)' but the spec names '(\w+)'")
 _CALL_REFUSED = re.compile(r"call to (\w+)\(\) is not allowed")
+_DUNDER = re.compile(r"access to dunder attribute '(__\w+__)' is not allowed")
+# The operator or builtin that calls each special method: ordinary code the static check lets through.
+_INSTEAD_OF_DUNDER = {
+    "__contains__": "`item in container` (or `item not in container`)",
+    "__len__": "len(x)",
+    "__getitem__": "x[key]",
+    "__setitem__": "x[key] = value",
+    "__iter__": "a for loop over x",
+    "__eq__": "a == b",
+    "__lt__": "a < b",
+    "__add__": "a + b",
+    "__class__": "isinstance(x, dict) (or list, str, int, float)",
+    "__dict__": "a dict kept on self",
+    "__name__": "a string constant",
+}
 _SYNTAX_ERROR = re.compile(r"line (\d+): syntax error: ([^`;\n]+?)(?: in `([^`\n]*)`|(?=;|$))", re.MULTILINE)
 # What a syntax error's message means in terms a small model acts on (it sent such code back unchanged).
 _SYNTAX_FIXES = {
@@ -546,6 +561,9 @@ def dry_run_hints(error: str) -> list[str]:
     elif "not JSON serializable" in error:
         hints.append("a hook returned a value JSON cannot hold (a set, a tuple key, an object): return plain "
                      "dicts, lists, str, int, float, bool or None, e.g. sorted(list(names)) for a set.")
+    for name in dict.fromkeys(_DUNDER.findall(error)):
+        instead = _INSTEAD_OF_DUNDER.get(name, "the operator or builtin function that calls it")
+        hints.append(f"{name} cannot be used directly: write {instead} instead.")
     for line, message, text in _SYNTAX_ERROR.findall(error):
         fix = next((fix for key, fix in _SYNTAX_FIXES.items() if key in message), "write it as valid Python 3")
         shown = f" (`{text}`)" if text else ""

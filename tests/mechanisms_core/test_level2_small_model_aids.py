@@ -239,6 +239,10 @@ def test_a_spec_naming_one_hook_three_times_names_it_once() -> None:
      "line 3 (`return max(1, 2`) is not valid Python: close every bracket you open"),
     ("class A:\n    def filter(self, proposal, state)\n        return None\n",
      "line 2 (`def filter(self, proposal, state)`) is not valid Python: end the def, class, if"),
+    ("class A:\n    def filter(self, proposal, state):\n        return state['frozen'].__contains__('X')\n",
+     "__contains__ cannot be used directly: write `item in container`"),
+    ("class A:\n    def filter(self, proposal, state):\n        return proposal.__reduce__()\n",
+     "__reduce__ cannot be used directly: write the operator or builtin function that calls it instead."),
     ("class A:\n    def filter(self, proposal, state):\n        return None $\n",
      "line 3 (`return None $`) is not valid Python: write it as valid Python 3"),
 ])
