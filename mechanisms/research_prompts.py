@@ -427,7 +427,14 @@ Reply with the complete Python module only, in one ```python fenced block.
 
 _RAISED_IN = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) exception")
 _NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
-_ATTRIBUTE_ERROR = re.compile(r"AttributeError: '\w+' object has no attribute '(\w+)'")
+_ATTRIBUTE_ERROR = re.compile(r"AttributeError: '(\w+)' object has no attribute '(\w+)'")
+# What the hooks' arguments and their parts are made of; an attribute error on one of these is not about the class.
+_PLAIN_TYPES = {"list": "`item in values`, len(values), values.append(item), values.count(item)",
+                "dict": "`key in values`, values.get(key), values.items(), values[key] = value",
+                "str": "`part in text`, text.startswith(part), text.split()",
+                "int": "arithmetic and comparisons", "float": "arithmetic and comparisons",
+                "bool": "and, or, not", "tuple": "indexing and `item in values`",
+                "set": "`item in values`, values.add(item)"}
 _KEY_ERROR = re.compile(r"KeyError: '(\w+)'")
 _HOOKS_MISMATCH = re.compile(r"the spec lists hooks (\[[^\]]*\]) but the class defines (\[[^\]]*\])")
 _MUST_RETURN = re.compile(r"\b(" + "|".join(HOOK_NAMES) + r")\(\) must return")
@@ -522,9 +529,13 @@ def dry_run_hints(error: str) -> list[str]:
         also = f" ({name} is an argument of {owners[0]} only)" if owners else ""
         hints.append(f"{name!r} is not defined in {where}{also}: use only its arguments, what self remembers, "
                      "or state.")
-    for name in dict.fromkeys(_ATTRIBUTE_ERROR.findall(error)):
-        hints.append(f"the class uses self.{name} but never defines it: write the method `def {name}(self, ...)` "
-                     f"in the class, or set self.{name} in __init__, or do not use it.")
+    for owner, name in dict.fromkeys(_ATTRIBUTE_ERROR.findall(error)):
+        if owner in _PLAIN_TYPES:  # a small model wrote frozen.contains(name) for `name in frozen`
+            hints.append(f"a {owner} has no attribute {name!r} (the hooks' arguments are plain JSON values): "
+                         f"use {_PLAIN_TYPES[owner]}.")
+        elif owner != "NoneType":  # None has its own hint below
+            hints.append(f"the class uses self.{name} but never defines it: write the method `def {name}(self, ...)` "
+                         f"in the class, or set self.{name} in __init__, or do not use it.")
     if "NoneType" in error and (guard := _none_guard(error)):
         hints.append(guard)
     for key in dict.fromkeys(_KEY_ERROR.findall(error)):

@@ -353,3 +353,13 @@ def test_a_key_error_for_a_value_the_mechanism_keeps_itself_points_to_self() -> 
             "self.seen, set in __init__ and on_result.") in hints
     for key in ("noise_sd", "MATRIX_LR"):  # a protocol key or a parameter a record did not change: read with .get
         assert dry_run_hints(f"KeyError: '{key}'")[0].startswith(f"a dict has no key '{key}': read it with .get(")
+
+
+def test_an_attribute_error_on_a_plain_value_names_its_operations_and_one_on_the_class_its_method() -> None:
+    [on_list] = dry_run_hints("AttributeError: 'list' object has no attribute 'contains'")
+    assert on_list == ("a list has no attribute 'contains' (the hooks' arguments are plain JSON values): use "
+                       "`item in values`, len(values), values.append(item), values.count(item).")
+    [on_class] = dry_run_hints("AttributeError: 'Tabu' object has no attribute 'best'")
+    assert on_class.startswith("the class uses self.best but never defines it")
+    assert not [hint for hint in dry_run_hints("AttributeError: 'NoneType' object has no attribute 'get'")
+                if "self.get" in hint]
