@@ -7,7 +7,6 @@ import io
 import json
 import re
 import statistics
-import time
 from typing import Any
 
 import pytest
@@ -91,19 +90,16 @@ def test_csv_and_report(client: Client, users: Any) -> None:
     assert "Table 2 style" in report
 
 
-def test_query_count_and_time_for_40_runs_of_30_iterations(
+def test_the_query_count_for_40_runs_of_30_iterations_is_constant(
     client: Client, users: Any, django_assert_max_num_queries: Any
 ) -> None:
     experiment = make_experiment(groups=("R", "A", "B", "C", "D"), repeats=8, iterations=30, llm_calls=True)
     client.force_login(users.plain)
     client.get(f"/experiments/{experiment.pk}/compare/")  # warm caches (templates, t quantiles)
+    # Its speed is measured by bench/bench_dashboard_scale.py; here, that the work does not grow with the runs.
     with django_assert_max_num_queries(15):  # 12, plus 3 for the Level 2 table (constant in the run count)
-        started = time.perf_counter()
         response = client.get(f"/experiments/{experiment.pk}/compare/")
-        elapsed = time.perf_counter() - started
     assert response.status_code == 200
-    print(f"compare page, 40 runs x 30 iterations: {elapsed * 1000:.0f} ms")
-    assert elapsed < 1.0
     chart = json.loads(re.search(r'id="compare-data" type="application/json">(.*?)</script>',
                                  response.content.decode(), re.S).group(1))  # type: ignore[union-attr]
     assert len(chart["groups"]) == 5 and len(chart["groups"][0]["runs"][0]["absolute"]) == 31

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from typing import Any
 
 import numpy as np
@@ -215,13 +214,12 @@ def test_the_shipped_surrogate_reproduces_the_measured_noise_split() -> None:
 
 
 @pytest.mark.skipif(not MEASUREMENTS_PATH.exists(), reason="no shipped measurements yet")
-def test_shipped_measurements_fit_and_calls_are_fast() -> None:
+def test_shipped_measurements_fit() -> None:
+    # How fast a call is lives in bench/trainer_surrogate_fit.py, not here: a wall-clock bound failed under load.
     report = surrogate_fit_report()
     assert report["measurements"] >= 40
     assert report["cross_validation"]["spearman"] > 0.7
     assert report["noise_sd"] > 0
-    started = time.perf_counter()
     for seed in range(100):
         summary = surrogate_evaluate(default_config(), budget_kind="flops", budget_value=FLOPS, seed=seed)
         assert summary.objective == "surrogate"
-    assert (time.perf_counter() - started) / 100 < 0.01  # milliseconds per call
