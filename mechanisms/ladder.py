@@ -335,6 +335,24 @@ def _what_the_hooks_saw(hooks: list[str], per_trace: list[dict[str, Any]], fixtu
     return text
 
 
+def _refused_proposer(per_trace: list[dict[str, Any]]) -> str | None:
+    """Why the mechanism's propose() would block the search (the engine refuses most of its proposals), or None.
+
+    The engine asks again after a refused proposal, and the mechanism answers the same way: a propose() that
+    returned {"param1": 10, "param2": 20} passed on its prompt sections and made four iterations in a row
+    invalid_proposal in a real run.
+    """
+    refused = sum(t.get("invalid", {}).get("proposals", 0) for t in per_trace)
+    taken = sum(t.get("changed", {}).get("proposal_replaced", 0) for t in per_trace)
+    if refused == 0 or refused <= MAX_FILTER_REJECT_SHARE * (refused + taken):
+        return None
+    example: dict[str, Any] = next(
+        (e for t in per_trace for e in t.get("invalid_examples", []) if e.get("kind") == "proposals"), {})
+    return (f"blocks the search: the engine would refuse {refused} of the {refused + taken} proposals propose() "
+            f"made (at most half may be refused), e.g. {example.get('detail', '')}, "
+            f"because {example.get('reason', '')}")
+
+
 def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: list[TraceFixture],
              time_limit_per_call: float) -> tuple[bool, str, dict[str, Any]]:
     per_trace: list[dict[str, Any]] = []
@@ -358,7 +376,8 @@ def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: 
         return False, "hook errors: " + grouped_errors(errors)[:2000], report_data
     if not fixtures:
         return False, "no traces to dry-run on", report_data
-    blocking = _blocking_filter(per_trace)
+    # A proposer refused every time and changing nothing else is inert (said below, with the reason).
+    blocking = _blocking_filter(per_trace) or (_refused_proposer(per_trace) if total else None)
     if blocking:
         return False, blocking, report_data
     if total == 0:

@@ -501,9 +501,14 @@ _HINT_BY_MARKER = {
                                    "functions.",
     "__init__ must be callable": "write def __init__(self): with no other parameters, and set every starting value "
                                  "inside it.",
-    "blocks the search": 'filter() must return None for most proposals: return {"reject": reason} only when the '
-                         "proposal shows the exact problem of the idea (for example, it repeats a change already "
-                         "tried and discarded), and None otherwise, also when a value it needs is missing or None.",
+    "blocks the search: filter()": 'filter() must return None for most proposals: return {"reject": reason} only '
+                                   "when the proposal shows the exact problem of the idea (for example, it repeats a "
+                                   "change already tried and discarded), and None otherwise, also when a value it "
+                                   "needs is missing or None.",
+    "proposals propose() made": "propose() must return proposals the engine accepts: only parameters of "
+                                "state[\"search_space\"] that are not locked or in state[\"frozen\"], values within "
+                                "their min and max and different from state[\"config\"]; return None to let the "
+                                "LLM propose.",
     "is not in the search space": "name only real parameters, read at run time from the state: [p[\"name\"] for p "
                                    "in state[\"search_space\"] if not p[\"locked\"] and p[\"name\"] not in "
                                    "state[\"frozen\"]] (e.g. MATRIX_LR, WARMUP_RATIO), never placeholders such "

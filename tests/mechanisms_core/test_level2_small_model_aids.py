@@ -363,3 +363,18 @@ def test_an_attribute_error_on_a_plain_value_names_its_operations_and_one_on_the
     assert on_class.startswith("the class uses self.best but never defines it")
     assert not [hint for hint in dry_run_hints("AttributeError: 'NoneType' object has no attribute 'get'")
                 if "self.get" in hint]
+
+
+def test_a_propose_whose_proposals_the_engine_refuses_blocks_the_search_and_fails_the_dry_run() -> None:
+    spec = {"name": "bandit", "class_name": "Bandit", "hooks": ["prompt_sections", "propose"], "rationale": "r",
+            "state_kept": "s", "expected_effect": "e"}
+    code = ("class Bandit:\n    def prompt_sections(self, state):\n        return ['Explore the arms.']\n"
+            "    def propose(self, state):\n"
+            "        return {'changes': {'param1': 10, 'param2': 20}, 'hypothesis': 'example'}\n")
+    failed = validate_mechanism(spec, code, recorded_fixtures()[:2]).failed_step
+    assert failed is not None and failed["step"] == "dry_run", failed
+    assert failed["detail"].startswith("blocks the search: the engine would refuse ")
+    assert "param1" in failed["detail"]
+    hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
+    assert [hint for hint in hints if hint.startswith("propose() must return proposals the engine accepts")], hints
+    assert not [hint for hint in hints if hint.startswith("filter()")], hints
