@@ -29,8 +29,8 @@ from mechanisms.ladder import (
     LadderReport,
     TraceFixture,
     check_spec,
+    class_hooks,
     default_fixtures,
-    defined_hooks,
     validate_mechanism,
 )
 from mechanisms.protocol import State, TraceRecord, protocol_description
@@ -128,10 +128,9 @@ def extract_json(reply: str) -> dict[str, Any]:
 
 def extract_code(reply: str) -> str:
     """The Python source in a reply: the first ```python fence, any fence, or the whole reply."""
-    fenced = re.search(r"```(?:python|py)?[ \t]*\n(.*?)```", reply, re.DOTALL)
-    # An opening fence with no closing one: a reply cut off mid-module; its code starts after the fence.
-    unclosed = None if fenced else re.search(r"```(?:python|py)?[ \t]*\n(.*)", reply, re.DOTALL)
-    code = fenced.group(1) if fenced else unclosed.group(1) if unclosed else reply
+    # An opening fence with no closing one is a reply cut off mid-module: its code runs to the end.
+    fenced = re.search(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", reply, re.DOTALL)
+    code = fenced.group(1) if fenced else reply
     if "class " not in code:
         raise _StepError("the reply contains no Python class")
     return code.strip() + "\n"
@@ -234,14 +233,14 @@ def spec_matching_code(spec: dict[str, Any], code: str) -> dict[str, Any]:
         tree = ast.parse(code)
     except SyntaxError:
         return spec
-    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     if len(classes) != 1:
         return spec  # none or several: the static check says which
     notes = []
-    if classes[0] != spec["class_name"]:
-        notes.append(f"class_name {spec['class_name']!r} -> {classes[0]!r}")
-        spec = {**spec, "class_name": classes[0]}
-    hooks = defined_hooks(code, spec["class_name"])
+    if classes[0].name != spec["class_name"]:
+        notes.append(f"class_name {spec['class_name']!r} -> {classes[0].name!r}")
+        spec = {**spec, "class_name": classes[0].name}
+    hooks = class_hooks(classes[0])
     if hooks and set(hooks) != set(spec["hooks"]):
         notes.append(f"hooks {spec['hooks']} -> {hooks}")
         spec = {**spec, "hooks": hooks}

@@ -179,13 +179,16 @@ def check_spec(spec: dict[str, Any] | str) -> tuple[dict[str, Any] | None, list[
     return (spec if not problems else None), problems
 
 
+def class_hooks(node: ast.ClassDef) -> list[str]:
+    """The protocol hooks a class defines, in protocol order."""
+    methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+    return [hook for hook in HOOK_NAMES if hook in methods]
+
+
 def defined_hooks(code: str, class_name: str) -> list[str]:
     tree = ast.parse(code)
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == class_name:
-            methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
-            return [hook for hook in HOOK_NAMES if hook in methods]
-    return []
+    return next((class_hooks(node) for node in tree.body
+                 if isinstance(node, ast.ClassDef) and node.name == class_name), [])
 
 
 def _hooks_mismatch(spec_hooks: list[str], actual: list[str]) -> str | None:
@@ -300,10 +303,15 @@ MAX_FILTER_REJECT_SHARE = 0.5
 MIN_FILTER_CALLS = 4
 
 
+def _summed(per_trace: list[dict[str, Any]], section: str, key: str) -> int:
+    """One count of the per-trace reports (e.g. "hook_calls", "filter") over all traces."""
+    return sum(t.get(section, {}).get(key, 0) for t in per_trace)
+
+
 def _blocking_filter(per_trace: list[dict[str, Any]]) -> str | None:
     """Why the mechanism's filter would block the search (it rejects most proposals), or None."""
-    calls = sum(t.get("hook_calls", {}).get("filter", 0) for t in per_trace)
-    rejected = sum(t.get("changed", {}).get("proposal_rejected", 0) for t in per_trace)
+    calls = _summed(per_trace, "hook_calls", "filter")
+    rejected = _summed(per_trace, "changed", "proposal_rejected")
     if calls < MIN_FILTER_CALLS or rejected <= MAX_FILTER_REJECT_SHARE * calls:
         return None
     example = next((e["detail"] for t in per_trace for e in t.get("examples", [])
@@ -312,7 +320,7 @@ def _blocking_filter(per_trace: list[dict[str, Any]]) -> str | None:
             f"(at most half may be rejected), e.g. {example!r}; reject only the proposals the idea is about")
 
 
-DECIDING_HOOKS = ("prompt_sections", "restrict", "propose", "filter", "accept")
+DECIDING_HOOKS = tuple(hook for hook in HOOK_NAMES if hook != "on_result")
 
 
 def _what_the_hooks_saw(hooks: list[str], per_trace: list[dict[str, Any]], fixtures: list[TraceFixture]) -> str:
@@ -321,8 +329,7 @@ def _what_the_hooks_saw(hooks: list[str], per_trace: list[dict[str, Any]], fixtu
     Told only "inert", a small model rewrote a filter that looked for "val_bpb" in proposal["changes"] (a
     proposal is not trained yet) three times; the shape of what the hook was actually shown is the fix.
     """
-    calls = {hook: sum(t.get("hook_calls", {}).get(hook, 0) for t in per_trace) for hook in DECIDING_HOOKS
-             if hook in hooks}
+    calls = {hook: _summed(per_trace, "hook_calls", hook) for hook in DECIDING_HOOKS if hook in hooks}
     if not calls:
         return "; it defines no deciding hook (prompt_sections, restrict, propose, filter or accept)"
     said = ", ".join(f"{hook}() {count} times" for hook, count in calls.items())
@@ -342,8 +349,8 @@ def _refused_proposer(per_trace: list[dict[str, Any]]) -> str | None:
     returned {"param1": 10, "param2": 20} passed on its prompt sections and made four iterations in a row
     invalid_proposal in a real run.
     """
-    refused = sum(t.get("invalid", {}).get("proposals", 0) for t in per_trace)
-    taken = sum(t.get("changed", {}).get("proposal_replaced", 0) for t in per_trace)
+    refused = _summed(per_trace, "invalid", "proposals")
+    taken = _summed(per_trace, "changed", "proposal_replaced")
     if refused == 0 or refused <= MAX_FILTER_REJECT_SHARE * (refused + taken):
         return None
     example: dict[str, Any] = next(
