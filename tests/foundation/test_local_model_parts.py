@@ -22,7 +22,8 @@ def make_parts(purelib: Path, count: int) -> bytes:
     return whole
 
 
-def test_parts_are_joined_in_numeric_order_and_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parts_are_joined_in_numeric_order_and_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     whole = make_parts(tmp_path / "site", 12)  # part10..12 after part9, not after part1
     monkeypatch.setattr(bootstrap, "LOCAL_MODEL_PARTS", 12)
     monkeypatch.setattr(bootstrap, "LOCAL_MODEL_BYTES", len(whole))
@@ -32,6 +33,8 @@ def test_parts_are_joined_in_numeric_order_and_verified(tmp_path: Path, monkeypa
     assert target.read_bytes() == whole
     assert bootstrap.model_verified(target)
     assert not list(target.parent.glob("*.partial"))
+    joined = [line for line in capsys.readouterr().out.splitlines() if "joined part" in line]
+    assert len(joined) == 12 and joined[-1].startswith("[bootstrap] joined part 12 of 12: 0 MB of 0 MB")
 
 
 def test_a_join_with_the_wrong_hash_is_refused_and_leaves_nothing(tmp_path: Path,
