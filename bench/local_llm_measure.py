@@ -1,14 +1,18 @@
 """How well a real LLM endpoint drives all three levels: issue 15's measurement, repeatable.
 
     .venv/bin/python bench/local_llm_measure.py --base-url http://127.0.0.1:PORT/v1 --model NAME \
-        [--iterations 10] [--repeats 2] [--record tests/fixtures/llm_transcripts/NAME.json]
+        [--iterations 10] [--repeats 2] [--groups A,C] [--seed N] [--local-server] [--keep-data] \
+        [--record tests/fixtures/llm_transcripts/NAME.json]
 
 Groups A and C on the surrogate objective (T, K=3, M=1, review gate off), every step and Level 2
 session run in this process against the endpoint, in a throw-away SQLite database. Prints the share
 of proposals valid within two asks, the invalid proposals with their reasons, the largest prompt per
 level (estimated tokens) against the context window, and how far each Level 2 session got. With
 --record, every call's level, purpose, prompt and reply are written as a replay fixture for the
-suite.
+suite. --seed sets the experiment's seed base (runs, surrogate noise and agent randomness follow it). The
+throw-away data folder is removed at the end unless --keep-data. --local-server treats the endpoint as the
+launcher treats its llama.cpp server: its speed is measured first and shared, and a slow reply is waited
+for instead of asked again; the summary says how often the first Level 2 call was sent.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -33,9 +39,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--record", default="")
     parser.add_argument("--groups", default="A,C", help="comma-separated groups (default A,C)")
+    parser.add_argument("--seed", type=int, default=0, help="the experiment's seed base (default 0)")
+    parser.add_argument("--local-server", action="store_true",
+                        help="a llama.cpp server: measure its speed first, wait for slow replies, never ask twice")
+    parser.add_argument("--keep-data", action="store_true", help="keep the throw-away data folder (SQLite, logs)")
     args = parser.parse_args()
 
     data_dir = tempfile.mkdtemp(prefix="bilevel-llm-measure-")
+    try:
+        report = measure_in(data_dir, args)
+    finally:
+        if args.keep_data:
+            print(f"data kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    print(json.dumps(report["summary"], indent=1))
+    if args.record:
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.record).write_text(json.dumps(report["transcript"], indent=1, ensure_ascii=False) + "\n")
+        print(f"transcript of {len(report['transcript']['calls'])} calls written to {args.record}")
+
+
+def measure_in(data_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The measurement on a fresh SQLite database in `data_dir`, every connection to it closed at the end."""
     os.environ.update(BILEVEL_DATA_DIR=data_dir, DJANGO_SETTINGS_MODULE="bilevel_site.settings")
     os.environ.pop("DATABASE_URL", None)
     sys.path.insert(0, str(ROOT))
@@ -43,14 +69,25 @@ def main() -> None:
 
     django.setup()
     from django.core.management import call_command
+    from django.db import connections
 
-    call_command("migrate", verbosity=0)
-    report = measure(args)
-    print(json.dumps(report["summary"], indent=1))
-    if args.record:
-        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.record).write_text(json.dumps(report["transcript"], indent=1, ensure_ascii=False) + "\n")
-        print(f"transcript of {len(report['transcript']['calls'])} calls written to {args.record}")
+    try:
+        call_command("migrate", verbosity=0)
+        if args.local_server:
+            probe_local_server(args)
+        return measure(args)
+    finally:
+        connections.close_all()
+
+
+def probe_local_server(args: argparse.Namespace) -> None:
+    from django.conf import settings
+
+    from runs.agents.factory import measure_endpoint, shared_profiles
+
+    profile = measure_endpoint(args.base_url, args.model, shared_profiles(), cancels_abandoned=False,
+                               timeout=settings.LLM_MAX_TIMEOUT_SECONDS, nonce=secrets.token_hex(4))
+    print(f"probe: {(profile.seconds_per_token or 0) * 1000:.0f} ms per token, shared with every call that follows")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,7 +100,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     experiment = Experiment.objects.create(
         name="local LLM measurement", groups=args.groups.split(","), repeats=args.repeats, iterations=args.iterations,
         strategy_interval=3, research_interval=1, objective="surrogate", budget_value=1.5e12, review_gate=False,
-        agent_backend="llm", llm_base_url=args.base_url, llm_model=args.model)
+        agent_backend="llm", llm_base_url=args.base_url, llm_model=args.model, seed_base=args.seed)
     runs = create_runs(experiment)
     started = time.monotonic()
     for run in runs:  # steps and sessions run here, in order, instead of in workers
@@ -99,6 +136,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             level: {"calls": len(times), "mean": round(sum(times) / len(times), 1), "max": round(max(times), 1)}
             for level in sorted({c.level for c in calls})
             for times in [[c.latency_seconds for c in calls if c.level == level and not c.error]] if times},
+        "seed": args.seed,
+        "first_level2_call": first_call_sends([c for c in calls if c.level == "2"]),
         "sessions": session_rows,
         "sessions_reaching_dry_run": sum(1 for s in session_rows if s["reached_dry_run"]),
     }
@@ -111,6 +150,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                   for c in calls],
     }
     return {"summary": summary, "transcript": transcript}
+
+
+def first_call_sends(calls: list[Any]) -> dict[str, Any]:
+    """The first Level 2 call until its first reply: how often it was sent, and each row's timeout."""
+    rows = []
+    for call in calls:
+        rows.append(call)
+        if not call.error:
+            break
+    # A "waiting past the timeout" row is the same request, still awaited; every other failed row was a send.
+    sends = sum(1 for c in rows if not c.error.startswith("waiting past the timeout"))
+    return {"purpose": rows[0].purpose if rows else None, "sent": sends,
+            "timeouts_seconds": [c.timeout_seconds for c in rows], "seconds": round(sum(
+                c.latency_seconds for c in rows if not c.error.startswith("waiting past the timeout")), 1)}
 
 
 def furthest_rung(status: str, rounds: list[dict[str, Any]]) -> str:

@@ -5,6 +5,9 @@ one cut off at max_tokens), {"status": 429} (or
 any error status, with an optional "body"), {"hang": seconds} (answers after the client gave
 up), or {"close": True} (drops the connection). Requests are recorded for assertions.
 
+`one_at_a_time` makes it serve as llama.cpp's Python server does: one request at a time, each computed to
+its end even when its client has gone, so a request sent meanwhile waits its turn.
+
 `refuse_formats` makes the server refuse response_format types as a given backend does, on every
 request and without using up a scripted reply: e.g. {"json_schema": 500} answers like llama.cpp's
 server to a schema it cannot turn into a grammar.
@@ -12,7 +15,9 @@ server to a schema it cannot turn into a grammar.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,11 +26,13 @@ from typing import Any
 
 
 class ScriptedOpenAI:
-    def __init__(self) -> None:
+    def __init__(self, one_at_a_time: bool = False) -> None:
         self.script: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()
         self.refuse_formats: dict[str, int] = {}
+        self.instance = secrets.token_hex(6)
+        self.slot = threading.Lock() if one_at_a_time else contextlib.nullcontext()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +42,10 @@ class ScriptedOpenAI:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append(body)
+                with stub.slot:
+                    self._answer(body)
+
+            def _answer(self, body: dict[str, Any]) -> None:
                 refused = stub.refuse_formats.get(body.get("response_format", {}).get("type", ""))
                 if refused:
                     message = "response_format: failed to compile the JSON schema into a grammar"
@@ -82,7 +93,9 @@ class ScriptedOpenAI:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        # A path of its own: what clients learn about an endpoint is shared through Redis by URL, and a port
+        # can come back in a later test (or test session) as another stub.
+        return f"http://127.0.0.1:{self.server.server_address[1]}/stub-{self.instance}/v1"
 
     def close(self) -> None:
         self.release.set()

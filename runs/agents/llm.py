@@ -11,16 +11,22 @@ with exponential backoff, a bounded number of times.
 
 Timeouts follow the endpoint's measured speed: after each reply the seconds per (estimated) token
 are kept, and a request gets several times what its size should take at that speed, never less than
-LLM_TIMEOUT_SECONDS; a request that timed out is retried with twice the time. Every call, failed
-or not, is stored through the recorder with its prompt, reply, tokens, latency and timeout.
+LLM_TIMEOUT_SECONDS. What is learnt about an endpoint is shared with every other process through
+Redis (endpoint_profiles.py), so a worker's first call already has the timeout another measured. A
+request that timed out is retried with twice the time, except against a server that goes on with an
+abandoned request (the launcher's llama.cpp): there the client waits for its request, up to
+LLM_MAX_TIMEOUT_SECONDS, rather than queue a second copy behind the first. Every call, failed or not,
+is stored through the recorder with its prompt, reply, tokens, latency and timeout.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as StillWaiting
 from typing import Any
 
 import openai
@@ -37,6 +43,7 @@ from .base import (
     StrategyReply,
     StrategyRequest,
 )
+from .endpoint_profiles import SharedProfiles, endpoint_key, endpoint_profile
 from .prompts import (
     PROPOSAL_REPLY_TOKENS,
     PROPOSER_SYSTEM,
@@ -48,33 +55,16 @@ from .prompts import (
 )
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
-# Best first. "json_object_schema" is llama-cpp-python's server's form of a schema ({"type": "json_object",
-# "schema": ...}): it answers 500 to json_schema, and plain json_object let a small model invent any object.
-MODES = ("json_schema", "json_object_schema", "json_object", "text")
 FORMAT_WORDS = ("response_format", "json_schema", "json schema", "grammar")  # in llama.cpp's errors too
 # A request gets this many times what its size should take at the endpoint's measured speed.
 TIMEOUT_SAFETY = 4.0
 REPLY_RESERVE_TOKENS = 1024  # the reply's share when the caller gives no schema-sized estimate
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-
-
-@dataclass
-class EndpointProfile:
-    """What was learnt about one endpoint: the structured-output mode that works, and its speed."""
-
-    mode: str = MODES[0]
-    # Replies are capped with max_tokens: a small model under a JSON grammar can emit whitespace until the
-    # context is full, and llama.cpp goes on generating after the client gave up. Endpoints that refuse the
-    # parameter (some reasoning models want max_completion_tokens) are asked without it.
-    max_tokens: bool = True
-    seconds_per_token: float | None = None  # latest measured (prompt + reply tokens), slowest kept
-
-
-ENDPOINTS: dict[str, EndpointProfile] = {}
-
-
-def endpoint_profile(base_url: str, model: str) -> EndpointProfile:
-    return ENDPOINTS.setdefault(f"{base_url.rstrip('/')}|{model}", EndpointProfile())
+def fitting_timeout(seconds_per_token: float | None, estimated_tokens: int, minimum: float, maximum: float) -> float:
+    """Several times what a request of this size should take at the measured speed, within [minimum, maximum]."""
+    if seconds_per_token is None:
+        return minimum
+    return min(maximum, max(minimum, estimated_tokens * seconds_per_token * TIMEOUT_SAFETY))
 
 
 def extract_json_object(text: str) -> dict[str, Any]:
@@ -123,6 +113,7 @@ class LLMAgent:
         max_attempts: int = 4,
         backoff_seconds: float = 1.0,
         context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+        shared: SharedProfiles | None = None,
     ) -> None:
         self.model = model
         self.label = f"LLM {model} @ {base_url}"
@@ -133,15 +124,21 @@ class LLMAgent:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.context_tokens = context_tokens
+        self.key = endpoint_key(base_url, model)
         self.profile = endpoint_profile(base_url, model)
+        self.shared = shared
+        if shared is not None and (known := shared.load(self.key)) is not None:
+            self.profile.absorb(known)  # what another process (or the launcher) learnt, before the first call
         self.last_cut_off = False  # did the last reply stop at max_tokens?
+
+    def _share(self) -> None:
+        """Tell every other process what this one learnt (and take what they learnt meanwhile)."""
+        if self.shared is not None:
+            self.profile.absorb(self.shared.merge(self.key, self.profile))
 
     def timeout_for(self, estimated_tokens: int) -> float:
         """Seconds to allow a request of this size: scaled by the endpoint's measured speed."""
-        if self.profile.seconds_per_token is None:
-            return self.min_timeout
-        expected = estimated_tokens * self.profile.seconds_per_token * TIMEOUT_SAFETY
-        return min(self.max_timeout, max(self.min_timeout, expected))
+        return fitting_timeout(self.profile.seconds_per_token, estimated_tokens, self.min_timeout, self.max_timeout)
 
     def _response_format(self, mode: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
         if schema is not None and mode == "json_schema":
@@ -185,22 +182,25 @@ class LLMAgent:
                 kwargs["temperature"] = temperature
             if self.profile.max_tokens:
                 kwargs["max_tokens"] = reply_tokens
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+            waits = not self.profile.cancels_abandoned
             try:
-                response = self.client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
-                    timeout=timeout,
-                    **kwargs,
-                )
+                if waits:
+                    response = self._wait_for_reply(messages, kwargs, timeout, (level, purpose, prompt, started))
+                else:
+                    response = self.client.chat.completions.create(
+                        model=self.model, messages=messages, timeout=timeout, **kwargs)  # type: ignore[arg-type]
             except openai.APIStatusError as error:
                 last_error = f"{type(error).__name__}: {error}"
                 self._record(level, purpose, prompt, "", started, last_error, None, timeout)
                 if response_format is not None and _names_format(error):
                     # Not counted as an attempt: there are only len(MODES) - 1 steps down.
                     self.profile.mode = _next_mode(response_format)
+                    self._share()
                     continue
                 if "max_tokens" in kwargs and error.status_code == 400 and "max_tokens" in f"{error} {_body(error)}":
                     self.profile.max_tokens = False
+                    self._share()
                     continue
                 attempt += 1
                 if not isinstance(error, RETRYABLE):
@@ -211,9 +211,14 @@ class LLMAgent:
             except RETRYABLE as error:
                 attempt += 1
                 last_error, unavailable = f"{type(error).__name__}: {error}", True
+                allowed = self.max_timeout if waits else timeout
                 if isinstance(error, openai.APITimeoutError):
-                    last_error = f"APITimeoutError: no reply within {timeout:g} s"
-                self._record(level, purpose, prompt, "", started, last_error, None, timeout)
+                    last_error = f"APITimeoutError: no reply within {allowed:g} s"
+                self._record(level, purpose, prompt, "", started, last_error, None, allowed)
+                if waits and isinstance(error, openai.APITimeoutError):
+                    # Asking again would queue a copy behind the request the server is still computing.
+                    raise AgentUnavailable(f"{last_error}; not asked again: this server goes on computing an "
+                                           "abandoned request") from error
                 if isinstance(error, openai.APITimeoutError):
                     # A slow endpoint not measured yet (a CPU model's first long prompt) gets more time.
                     timeout = min(self.max_timeout, timeout * 2)
@@ -228,7 +233,8 @@ class LLMAgent:
             finish_reason = getattr(response.choices[0], "finish_reason", None) if response.choices else None
             self.last_cut_off = finish_reason == "length"
             self._record(
-                level, purpose, prompt, content or "", started, "" if content else "empty reply", response, timeout
+                level, purpose, prompt, content or "", started, "" if content else "empty reply", response,
+                self.max_timeout if waits else timeout,
             )
             if not content or not content.strip():
                 last_error, unavailable = "the endpoint returned an empty reply", False
@@ -237,6 +243,24 @@ class LLMAgent:
             return content
         failure = AgentUnavailable if unavailable else AgentError
         raise failure(f"no usable reply after {self.max_attempts} attempts: {last_error}")
+
+    def _wait_for_reply(self, messages: list[dict[str, str]], kwargs: dict[str, Any], timeout: float,
+                        call: tuple[str, str, str, float]) -> Any:
+        """Send once and wait up to max_timeout. Past the fitting `timeout` the wait is recorded as a timeout
+        (the call list shows it as it happens), but the request is not abandoned and asked again: this
+        server would compute the abandoned one to its end and only then start on the copy."""
+        level, purpose, prompt, started = call
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-call") as pool:
+            reply = pool.submit(lambda: self.client.chat.completions.create(
+                model=self.model, messages=messages, timeout=self.max_timeout, **kwargs))  # type: ignore[arg-type]
+            try:
+                return reply.result(timeout=timeout)
+            except StillWaiting:
+                note = (f"waiting past the timeout: no reply within {timeout:g} s; this server goes on computing "
+                        f"an abandoned request, so the client keeps waiting for this one (up to "
+                        f"{self.max_timeout:g} s) instead of asking again")
+                self._record(level, purpose, prompt, "", started, note, None, timeout)
+            return reply.result()
 
     def _backoff(self, attempt: int) -> None:
         if attempt < self.max_attempts:
@@ -247,7 +271,9 @@ class LLMAgent:
         tokens = (getattr(usage, "prompt_tokens", 0) or 0) + (getattr(usage, "completion_tokens", 0) or 0)
         speed = (time.monotonic() - started) / max(1, tokens or estimated)
         # The slowest speed seen wins: a long prompt on a CPU model is slower per token than a short one.
-        self.profile.seconds_per_token = max(speed, self.profile.seconds_per_token or 0.0)
+        if speed > (self.profile.seconds_per_token or 0.0):
+            self.profile.seconds_per_token, self.profile.measured_by = speed, f"a call by pid {os.getpid()}"
+            self._share()
 
     def _record(
         self,

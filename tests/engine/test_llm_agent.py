@@ -11,8 +11,7 @@ from django.test import override_settings
 
 from mechanisms.context_budget import prompt_tokens
 from runs.agents.base import ProposalRequest, StrategyRequest
-from runs.agents.factory import build_llm_agent
-from runs.agents.llm import ENDPOINTS
+from runs.agents.factory import build_llm_agent, forget_endpoints
 from runs.agents.prompts import (
     PROPOSAL_REPLY_TOKENS,
     PROPOSER_SYSTEM,
@@ -90,9 +89,9 @@ fast_llm = override_settings(LLM_RETRY_BACKOFF_SECONDS=0.01, LLM_TIMEOUT_SECONDS
 @pytest.fixture(autouse=True)
 def fresh_endpoints() -> Iterator[None]:
     """Each test's stub is a new endpoint: nothing learnt by an earlier test applies to it."""
-    ENDPOINTS.clear()
+    forget_endpoints()
     yield
-    ENDPOINTS.clear()
+    forget_endpoints()
 
 
 @fast_llm

@@ -21,7 +21,7 @@ import pytest
 from django.test import override_settings
 
 from mechanisms.models import ResearchSession
-from runs.agents.llm import ENDPOINTS
+from runs.agents.factory import forget_endpoints
 from runs.models import Iteration, IterationKind, IterationStatus
 from tests.engine.helpers import drive_with_research, make_experiment
 from tests.openai_stub import ScriptedOpenAI, scripted_openai
@@ -32,9 +32,9 @@ TRANSCRIPTS = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "llm_tr
 
 @pytest.fixture
 def stub() -> Iterator[ScriptedOpenAI]:
-    ENDPOINTS.clear()
+    forget_endpoints()
     yield from scripted_openai()
-    ENDPOINTS.clear()
+    forget_endpoints()
 
 
 def replayed(call: dict[str, Any]) -> dict[str, Any]:

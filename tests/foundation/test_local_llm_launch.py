@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from runs.agents.endpoint_profiles import RedisProfiles, endpoint_key
+
 from .test_launcher import ROOT, descendants, output_until_up, wait_until_gone
 
 pytestmark = pytest.mark.services
 
 STAND_IN = '''
-import argparse, json
+import argparse, json, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 parser = argparse.ArgumentParser()
@@ -44,6 +46,19 @@ class Handler(BaseHTTPRequestHandler):
                                      "repack": REPACK}]})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def do_POST(self):  # the launcher's speed probe: a chat completion, after a moment of "computing"
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(0.3)
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": request["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": "A search tunes a model."}}],
+                           "usage": {"prompt_tokens": 700, "completion_tokens": 8, "total_tokens": 708}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body.encode())
 
@@ -90,6 +105,13 @@ def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tm
             item.split("=", 1) for item in Path(f"/proc/{web[0]}/environ").read_text().split("\0") if "=" in item
         )
         assert (environ["LLM_BASE_URL"], environ["LLM_MODEL"], environ["BILEVEL_DEFAULT_AGENT"]) == (url, alias, "llm")
+
+        # Its speed was measured once, at its start, and is in Redis for every worker's first call.
+        assert re.search(r"local LLM measured in \d+ s: \d+ ms per token", output), output
+        shared = RedisProfiles((tmp_path / "data" / "redis.url").read_text().strip()).load(endpoint_key(url, alias))
+        assert shared is not None and shared.measured_by == "the launcher's probe"
+        assert shared.seconds_per_token is not None and shared.seconds_per_token >= 0.3 / 708
+        assert shared.cancels_abandoned is False  # llama.cpp's Python server computes abandoned requests
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0

@@ -10,7 +10,7 @@ from django.test import override_settings
 
 from mechanisms.models import ResearchSession, SessionStatus
 from mechanisms.research_prompts import REPAIR_TEMPERATURE, REPLY_TOKENS
-from runs.agents.llm import ENDPOINTS
+from runs.agents.factory import forget_endpoints
 from runs.level2 import execute_research_session
 from tests.engine.helpers import make_experiment
 from tests.openai_stub import ScriptedOpenAI, scripted_openai
@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def stub() -> Iterator[ScriptedOpenAI]:
-    ENDPOINTS.clear()
+    forget_endpoints()
     yield from scripted_openai()
-    ENDPOINTS.clear()
+    forget_endpoints()
 
 
 @override_settings(LLM_RETRY_BACKOFF_SECONDS=0.0)

@@ -37,6 +37,8 @@ CELERY_READY_MARKER = " ready."
 # Workers talk to each other through nothing but the database; syncing with neighbours only
 # delays a restart (mingle waits a second for replies).
 QUICK_START = ["--without-mingle", "--without-gossip"]
+# The probe is one short request; a CPU model under load answers it in well under a minute.
+LOCAL_LLM_PROBE_TIMEOUT_SECONDS = 300.0
 
 
 def free_port() -> int:
@@ -182,6 +184,11 @@ class Command(BaseCommand):
         return url
 
     def _on_back(self, child: Child) -> None:
+        if child.name == "redis" and getattr(self, "llm_profile", None) is not None:
+            from runs.agents.endpoint_profiles import RedisProfiles, endpoint_key
+
+            base_url, model, profile = self.llm_profile
+            RedisProfiles(self.env["REDIS_URL"]).merge(endpoint_key(base_url, model), profile)  # it came back empty
         if child.name == "redis":
             # It came back empty: every queued step task is gone. Re-queue them now rather than
             # when the periodic reaper notices (it cannot tell a lost task from a slow one).
@@ -213,6 +220,35 @@ class Command(BaseCommand):
             raise CommandError("the local LLM server did not start; see " + str(log_dir / "llm.log"))
         self.stdout.write(f"local LLM {alias} on {env['LLM_BASE_URL']} ({options['local_llm_threads']} threads, "
                           f"{options['local_llm_context']}-token context): the default agent of new experiments")
+        self._measure_local_llm(env)
+
+    def _measure_local_llm(self, env: dict[str, str]) -> None:
+        """Time one short request and share the speed (and that this server computes abandoned requests to
+        their end) with every worker through Redis, so no worker's first call times out and is asked again."""
+        from runs.agents.base import AgentError
+        from runs.agents.endpoint_profiles import RedisProfiles
+        from runs.agents.factory import PROBE_REPLY_TOKENS, measure_endpoint
+        from runs.agents.llm import fitting_timeout
+
+        self.stdout.write("measuring the local LLM's speed with one short request (seconds to a minute)…")
+        started = time.monotonic()
+        shared = RedisProfiles(env.get("REDIS_URL") or settings.REDIS_URL)
+        try:
+            profile = measure_endpoint(env["LLM_BASE_URL"], env["LLM_MODEL"], shared, cancels_abandoned=False,
+                                       timeout=LOCAL_LLM_PROBE_TIMEOUT_SECONDS, nonce=secrets.token_hex(4))
+        except AgentError as reason:
+            self.stderr.write(self.style.WARNING(
+                f"could not measure the local LLM ({reason}); the first call of a worker measures it instead"))
+            return
+        self.llm_profile = (env["LLM_BASE_URL"], env["LLM_MODEL"], profile)
+        example = 4000 + PROBE_REPLY_TOKENS
+        allowed = fitting_timeout(profile.seconds_per_token, example, settings.LLM_TIMEOUT_SECONDS,
+                                  settings.LLM_MAX_TIMEOUT_SECONDS)
+        self.stdout.write(
+            f"local LLM measured in {time.monotonic() - started:.0f} s: "
+            f"{(profile.seconds_per_token or 0.0) * 1000:.0f} ms per token. Every worker starts from it (a "
+            f"{example}-token request gets {allowed:.0f} s) "
+            "and waits for a slow reply instead of asking again")
 
     def _reap_helpers(self) -> None:
         for helper in [h for h in self.helpers if h.poll() is not None]:
