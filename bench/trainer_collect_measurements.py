@@ -20,11 +20,10 @@ import os
 import platform
 import random
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from trainer_common import DEFAULT_FLOPS, PRESET, Job, run_jobs
+from trainer_common import DEFAULT_FLOPS, PRESET, Job, measurement_record, run_jobs
 
 from trainer.schema import KNOBS, ConfigError, config_to_json, default_config, validate_config
 
@@ -179,25 +178,7 @@ def collect(limit: int, parallel: int, kinds: set[str] | None) -> None:
         with lock, JSONL.open("a") as out:
             for (kind, label, changes, seed, budget), summary in zip(batch, results, strict=True):
                 config = validate_config({**default_config(PRESET), **changes}, preset=PRESET)
-                record = {
-                    "label": label,
-                    "kind": kind,
-                    "config": config_to_json(config),
-                    "seed": seed,
-                    "budget_kind": "flops",
-                    "budget_value": budget,
-                    "val_bpb": summary.val_bpb,
-                    "failure_class": summary.failure_class,
-                    "error": summary.error,
-                    "steps": summary.steps,
-                    "tokens": summary.tokens,
-                    "flops": summary.flops,
-                    "training_seconds": summary.training_seconds,
-                    "eval_seconds": summary.eval_seconds,
-                    "threads": 1,
-                    "parallel_runs": parallel,
-                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                }
+                record = measurement_record(label, kind, config_to_json(config), seed, budget, summary, parallel)
                 out.write(json.dumps(record) + "\n")
 
 

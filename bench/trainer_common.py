@@ -73,3 +73,30 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 2, verbose: bool = True) -> li
 def mean_sd(values: Iterable[float]) -> tuple[float, float]:
     data = list(values)
     return statistics.fmean(data), (statistics.stdev(data) if len(data) > 1 else float("nan"))
+
+
+def measurement_record(
+    label: str, kind: str, config: Mapping[str, Any], seed: int, budget: float, summary: TrainingSummary, parallel: int
+) -> dict[str, Any]:
+    """One real run as the surrogate's measurements file keeps it."""
+    import time
+
+    return {
+        "label": label,
+        "kind": kind,
+        "config": dict(config),
+        "seed": seed,
+        "budget_kind": "flops",
+        "budget_value": budget,
+        "val_bpb": summary.val_bpb,
+        "failure_class": summary.failure_class,
+        "error": summary.error,
+        "steps": summary.steps,
+        "tokens": summary.tokens,
+        "flops": summary.flops,
+        "training_seconds": summary.training_seconds,
+        "eval_seconds": summary.eval_seconds,
+        "threads": 1,
+        "parallel_runs": parallel,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

@@ -56,7 +56,7 @@ def main() -> None:
     relevance = ", ".join(
         f"{name} {value:.2f}" for name, value in zip(FEATURE_NAMES, model.bpb.relevance, strict=True) if value > 0
     )
-    print(f"kernel: linear weight {model.bpb.linear_weight}, noise ratio {model.bpb.noise}; relevance: {relevance}")
+    print(f"kernel: RBF, noise ratio {model.bpb.noise}; relevance: {relevance}")
     print(
         f"fit: {fit_seconds * 1000:.0f} ms; seed noise sd {model.noise_sd:.4f}; "
         f"budget slope {model.budget_slope:+.3f} val_bpb per ln(FLOPs)"

@@ -9,11 +9,18 @@ The model, and why it is this simple:
 - features: log2 batch, log learning rates, log(1 - beta), weight decay, schedule ratios, the
   fraction of full-context layers and log2 head size, standardised; DEVICE_BATCH_SIZE is left out
   because it does not change the maths;
-- val_bpb of successful runs: kernel ridge regression (a GP posterior mean: RBF plus a linear
-  term) on ln(val_bpb), with a relevance per feature, the linear weight and the noise level chosen
-  by exact leave-one-out error; predictions are clipped to the measured range (minus a margin)
-  and to 8 bits (a uniform byte model). A quadratic ridge model was tried first and predicted
-  held-out runs worse (rank correlation 0.77 vs 0.81 on the first 44 runs);
+- val_bpb of successful runs: GP regression (an RBF kernel, no linear term) on ln(val_bpb), with a
+  relevance per feature and the noise level chosen by exact leave-one-out error. A search goes to
+  the model's optimum, so the model must not promise what it does not know: the value it gives is
+  the posterior mean plus one posterior sd, and outside the measured support (more than
+  SUPPORT_RADIUS fixed knob steps from every measured config, or beyond a feature's measured
+  range) it is never better than the nearest measured config and worsens with the distance.
+  Every summary says whether it was ``extrapolated``, how far (``support_distance``) and what the
+  nearest measured config gave. There is no floor (an earlier version clipped at the best measured
+  value minus a margin, and many different configs tied there, at an optimum that trained for
+  real was worse than the default); the 8-bit ceiling is approached smoothly. The measurements
+  include configs that searches on the surrogate ended on and passed through, trained for real
+  (``bench/surrogate_rounds.py``), so the model is checked where searches go;
 - divergence: L2-regularised logistic regression on the features and their squares; a run
   diverges with the fitted probability (drawn from the (maths, seed) generator; under 5% counts as 0),
   because near the edge the same config diverges for some seeds and not others;
@@ -61,15 +68,17 @@ from trainer.seed_noise import (
 PRESET = "cpu-tiny"
 MEASUREMENTS_PATH = Path(__file__).resolve().parent / "data" / "surrogate_measurements.json"
 KERNEL_LENGTHSCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # in standard deviations of a feature
-KERNEL_LINEAR_WEIGHTS = (0.0, 0.03, 0.3)
 KERNEL_NOISE_GRID = (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3)  # noise-to-signal variance ratios
 RELEVANCE_FACTORS = (0.0, 0.5)  # drop a feature or widen its scale; narrowing overfitted in k-fold tests
 RELEVANCE_PASSES = 2
 LOGISTIC_L2 = 1.0
 FOLDS = 5
 DIVERGENCE_FLOOR = 0.05
-PREDICTION_MARGIN = 0.2  # how far below the best measured val_bpb a prediction may go
-UNIFORM_BPB = 8.0
+PESSIMISM = 1.0  # posterior sds of ln(val_bpb) added to the mean: thin data promise less
+SUPPORT_RADIUS = 1.5  # steps (SUPPORT_STEPS) from the nearest measured config that still count as measured
+SUPPORT_SLOPE = 0.08  # val_bpb added per step beyond the support radius or the measured range
+UNIFORM_BPB = 8.0  # a uniform byte model: no run does worse
+CEILING_KNEE = 6.0
 FEATURE_NAMES = (
     "log2_batch",
     "ln_matrix_lr",
@@ -85,6 +94,28 @@ FEATURE_NAMES = (
     "long_layer_fraction",
     "log2_head_dim",
 )
+
+# One "step" of each feature for the support distance, in the feature's own units: about the change
+# of one knob that the measurements show to matter (a doubling of the batch, a learning rate x3, ...).
+# Fixed, not fitted: where the data are thin a fitted length scale is long (the landscape looks
+# smooth) and would let a search wander far from every measurement.
+SUPPORT_STEPS = {
+    "log2_batch": 1.0,
+    "ln_matrix_lr": math.log(3.0),
+    "ln_embedding_lr": math.log(3.0),
+    "ln_unembedding_lr": math.log(3.0),
+    "ln_scalar_lr": math.log(3.0),
+    "weight_decay": 0.1,
+    "ln_one_minus_beta1": math.log(2.0),
+    "ln_one_minus_beta2": math.log(2.0),
+    "warmup_ratio": 0.15,
+    "warmdown_ratio": 0.15,
+    "final_lr_frac": 0.15,
+    "long_layer_fraction": 0.34,
+    "log2_head_dim": 1.0,
+}
+
+SUPPORT_SCALE = np.array([SUPPORT_STEPS[name] for name in FEATURE_NAMES])
 
 
 def config_features(config: Mapping[str, Any]) -> np.ndarray:
@@ -149,10 +180,10 @@ def fold_indices(count: int, folds: int, seed: int = 0) -> list[np.ndarray]:
     return [order[fold::folds] for fold in range(folds)]
 
 
-def combined_kernel(a: np.ndarray, b: np.ndarray, linear_weight: float) -> np.ndarray:
-    """RBF on already length-scaled inputs (local structure) plus a linear kernel (trends that continue)."""
+def rbf_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """RBF on already length-scaled inputs: the correlation of two configs' values falls with their distance."""
     squared = (a**2).sum(axis=1)[:, None] + (b**2).sum(axis=1)[None, :] - 2.0 * a @ b.T
-    return np.exp(-0.5 * np.maximum(squared, 0.0)) + linear_weight * (a @ b.T)
+    return np.exp(-0.5 * np.maximum(squared, 0.0))
 
 
 def best_noise_loo(kernel: np.ndarray, centred: np.ndarray) -> tuple[float, float]:
@@ -176,25 +207,54 @@ def best_noise_loo(kernel: np.ndarray, centred: np.ndarray) -> tuple[float, floa
 
 
 @dataclass(frozen=True)
+class BpbPrediction:
+    """What the model says of some configs: the value a run gets and how far it is from the measurements."""
+
+    value: np.ndarray  # the val_bpb the surrogate uses (pessimistic: posterior mean + PESSIMISM sds, support-guarded)
+    posterior_mean: np.ndarray  # the GP's own mean, before pessimism and the support guard
+    posterior_sd: np.ndarray  # in ln(val_bpb)
+    support_distance: np.ndarray  # to the nearest measured config, in SUPPORT_STEPS
+    nearest_measured: np.ndarray  # mean measured val_bpb of that config
+    extrapolated: np.ndarray  # bool: outside the measured support
+
+
+@dataclass(frozen=True)
 class BpbModel:
-    """Kernel ridge regression (a GP posterior mean) of ln(val_bpb) with per-feature relevance.
+    """GP regression (RBF kernel with a relevance per feature) of ln(val_bpb), pessimistic where it does not know.
 
     ln(val_bpb) because the measured values are heavy-tailed (2.6 for good configs, up to 8 for
     configs that barely learn) and a search cares about ratios near the top, not the tail. Each
     standardised feature gets an inverse length scale ("relevance", 0 = ignored), chosen by
-    coordinate descent on the exact leave-one-out error; irrelevant knobs would otherwise blur an
-    isotropic kernel. The linear weight and noise level are chosen the same way.
+    coordinate descent on the exact leave-one-out error; the noise level the same way.
+
+    A search goes to the model's optimum, so the optimum must be real. Three rules keep it so:
+    - no linear term: far from the data the posterior mean returns to the mean of the measurements
+      instead of extrapolating a trend without limit (a linear term had made a config with
+      extreme learning rates the surrogate's best, 0.75 better than the default; trained for
+      real it was worse than the default);
+    - the value is the posterior mean plus PESSIMISM posterior sds, so where the data are thin
+      the model promises less;
+    - outside the measured support (farther than SUPPORT_RADIUS steps from every measured config,
+      or beyond the measured range of any feature) the value is never better than the nearest
+      measured config's mean, and grows by SUPPORT_SLOPE per step beyond it. Steps are fixed
+      knob units (SUPPORT_STEPS), every feature counted: a knob the data call irrelevant inside
+      their range may matter outside it.
+    There is no floor: distinct configs never tie by clipping; only the 8-bit ceiling is
+    approached smoothly (a uniform byte model) and never reached.
     """
 
     scaler: Standardizer
     relevance: np.ndarray
-    linear_weight: float
     noise: float
     train_z: np.ndarray
     alpha: np.ndarray
+    inverse: np.ndarray  # (K + noise I)^-1, for the posterior variance
     target_mean: float
     target_scale: float
-    floor: float
+    support_z: np.ndarray  # distinct measured configs, in SUPPORT_STEPS
+    support_values: np.ndarray  # their mean measured val_bpb
+    box_low: np.ndarray
+    box_high: np.ndarray
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray) -> BpbModel:
@@ -204,36 +264,76 @@ class BpbModel:
         target_scale = float(target.std()) or 1.0
         centred = (target - target.mean()) / target_scale  # unit signal variance, matching the kernel's
 
-        def loo(relevance: np.ndarray, linear_weight: float) -> tuple[float, float]:
-            return best_noise_loo(combined_kernel(z * relevance, z * relevance, linear_weight), centred)
+        def loo(relevance: np.ndarray) -> tuple[float, float]:
+            return best_noise_loo(rbf_kernel(z * relevance, z * relevance), centred)
 
         relevance = np.full(z.shape[1], 1.0 / KERNEL_LENGTHSCALES[0])
-        linear_weight = KERNEL_LINEAR_WEIGHTS[0]
         error = math.inf
         for lengthscale in KERNEL_LENGTHSCALES:
-            for weight in KERNEL_LINEAR_WEIGHTS:
-                candidate_error, _ = loo(np.full(z.shape[1], 1.0 / lengthscale), weight)
-                if candidate_error < error:
-                    error, relevance, linear_weight = candidate_error, np.full(z.shape[1], 1.0 / lengthscale), weight
+            candidate_error, _ = loo(np.full(z.shape[1], 1.0 / lengthscale))
+            if candidate_error < error:
+                error, relevance = candidate_error, np.full(z.shape[1], 1.0 / lengthscale)
         for _ in range(RELEVANCE_PASSES):
             for feature in range(z.shape[1]):
                 base = relevance[feature]
                 for factor in RELEVANCE_FACTORS:
                     trial = relevance.copy()
                     trial[feature] = base * factor
-                    candidate_error, _ = loo(trial, linear_weight)
+                    candidate_error, _ = loo(trial)
                     if candidate_error < error - 1e-12:
                         error, relevance = candidate_error, trial
-        _, noise = loo(relevance, linear_weight)
+        _, noise = loo(relevance)
         scaled = z * relevance
-        alpha = np.linalg.solve(combined_kernel(scaled, scaled, linear_weight) + noise * np.eye(len(y)), centred)
-        floor = float(y.min()) - PREDICTION_MARGIN
-        return cls(scaler, relevance, linear_weight, noise, scaled, alpha, float(target.mean()), target_scale, floor)
+        inverse = np.linalg.inv(rbf_kernel(scaled, scaled) + noise * np.eye(len(y)))
+        support = x / SUPPORT_SCALE
+        distinct, index = np.unique(support.round(9), axis=0, return_inverse=True)
+        index = index.reshape(-1)
+        values = np.array([y[index == i].mean() for i in range(len(distinct))])
+        return cls(
+            scaler, relevance, noise, scaled, inverse @ centred, inverse, float(target.mean()), target_scale,
+            distinct, values, support.min(axis=0), support.max(axis=0),
+        )
+
+    def explain(self, x: np.ndarray) -> BpbPrediction:
+        z = self.scaler(x)
+        cross = rbf_kernel(z * self.relevance, self.train_z)
+        latent_mean = cross @ self.alpha
+        latent_variance = np.maximum(1.0 - np.einsum("ij,jk,ik->i", cross, self.inverse, cross), 0.0)
+        log_mean = self.target_mean + self.target_scale * latent_mean
+        log_sd = self.target_scale * np.sqrt(latent_variance)
+        value = np.exp(log_mean + PESSIMISM * log_sd)
+
+        support = x / SUPPORT_SCALE
+        squared = ((support[:, None, :] - self.support_z[None, :, :]) ** 2).sum(axis=2)
+        nearest = squared.argmin(axis=1)
+        distance = np.sqrt(squared[np.arange(len(x)), nearest])
+        beyond_range = (np.maximum(support - self.box_high, 0.0) + np.maximum(self.box_low - support, 0.0)).sum(axis=1)
+        extrapolated = (distance > SUPPORT_RADIUS) | (beyond_range > 1e-9)
+        nearest_value = self.support_values[nearest]
+        excess = SUPPORT_SLOPE * (np.maximum(distance - SUPPORT_RADIUS, 0.0) + beyond_range)
+        # Grows by SUPPORT_SLOPE per step at first and bends below the ceiling, never under the nearest value.
+        room = UNIFORM_BPB - nearest_value
+        guard = nearest_value + room * np.tanh(excess / room)
+        value = soft_ceiling(value)
+        return BpbPrediction(
+            value=np.where(extrapolated, np.maximum(value, guard), value),
+            posterior_mean=np.exp(log_mean),
+            posterior_sd=log_sd,
+            support_distance=distance,
+            nearest_measured=nearest_value,
+            extrapolated=extrapolated,
+        )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        kernel = combined_kernel(self.scaler(x) * self.relevance, self.train_z, self.linear_weight)
-        log_bpb = self.target_mean + self.target_scale * (kernel @ self.alpha)
-        return np.clip(np.exp(log_bpb), self.floor, UNIFORM_BPB)
+        return self.explain(x).value
+
+
+def soft_ceiling(value: np.ndarray | float) -> np.ndarray:
+    """Values above CEILING_KNEE bend towards UNIFORM_BPB without reaching it: strictly increasing, no ties."""
+    array = np.asarray(value, dtype=float)
+    room = UNIFORM_BPB - CEILING_KNEE
+    bent = CEILING_KNEE + room * np.tanh((array - CEILING_KNEE) / room)
+    return np.where(array > CEILING_KNEE, bent, array)
 
 
 @dataclass(frozen=True)
@@ -395,7 +495,8 @@ def surrogate_evaluate(
     flops = steps * step_flops
     features = config_features(typed)[None]
     p_diverge = float(model.divergence.probability(features)[0]) if model.divergence is not None else 0.0
-    mean = float(model.bpb.predict(features)[0]) + model.budget_slope * math.log(flops / model.reference_flops)
+    explained = model.bpb.explain(features)
+    mean = float(explained.value[0]) + model.budget_slope * math.log(flops / model.reference_flops)
     generator = config_generator(typed, seed, PRESET)
     noise = model.noise.seed_sd * float(seed_generator(seed).standard_normal()) + model.noise.config_sd * float(
         generator.standard_normal()
@@ -408,6 +509,11 @@ def surrogate_evaluate(
         "seed_noise_sd": model.noise.seed_sd,
         "config_noise_sd": model.noise.config_sd,
         "divergence_probability": p_diverge,
+        # Where the model knows: outside the measured support the value is a pessimistic guess.
+        "extrapolated": bool(explained.extrapolated[0]),
+        "support_distance": float(explained.support_distance[0]),
+        "nearest_measured_val_bpb": float(explained.nearest_measured[0]),
+        "posterior_sd": float(explained.posterior_sd[0]),
         "flops_per_token": flops_per_token(typed, PRESET),
         "planned_steps": planned,
         "simulated": True,
@@ -434,7 +540,7 @@ def surrogate_evaluate(
     training_seconds = steps * seconds_per_step
     return TrainingSummary(
         failure_class="ok",
-        val_bpb=float(np.clip(mean + noise, model.bpb.floor, UNIFORM_BPB)),
+        val_bpb=float(soft_ceiling(mean + noise)),
         steps=steps,
         tokens=steps * tokens_per_step,
         flops=flops,
@@ -494,7 +600,8 @@ def surrogate_fit_report() -> dict[str, Any]:
         "cross_validation": cross_validate(data),
         "kernel": {
             "feature_relevance": dict(zip(FEATURE_NAMES, model.bpb.relevance.round(3).tolist(), strict=True)),
-            "linear_weight": model.bpb.linear_weight,
+            "pessimism_sds": PESSIMISM,
+            "support_radius": SUPPORT_RADIUS,
             "noise_ratio": model.bpb.noise,
         },
         "noise_sd": model.noise_sd,
