@@ -69,12 +69,13 @@ def test_without_confirmation_the_run_ends_with_its_last_proposal() -> None:
 
 
 def test_a_dead_workers_confirmation_is_done_again_once_and_its_late_commit_is_refused() -> None:
-    experiment = make_experiment(iterations=3, confirmation_repeats=2)
+    experiment = make_experiment(iterations=6, confirmation_repeats=2)
     run = experiment.runs.get()
     while not Confirmation.objects.filter(run=run).exists():
         run.refresh_from_db()
         execute_step(run.pk, run.step_ticket, "first")
     run.refresh_from_db()
+    assert run.best_iteration, "the premise: the run found a best other than its baseline, so both are confirmed"
     # A worker claims the next confirmation and stalls mid-training (killed, or frozen and then woken).
     assert claim_step(run.pk, run.step_ticket, "stalled:1")
     stalled = _StalledStep(run.pk, "stalled:1", LeaseKeeper(run.pk, "stalled:1"))
