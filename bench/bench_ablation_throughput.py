@@ -23,8 +23,8 @@ GROUPS = ["A", "B", "C", "D", "R"]
 
 def one(env: BenchEnv, workers: int, repeats: int, iterations: int) -> dict[str, Any]:
     from mechanisms.models import ResearchSession
-    from runs import control
-    from runs.control import create_runs
+    from runs.engine import control
+    from runs.engine.control import create_runs
     from runs.models import Experiment, Iteration, RunStatus
 
     experiment = Experiment.objects.create(

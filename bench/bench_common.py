@@ -242,7 +242,7 @@ class BenchEnv:
         return worker
 
     def start_asgi(self) -> tuple[Service, str]:
-        from runs.process_tools import wait_for_port
+        from runs.ops.process_tools import wait_for_port
 
         port = free_port()
         server = Service("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),

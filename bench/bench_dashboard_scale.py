@@ -24,7 +24,7 @@ PROPOSALS = 30
 
 def build(user: Any, curve_points: int) -> tuple[Any, Any]:
     from mechanisms.models import Mechanism, MechanismAttachment
-    from runs.control import create_runs
+    from runs.engine.control import create_runs
     from runs.models import Experiment, Iteration, OuterCycle
     from trainer.schema import config_to_json, default_config
 

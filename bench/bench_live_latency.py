@@ -2,7 +2,7 @@
 
 Real Chromium (Playwright) on the run page of the real ASGI server (daphne) with the Redis
 channel layer. A publisher thread records an Iteration row, takes the wall-clock time and calls
-runs.events.publish_run_event exactly as a worker does; in the page a MutationObserver on
+runs.engine.events.publish_run_event exactly as a worker does; in the page a MutationObserver on
 #latest-iteration stamps Date.now() when the iteration's text lands in the DOM, and again at the
 next animation frame (painted). Same host, same clock. Options: events=200, spacing_ms=100.
 """
@@ -100,7 +100,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
 def publish_all(run_id: int, indexes: list[int], gap: float, sent: dict[int, float], costs: list[float]) -> None:
     from django.db import connection
 
-    from runs.events import publish_run_event
+    from runs.engine.events import publish_run_event
     from runs.models import Iteration
     from runs.serializers import iteration_to_dict
 

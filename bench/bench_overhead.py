@@ -2,7 +2,7 @@
 
 A short real run (cpu-tiny, the preset's default FLOP budget, 2 threads, strict acceptance, the
 built-in agent, a library mechanism (tabu) active so the sandboxed mechanism host is part of every
-step) is driven through the engine's step function, `runs.engine.execute_step`, exactly what a
+step) is driven through the engine's step function, `runs.engine.step.execute_step`, exactly what a
 Celery worker calls, in this process so every phase can be timed. Phases are timed by wrapping
 the engine's functions (exclusive time: a nested phase is not counted twice). The headline is the
 dashboard's own definition, from the Iteration rows: (wall − training − eval − agent) ÷ wall.
@@ -123,12 +123,13 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     from mechanisms.catalogue import catalogue_entries
     from mechanisms.models import Mechanism
     from mechanisms.runtime import MechanismRuntime
-    from runs import engine, recording
-    from runs import proposals as proposal_module
-    from runs.agents.builtin import BuiltinAgent
-    from runs.control import create_runs
+    from runs.engine import proposals as proposal_module
+    from runs.engine import recording
+    from runs.engine import step as engine
+    from runs.engine.agents.builtin import BuiltinAgent
+    from runs.engine.control import create_runs
+    from runs.engine.state import RunState
     from runs.models import Experiment, Iteration
-    from runs.state import RunState
     from trainer.launch import prestart_warm_trainer
 
     proposals = int(options.get("proposals", 3))
@@ -252,7 +253,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
         title="overhead: orchestration per iteration on the real trainer",
         command=f"python3 bootstrap.py bench overhead proposals={proposals}",
         setup=(f"cpu-tiny, 1.5e12 FLOPs per training, 2 threads, strict acceptance, built-in agent, tabu active in "
-               f"the sandbox host; baseline + {proposals} proposals driven by runs.engine.execute_step in-process "
+               f"the sandbox host; baseline + {proposals} proposals driven by runs.engine.step.execute_step in-process "
                "(what a worker runs; Celery's own dispatch is measured in ablation_throughput)."),
         headers=["iteration", "wall s", "training s", "eval s", "agent s", "overhead s", "overhead %"],
         rows=rows,

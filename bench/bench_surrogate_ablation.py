@@ -19,14 +19,14 @@ GROUPS = ["A", "B", "C", "D", "R"]
 
 
 def comparison(experiment: Any, source: str) -> dict[str, Any]:
-    from runs.comparison import build_comparison
+    from runs.analysis.comparison import build_comparison
 
     return build_comparison(experiment, delta_source=source)
 
 
 def run(env: BenchEnv, options: dict[str, str]) -> Report:
-    from runs import control
-    from runs.control import create_runs
+    from runs.engine import control
+    from runs.engine.control import create_runs
     from runs.models import Experiment, RunStatus
 
     repeats = int(options.get("repeats", 10))

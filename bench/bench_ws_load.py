@@ -56,8 +56,8 @@ class Clients:
 
 
 def run(env: BenchEnv, options: dict[str, str]) -> Report:
-    from runs import control
-    from runs.control import create_runs
+    from runs.engine import control
+    from runs.engine.control import create_runs
     from runs.models import Experiment, Iteration
 
     count = int(options.get("clients", 50))

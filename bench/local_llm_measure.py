@@ -83,7 +83,7 @@ def measure_in(data_dir: str, args: argparse.Namespace) -> dict[str, Any]:
 def probe_local_server(args: argparse.Namespace) -> None:
     from django.conf import settings
 
-    from runs.agents.factory import measure_endpoint, shared_profiles
+    from runs.engine.agents.factory import measure_endpoint, shared_profiles
 
     profile = measure_endpoint(args.base_url, args.model, shared_profiles(), cancels_abandoned=False,
                                timeout=settings.LLM_MAX_TIMEOUT_SECONDS, nonce=secrets.token_hex(4))
@@ -93,7 +93,7 @@ def probe_local_server(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from mechanisms.context_budget import estimate_tokens
     from mechanisms.models import ResearchSession
-    from runs.control import create_runs
+    from runs.engine.control import create_runs
     from runs.models import Experiment, Iteration, IterationKind, IterationStatus, LLMCall
     from tests.engine.helpers import drive_with_research
 

@@ -97,7 +97,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "mechanisms.context_processors.review_queue",
                 "mechanisms.context_processors.level2_isolation",
-                "runs.context_processors.backend_status",
+                "runs.web.context_processors.backend_status",
             ],
         },
     },
@@ -148,7 +148,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # exports REDIS_URL to its children when none is configured.
 # Commands run beside a launcher (manage.py start_run, ...) find its embedded Redis in REDIS_URL_FILE.
 REDIS_URL_FILE = DATA_DIR / "redis.url"
-# Written by the launcher while it restarts a dead part; the pages show it (runs.context_processors).
+# Written by the launcher while it restarts a dead part; the pages show it (runs.web.context_processors).
 BACKEND_STATUS_FILE = DATA_DIR / "backend-status.json"
 REDIS_URL = (
     os.environ.get("REDIS_URL")
@@ -182,7 +182,7 @@ CELERY_RESULT_EXPIRES = 3600
 
 # Search engine defaults.
 STEP_LEASE_SECONDS = int(os.environ.get("BILEVEL_LEASE_SECONDS", "60"))
-# The lease's holder renews it this often; a holder silent for five beats is taken over (runs/lease.py).
+# The lease's holder renews it this often; a holder silent for five beats is taken over (runs/engine/lease.py).
 STEP_HEARTBEAT_SECONDS = float(os.environ.get("BILEVEL_LEASE_HEARTBEAT_SECONDS", "2"))
 TRAINER_THREADS = int(os.environ.get("BILEVEL_TRAINER_THREADS", "2"))
 TRAINER_WORKDIR = DATA_DIR / "trainings"

@@ -7,6 +7,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("mechanisms/", include("mechanisms.urls")),
-    path("api/", include("runs.api_urls")),
+    path("api/", include("runs.api.urls")),
     path("", include("runs.urls")),
 ]

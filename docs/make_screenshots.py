@@ -70,7 +70,7 @@ def log_in(page: Any, url: str) -> None:
 def demo_mid_training(page: Any, url: str) -> None:
     from django.core.management import call_command
 
-    from runs import control
+    from runs.engine import control
     from runs.management.commands.start_demo import DEMO_NAME
     from runs.models import Run
 
@@ -89,8 +89,8 @@ def demo_mid_training(page: Any, url: str) -> None:
 
 def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> None:
     from mechanisms.models import MechanismAttachment
-    from runs import control
-    from runs.control import create_runs
+    from runs.engine import control
+    from runs.engine.control import create_runs
     from runs.models import Experiment, RunStatus
 
     experiment = Experiment.objects.create(
@@ -120,8 +120,8 @@ def surrogate_ablation(page: Any, url: str, repeats: int, iterations: int) -> No
 def identical_groups(page: Any, url: str) -> None:
     """Groups A and B with K = T: Level 1.5 first acts after the last proposal, so on the same seeds B
     makes exactly A's decisions. The comparison must still show both curves and say why p = 1."""
-    from runs import control
-    from runs.control import create_runs
+    from runs.engine import control
+    from runs.engine.control import create_runs
     from runs.models import Experiment, RunStatus
 
     experiment = Experiment.objects.create(
@@ -157,8 +157,8 @@ def iteration_tools(page: Any, url: str, experiment: Any) -> None:
 
 def review_gate(page: Any, url: str) -> None:
     from mechanisms.models import MechanismAttachment
-    from runs import control
-    from runs.control import create_runs
+    from runs.engine import control
+    from runs.engine.control import create_runs
     from runs.models import Experiment, Run, RunStatus
 
     experiment = Experiment.objects.create(

@@ -1,7 +1,7 @@
 """Storing what one Level 2 session made: its artifacts, and its mechanism attached to the run.
 
 The session itself (``builtin_research.run_session``) is plain: a trace in, a result out. The
-engine (``runs.level2``) decides when a session runs and what happens to the run meanwhile. A
+engine (``runs.engine.level2``) decides when a session runs and what happens to the run meanwhile. A
 validated mechanism is stored once (by code hash) and attached to the run as `pending` (review
 gate on) or `approved` (gate off); the engine activates approved ones at the next iteration.
 """

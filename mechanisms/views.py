@@ -1,6 +1,6 @@
 """Mechanism review: the queue and one attachment's review page (artifacts, diff, ladder, dry
 run, history, approve / reject / kill). The library, which adds mechanisms to experiments,
-lives with the experiments (``runs.views_library``).
+lives with the experiments (``runs.web.views_library``).
 
 Everything generated (code, LLM text) is shown escaped: code goes through pygments (which
 escapes), everything else through Django's autoescaping. Only holders of

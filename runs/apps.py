@@ -10,7 +10,7 @@ class RunsConfig(AppConfig):
         # resuming a run that waited for a session or a review.
         from mechanisms.signals import attachment_changed, session_finished
 
-        from .level2 import on_attachment_changed, on_session_finished
+        from .engine.level2 import on_attachment_changed, on_session_finished
 
-        attachment_changed.connect(on_attachment_changed, dispatch_uid="runs.level2.attachment_changed")
-        session_finished.connect(on_session_finished, dispatch_uid="runs.level2.session_finished")
+        attachment_changed.connect(on_attachment_changed, dispatch_uid="runs.engine.level2.attachment_changed")
+        session_finished.connect(on_session_finished, dispatch_uid="runs.engine.level2.session_finished")

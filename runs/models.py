@@ -136,7 +136,7 @@ class Run(models.Model):
     # Step lease: a worker owns the next step while lease_expires_at is in the future.
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    # Who holds the lease (see runs/lease.py): on the same machine a dead holder is noticed at
+    # Who holds the lease (see runs/engine/lease.py): on the same machine a dead holder is noticed at
     # once by its pid; elsewhere by a heartbeat much more frequent than the lease's length.
     lease_host = models.CharField(max_length=255, blank=True)
     lease_node = models.CharField(max_length=120, blank=True, help_text="Kernel boot + pid namespace of the holder.")

@@ -22,7 +22,7 @@ LOST_TASK_GRACE_SECONDS = 30
 
 @shared_task(name="runs.tasks.run_step", acks_late=True, reject_on_worker_lost=True)
 def run_step(run_id: int, ticket: int) -> str:
-    from .engine import execute_step
+    from .engine.step import execute_step
 
     return execute_step(run_id, ticket, worker=socket.gethostname())
 
@@ -30,7 +30,7 @@ def run_step(run_id: int, ticket: int) -> str:
 @shared_task(name="runs.tasks.run_research_session", acks_late=True, reject_on_worker_lost=True)
 def run_research_session(session_id: int) -> str:
     """A Level 2 session (queue `research`): LLM work never holds a training slot."""
-    from .level2 import execute_research_session
+    from .engine.level2 import execute_research_session
 
     return execute_research_session(session_id)
 
@@ -38,7 +38,7 @@ def run_research_session(session_id: int) -> str:
 @shared_task(name="runs.tasks.expire_reviews")
 def expire_reviews() -> list[int]:
     """Runs whose review outlasted the experiment's timeout continue without the mechanism."""
-    from .level2 import expire_reviews as expire
+    from .engine.level2 import expire_reviews as expire
 
     return expire()
 
@@ -70,8 +70,8 @@ def reap_expired_leases(broker_restarted: bool = False) -> list[int]:
 
     `broker_restarted`: Redis came back without its data, so every queued step task is gone.
     """
-    from .control import enqueue_step
-    from .lease import release_gone_holders, steps_without_holder
+    from .engine.control import enqueue_step
+    from .engine.lease import release_gone_holders, steps_without_holder
 
     revived = release_gone_holders()
     if broker_restarted:

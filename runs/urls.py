@@ -1,12 +1,12 @@
 from django.urls import path
 
-from . import views
-from . import views_clone as clone
-from . import views_compare as compare
-from . import views_diff as diff
-from . import views_library as library
-from . import views_manage as manage
-from . import views_tokens as tokens
+from .web import views
+from .web import views_clone as clone
+from .web import views_compare as compare
+from .web import views_diff as diff
+from .web import views_library as library
+from .web import views_manage as manage
+from .web import views_tokens as tokens
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -87,7 +87,7 @@ class ServiceProcess:
     """A server or worker subprocess with its output kept in a log file for failure reports."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        from runs.process_tools import die_with_parent
+        from runs.ops.process_tools import die_with_parent
 
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115
@@ -107,7 +107,7 @@ class ServiceProcess:
     def stop(self, first_signal: int | None = None) -> None:
         import signal
 
-        from runs.process_tools import kill_process_group
+        from runs.ops.process_tools import kill_process_group
 
         if self.process.poll() is None:
             kill_process_group(self.process, first_signal or signal.SIGTERM, grace_seconds=15)
@@ -189,7 +189,7 @@ def asgi_server(transactional_db: None, redis_client: Any) -> Iterator[LiveServe
     """The real ASGI application (HTTP + WebSocket) served by daphne in a subprocess."""
     import socket
 
-    from runs.process_tools import wait_for_port
+    from runs.ops.process_tools import wait_for_port
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ import pytest
 from django.db.models import Count
 from django.test import Client
 
-from runs import control
+from runs.engine import control
 from runs.models import IterationKind, Run, RunStatus
 from tests.conftest import start_celery_worker
 from tests.engine.helpers import make_experiment, wait_for

@@ -52,7 +52,7 @@ def test_openapi_lists_every_route_and_is_json(client: Client) -> None:
     assert response.status_code == 200
     document = json.loads(response.content)
     assert document["openapi"].startswith("3.")
-    from runs.api_urls import urlpatterns
+    from runs.api.urls import urlpatterns
 
     self_description = {"not_found", "openapi-json", "openapi-view"}
     routes = [p for p in urlpatterns if isinstance(p, URLPattern) and p.name not in self_description]

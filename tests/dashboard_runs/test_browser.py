@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mechanisms.models import Mechanism, MechanismAttachment
-from runs import events
+from runs.engine import events
 from runs.models import Experiment, Iteration, Run
 from runs.serializers import iteration_to_dict
 from tests.conftest import LiveServer, log_in

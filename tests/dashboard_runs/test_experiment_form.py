@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from runs.forms import ExperimentForm
 from runs.models import Experiment, Run
+from runs.web.forms import ExperimentForm
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,7 @@ def valid_data(**overrides: Any) -> dict[str, Any]:
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the steps start_experiment queues instead of sending tasks (no worker here)."""
     calls: list[int] = []
-    monkeypatch.setattr("runs.control.enqueue_step", calls.append)
+    monkeypatch.setattr("runs.engine.control.enqueue_step", calls.append)
     return calls
 
 
@@ -68,7 +68,7 @@ def test_start_failure_rolls_back_everything(client: Client, users: Any, monkeyp
     def broken(run_id: int) -> None:
         raise RuntimeError("broker down")
 
-    monkeypatch.setattr("runs.control.enqueue_step", broken)
+    monkeypatch.setattr("runs.engine.control.enqueue_step", broken)
     form = ExperimentForm(valid_data())
     with pytest.raises(RuntimeError):
         form.save_and_start(users.plain)

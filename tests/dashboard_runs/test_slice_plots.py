@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from runs.analysis.parallel_coordinates import measured_iterations
+from runs.analysis.slice_plots import slice_plots
 from runs.models import Iteration
-from runs.parallel_coordinates import measured_iterations
-from runs.slice_plots import slice_plots
 
 from .conftest import make_experiment, make_iteration, make_run
 

@@ -298,7 +298,7 @@ def test_only_creator_or_staff_control_runs(client: Client, users: Any, populate
 def test_pause_resume_cancel_and_transition_errors(
     client: Client, users: Any, populated: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("runs.control.enqueue_step", lambda run_id: None)
+    monkeypatch.setattr("runs.engine.control.enqueue_step", lambda run_id: None)
     run = populated["run_a"]
     client.force_login(users.plain)
     hx = {"HX-Request": "true", "HX-Target": "run-controls"}

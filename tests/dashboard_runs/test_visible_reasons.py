@@ -74,7 +74,7 @@ def test_a_failed_level2_sessions_rounds_are_in_the_run_snapshot(client: Client,
                    DEFAULT_AGENT_BACKEND="llm")
 def test_the_servers_llm_defaults_apply_to_the_form_and_the_api(client: Client, users: Any,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("runs.control.enqueue_step", lambda run_id: None)
+    monkeypatch.setattr("runs.engine.control.enqueue_step", lambda run_id: None)
     client.force_login(users.plain)
     page = client.get("/experiments/new/").content.decode()
     assert 'placeholder="http://127.0.0.1:8080/v1"' in page and "qwen2.5-coder-1.5b-instruct" in page

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runs.control import create_runs
-from runs.engine import execute_step
+from runs.engine.control import create_runs
+from runs.engine.step import execute_step
 from runs.models import Experiment, Run
 
 
@@ -43,7 +43,7 @@ def drive_with_research(run: Run, max_steps: int = 200) -> None:
     endpoint sees one request at a time, in the order a single worker would send them). Level 2 is
     a step: the run waits in "researching" until its session ends. Use it with the review gate off."""
     from mechanisms.models import ResearchSession, SessionStatus
-    from runs.level2 import execute_research_session
+    from runs.engine.level2 import execute_research_session
 
     for _ in range(max_steps):
         run.refresh_from_db()

@@ -13,8 +13,8 @@ import pytest
 from django.utils import timezone
 
 from mechanisms.models import AttachmentStatus, Mechanism, MechanismAttachment
+from runs.engine.proposals import MAX_PROPOSAL_ATTEMPTS
 from runs.models import IterationKind, IterationStatus, Run
-from runs.proposals import MAX_PROPOSAL_ATTEMPTS
 from tests.engine.helpers import drive, make_experiment
 
 pytestmark = pytest.mark.django_db(transaction=True)

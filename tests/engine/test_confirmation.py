@@ -9,13 +9,13 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from runs.comparison import build_comparison
-from runs.confirmation import CONFIRMATION_SEED_OFFSET, confirm_or_finish, confirmed_deltas
-from runs.engine import LeaseKeeper, Step, claim_step, execute_step
-from runs.forms import ExperimentForm
+from runs.analysis.comparison import build_comparison
+from runs.engine.confirmation import CONFIRMATION_SEED_OFFSET, confirm_or_finish, confirmed_deltas
+from runs.engine.step import LeaseKeeper, Step, claim_step, execute_step
+from runs.engine.step_errors import StepAborted
 from runs.models import Confirmation, Run, RunStatus
-from runs.step_errors import StepAborted
 from runs.tasks import reap_expired_leases
+from runs.web.forms import ExperimentForm
 from trainer.outcomes import TrainingSummary
 from trainer.surrogate import surrogate_evaluate
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from runs.lease import claim_step, release_gone_holders, this_node
+from runs.engine.lease import claim_step, release_gone_holders, this_node
 from runs.models import InterruptedAttempt, Run
 from tests.engine.helpers import make_experiment
 

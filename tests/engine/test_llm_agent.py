@@ -10,9 +10,9 @@ import pytest
 from django.test import override_settings
 
 from mechanisms.context_budget import prompt_tokens
-from runs.agents.base import ProposalRequest, StrategyRequest
-from runs.agents.factory import build_llm_agent, forget_endpoints
-from runs.agents.prompts import (
+from runs.engine.agents.base import ProposalRequest, StrategyRequest
+from runs.engine.agents.factory import build_llm_agent, forget_endpoints
+from runs.engine.agents.prompts import (
     PROPOSAL_REPLY_TOKENS,
     PROPOSER_SYSTEM,
     STRATEGIST_SYSTEM,
@@ -20,13 +20,13 @@ from runs.agents.prompts import (
     proposal_prompt,
     strategy_prompt,
 )
-from runs.control import create_runs
-from runs.engine import Step
-from runs.lease import LeaseKeeper, claim_step
-from runs.mechanism_bridge import NoMechanisms
+from runs.engine.control import create_runs
+from runs.engine.lease import LeaseKeeper, claim_step
+from runs.engine.mechanism_bridge import NoMechanisms
+from runs.engine.proposals import propose as propose_change
+from runs.engine.state import RunState
+from runs.engine.step import Step
 from runs.models import Experiment, IterationKind, IterationStatus, LLMCall, Run
-from runs.proposals import propose as propose_change
-from runs.state import RunState
 from tests.openai_stub import ScriptedOpenAI, scripted_openai
 from trainer.schema import config_to_json, default_config, schema_json
 

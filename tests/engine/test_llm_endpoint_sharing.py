@@ -17,12 +17,12 @@ from django.conf import settings
 from django.test import override_settings
 
 from mechanisms.context_budget import prompt_tokens
-from runs.agents.base import AgentUnavailable
-from runs.agents.endpoint_profiles import EndpointProfile, RedisProfiles, endpoint_key
-from runs.agents.factory import forget_endpoints, measure_endpoint, shared_profiles
-from runs.agents.llm import LLMAgent, fitting_timeout
-from runs.agents.prompts import PROPOSAL_REPLY_TOKENS, PROPOSER_SYSTEM
-from runs.control import start_experiment
+from runs.engine.agents.base import AgentUnavailable
+from runs.engine.agents.endpoint_profiles import EndpointProfile, RedisProfiles, endpoint_key
+from runs.engine.agents.factory import forget_endpoints, measure_endpoint, shared_profiles
+from runs.engine.agents.llm import LLMAgent, fitting_timeout
+from runs.engine.agents.prompts import PROPOSAL_REPLY_TOKENS, PROPOSER_SYSTEM
+from runs.engine.control import start_experiment
 from runs.models import IterationKind, IterationStatus, LLMCall, Run
 from tests.conftest import ROOT, ServiceProcess, child_env, start_celery_worker
 from tests.engine.helpers import make_experiment, wait_for
@@ -36,8 +36,8 @@ FIRST_WORKER = textwrap.dedent("""
     import django
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bilevel_site.settings")
     django.setup()
-    from runs.agents.factory import shared_profiles
-    from runs.agents.llm import LLMAgent
+    from runs.engine.agents.factory import shared_profiles
+    from runs.engine.agents.llm import LLMAgent
 
     agent = LLMAgent(base_url=sys.argv[1], api_key="", model=sys.argv[2], recorder=lambda **call: None,
                      timeout=float(sys.argv[3]), shared=shared_profiles())

@@ -21,7 +21,7 @@ from mechanisms.context_budget import DEFAULT_CONTEXT_TOKENS, estimate_tokens
 from mechanisms.models import ResearchSession, SessionStatus
 from runs.management.commands.launch import free_port
 from runs.models import IterationKind, IterationStatus, LLMCall
-from runs.process_tools import wait_for_port
+from runs.ops.process_tools import wait_for_port
 from tests.engine.helpers import drive_with_research, make_experiment
 
 pytestmark = [

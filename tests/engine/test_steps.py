@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from runs import control
-from runs.engine import execute_step
-from runs.lease import claim_step
+from runs.engine import control
+from runs.engine.lease import claim_step
+from runs.engine.state import RunState
+from runs.engine.step import execute_step
 from runs.models import IterationKind, IterationStatus, Run, RunStatus
-from runs.state import RunState
 from tests.engine.helpers import drive, make_experiment
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -121,8 +121,8 @@ def test_a_run_whose_baseline_fails_while_paused_ends_failed_not_paused(redis_cl
     run.refresh_from_db()
     assert claim_step(run.pk, run.step_ticket, "w")
     control.pause_run(run)  # the user pauses while the baseline trains
-    from runs.engine import Step
-    from runs.lease import LeaseKeeper
+    from runs.engine.lease import LeaseKeeper
+    from runs.engine.step import Step
 
     assert Step(run.pk, "w", LeaseKeeper(run.pk, "w")).run() == "baseline-failed"
     run.refresh_from_db()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runs import acceptance
-from runs.strategy import freeze_rule
+from runs.engine import acceptance
+from runs.engine.strategy import freeze_rule
 from trainer.schema import schema_json
 
 SPACE = schema_json("cpu-tiny")

@@ -21,7 +21,7 @@ import pytest
 from django.test import override_settings
 
 from mechanisms.models import ResearchSession
-from runs.agents.factory import forget_endpoints
+from runs.engine.agents.factory import forget_endpoints
 from runs.models import Iteration, IterationKind, IterationStatus
 from tests.engine.helpers import drive_with_research, make_experiment
 from tests.openai_stub import ScriptedOpenAI, scripted_openai

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runs import control
+from runs.engine import control
 from runs.models import InterruptedAttempt, IterationKind, Run, RunStatus
 from tests.conftest import ServiceProcess, start_celery_worker, trainers_of
 from tests.engine.helpers import make_experiment, wait_for

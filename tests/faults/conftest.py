@@ -116,7 +116,7 @@ def start_worker(env: dict[str, str], name: str, queues: str = "train,research,d
 
 
 def start_asgi(env: dict[str, str]) -> LiveServer:
-    from runs.process_tools import wait_for_port
+    from runs.ops.process_tools import wait_for_port
 
     port = free_port()
     server = ServiceProcess(
@@ -145,8 +145,8 @@ def manage(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.C
 
 def seed_baseline(run: Any, val_bpb: float = 2.7) -> None:
     """Record a baseline as if it had been trained, so a test starts at the first proposal."""
+    from runs.engine.state import RunState
     from runs.models import IterationKind, IterationStatus, Run
-    from runs.state import RunState
 
     config = RunState.load(run).base_config
     run.iteration_set.create(

@@ -84,7 +84,7 @@ def admin_client(users: Any) -> Client:
 @pytest.fixture
 def no_enqueue(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     queued: list[int] = []
-    monkeypatch.setattr("runs.control.enqueue_step", queued.append)
+    monkeypatch.setattr("runs.engine.control.enqueue_step", queued.append)
     return queued
 
 

@@ -16,9 +16,9 @@ import pytest
 from django.test import override_settings
 
 from mechanisms.models import ResearchSession, SessionStatus
-from runs import control
-from runs.engine import execute_step
-from runs.level2 import execute_research_session
+from runs.engine import control
+from runs.engine.level2 import execute_research_session
+from runs.engine.step import execute_step
 from runs.models import IterationKind, IterationStatus, LLMCall, Run, RunStatus
 from tests.engine.helpers import drive, make_experiment
 from tests.openai_stub import ScriptedOpenAI, scripted_openai
@@ -30,7 +30,7 @@ from .conftest import free_port
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_client")]
 
 TIMEOUT = 0.5
-ATTEMPTS = 4  # runs.agents.llm.LLMAgent's default max_attempts
+ATTEMPTS = 4  # runs.engine.agents.llm.LLMAgent's default max_attempts
 BACKOFF = 0.05
 fast_llm = override_settings(LLM_RETRY_BACKOFF_SECONDS=BACKOFF, LLM_TIMEOUT_SECONDS=TIMEOUT)
 FAULTS: dict[str, tuple[dict[str, Any] | None, str]] = {

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from runs import supervisor
-from runs.process_tools import kill_process_group
-from runs.supervisor import Child, GiveUp, Supervisor
+from runs.ops import supervisor
+from runs.ops.process_tools import kill_process_group
+from runs.ops.supervisor import Child, GiveUp, Supervisor
 
 # Suicide by SIGKILL after a line of output: what `kill -9` or the OOM killer looks like.
 CRASHY = ["sh", "-c", 'echo "instance $$ working"; kill -9 $$']

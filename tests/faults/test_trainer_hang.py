@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from runs import control
+from runs.engine import control
 from runs.models import IterationKind, IterationStatus, Run, RunStatus
 from tests.engine.helpers import make_experiment
 from trainer.__main__ import HANG_PID_FILE, TEST_HOOK_ENV

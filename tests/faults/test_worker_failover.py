@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from runs import control
+from runs.engine import control
 from runs.models import IterationKind, Run, RunStatus
 from runs.tasks import reap_expired_leases
 from tests.conftest import ServiceProcess

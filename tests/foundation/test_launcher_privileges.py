@@ -150,7 +150,7 @@ def test_launcher_refuses_an_account_that_cannot_read_the_application(tmp_path: 
 def test_handing_over_the_data_directory_never_follows_a_planted_link(tmp_path: Path) -> None:
     """The account owns the data directory between launches, so it may leave links there pointing at
     root's files; root's chown at the next start must change only what is inside the directory."""
-    from runs.privileges import find_or_create_account, hand_over
+    from runs.ops.privileges import find_or_create_account, hand_over
 
     outside = tmp_path / "roots-own"
     outside.mkdir()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from runs.agents.endpoint_profiles import RedisProfiles, endpoint_key
+from runs.engine.agents.endpoint_profiles import RedisProfiles, endpoint_key
 
 from .test_launcher import ROOT, descendants, output_until_up, wait_until_gone
 
@@ -95,7 +95,7 @@ def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tm
         alias, url = found.groups()
         assert alias == "qwen2.5-coder-1.5b-instruct-q4_k_m"
         with urllib.request.urlopen(f"{url}/models", timeout=20) as response:
-            # served through runs/llm_server.py: weight repacking (AMX) off
+            # served through runs/ops/llm_server.py: weight repacking (AMX) off
             assert json.load(response)["data"][0] == {"id": alias, "n_ctx": "8192", "threads": "1", "repack": False}
 
         tree = descendants(process.pid)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from mechanisms.models import AttachmentStatus, MechanismAttachment
-from runs import control
-from runs.engine import execute_step
+from runs.engine import control
+from runs.engine.step import execute_step
 from runs.models import Run, RunStatus
 from tests.conftest import LiveServer, ServiceProcess, log_in
 from tests.dashboard_runs.test_browser import expect

@@ -8,9 +8,9 @@ import pytest
 
 from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, MechanismAttachment, SessionStatus
-from runs import control
-from runs.engine import execute_step
-from runs.mechanism_bridge import runtime_name
+from runs.engine import control
+from runs.engine.mechanism_bridge import runtime_name
+from runs.engine.step import execute_step
 from runs.models import Run, RunStatus
 from tests.conftest import ServiceProcess
 from tests.engine.helpers import make_experiment, wait_for

@@ -10,8 +10,8 @@ from django.test import override_settings
 
 from mechanisms.models import ResearchSession, SessionStatus
 from mechanisms.research_prompts import REPAIR_TEMPERATURE, REPLY_TOKENS
-from runs.agents.factory import forget_endpoints
-from runs.level2 import execute_research_session
+from runs.engine.agents.factory import forget_endpoints
+from runs.engine.level2 import execute_research_session
 from tests.engine.helpers import make_experiment
 from tests.openai_stub import ScriptedOpenAI, scripted_openai
 

@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, MechanismAttachment, ResearchSession, SessionStatus
-from runs.engine import execute_step
-from runs.level2 import execute_research_session, expire_reviews
+from runs.engine.level2 import execute_research_session, expire_reviews
+from runs.engine.step import execute_step
 from runs.models import Iteration, Run, RunStatus
 from tests.engine.helpers import make_experiment
 
@@ -143,7 +143,7 @@ def test_a_stale_review_cannot_be_approved_and_the_command_decides(users: Any) -
     assert run.status == RunStatus.RUNNING
     drive(run, decide=lambda a: None)  # the next session's mechanism stays pending ...
     run.refresh_from_db()
-    from runs.control import cancel_run
+    from runs.engine.control import cancel_run
 
     if not run.is_finished:
         cancel_run(run)  # ... and the run is cancelled before a decision

@@ -13,7 +13,7 @@ import pytest
 from mechanisms import research_prompts
 from mechanisms.context_budget import DEFAULT_CONTEXT_TOKENS, prompt_tokens
 from mechanisms.protocol import protocol_description
-from runs.level2 import RESEARCH_SYSTEM, runner_source
+from runs.engine.level2 import RESEARCH_SYSTEM, runner_source
 
 
 def long_trace(iterations: int) -> list[Any]:
@@ -61,7 +61,7 @@ def test_explore_gives_a_runner_summary_and_the_latest_trace_not_the_whole_sourc
     source = runner_source()
     assert len(source) > 30_000 and len(prompt) < 20_000
     assert "- def execute_step(run_id, ticket, worker)" in prompt  # the runner's public functions
-    assert "runs/mechanism_bridge.py: " in prompt and "  - def filter(proposal, state): (accepted" in prompt
+    assert "runs/engine/mechanism_bridge.py: " in prompt and "  - def filter(proposal, state): (accepted" in prompt
     assert '"iteration": 399' in prompt and '"iteration": 0,' in prompt  # the latest, and the baseline
     assert "earlier rows left out to fit the context window" in prompt
     assert "None" in protocol_description() and "check for None" in prompt  # the dry run's iteration-0 trap

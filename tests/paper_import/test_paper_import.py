@@ -11,9 +11,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from mechanisms.ladder import PAPER_RUNS_DIR
-from runs.comparison import build_comparison
+from runs.analysis.comparison import build_comparison
+from runs.analysis.paper_import import PaperImportError, import_reports, parse_report
 from runs.models import Experiment, Iteration, Run
-from runs.paper_import import PaperImportError, import_reports, parse_report
 
 FIXTURES = PAPER_RUNS_DIR
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from runs import stats
+from runs.analysis import stats
 from runs.models import Experiment, Run
 from tests.stats.factories import make_experiment
 

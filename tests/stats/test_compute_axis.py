@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runs.compute_axis import cumulative_seconds
+from runs.analysis.compute_axis import cumulative_seconds
 from tests.dashboard_runs.conftest import make_experiment, make_iteration, make_run
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""The statistics in runs/stats.py against printed tables, hand computation and enumeration."""
+"""The statistics in runs/analysis/stats.py against printed tables, hand computation and enumeration."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from runs import stats
+from runs.analysis import stats
 
 
 @pytest.mark.parametrize(

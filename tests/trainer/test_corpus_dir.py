@@ -115,7 +115,7 @@ def test_training_on_a_user_corpus_directory_end_to_end(tmp_path: Path) -> None:
 def test_a_worker_given_bilevel_corpus_dir_passes_it_to_every_training(
     settings: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from runs import objective
+    from runs.engine import objective
     from runs.models import Experiment
 
     calls: list[dict[str, Any]] = []

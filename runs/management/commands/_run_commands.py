@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.control import TransitionError
+from runs.engine.control import TransitionError
 from runs.models import Run
 
 

@@ -1,4 +1,4 @@
-from runs.control import cancel_run
+from runs.engine.control import cancel_run
 
 from ._run_commands import command_for
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from runs.iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
+from runs.analysis.iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
 from runs.models import Run
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from runs.paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
+from runs.analysis.paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
 
 
 class Command(BaseCommand):

@@ -6,8 +6,8 @@ Children: an embedded Redis (only when REDIS_URL is unset), with --local-llm-mod
 OpenAI-compatible server on loopback (made the default LLM of everything started after it), the
 ASGI server on 127.0.0.1, a Celery worker for the `train` queue and one for `research`/`default`,
 and Celery beat (the periodic lease reaper and review timeouts). Started as root, it first becomes an
-unprivileged account (runs/privileges.py), so none of them runs as root. Ctrl-C or SIGTERM stops all of
-them. A child that dies is restarted with backoff (runs/supervisor.py) while the others keep running; only one that
+unprivileged account (runs/ops/privileges.py), so none of them runs as root. Ctrl-C or SIGTERM stops all of
+them. A child that dies is restarted with backoff (runs/ops/supervisor.py) while the others keep running; only one that
 keeps crashing stops the launcher, which then says which one and why. Every child asks the kernel
 to kill it if the launcher dies, so even SIGKILL leaves no orphans.
 """
@@ -27,9 +27,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.privileges import PrivilegeError, drop_root
-from runs.process_tools import die_with_parent, kill_process_group, wait_for_port
-from runs.supervisor import Child, GiveUp, Supervisor
+from runs.ops.privileges import PrivilegeError, drop_root
+from runs.ops.process_tools import die_with_parent, kill_process_group, wait_for_port
+from runs.ops.supervisor import Child, GiveUp, Supervisor
 
 SUPERVISION_POLL_SECONDS = 0.25
 # Celery's own line once a worker consumes from its queues.
@@ -185,7 +185,7 @@ class Command(BaseCommand):
 
     def _on_back(self, child: Child) -> None:
         if child.name == "redis" and getattr(self, "llm_profile", None) is not None:
-            from runs.agents.endpoint_profiles import RedisProfiles, endpoint_key
+            from runs.engine.agents.endpoint_profiles import RedisProfiles, endpoint_key
 
             base_url, model, profile = self.llm_profile
             RedisProfiles(self.env["REDIS_URL"]).merge(endpoint_key(base_url, model), profile)  # it came back empty
@@ -202,8 +202,8 @@ class Command(BaseCommand):
         model = Path(options["local_llm_model"])
         alias = model.stem.lower()
         port = free_port()
-        # runs/llm_server.py is llama_cpp.server with weight repacking (AMX among it) off: see its docstring.
-        server = Path(settings.BASE_DIR) / "runs" / "llm_server.py"
+        # runs/ops/llm_server.py is llama_cpp.server with weight repacking (AMX among it) off: see its docstring.
+        server = Path(settings.BASE_DIR) / "runs" / "ops" / "llm_server.py"
         argv = [options["local_llm_python"], str(server), "--model", str(model),
                 "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", str(options["local_llm_context"]), "--n_threads", str(options["local_llm_threads"])]
@@ -225,10 +225,10 @@ class Command(BaseCommand):
     def _measure_local_llm(self, env: dict[str, str]) -> None:
         """Time one short request and share the speed (and that this server computes abandoned requests to
         their end) with every worker through Redis, so no worker's first call times out and is asked again."""
-        from runs.agents.base import AgentError
-        from runs.agents.endpoint_profiles import RedisProfiles
-        from runs.agents.factory import PROBE_REPLY_TOKENS, measure_endpoint
-        from runs.agents.llm import fitting_timeout
+        from runs.engine.agents.base import AgentError
+        from runs.engine.agents.endpoint_profiles import RedisProfiles
+        from runs.engine.agents.factory import PROBE_REPLY_TOKENS, measure_endpoint
+        from runs.engine.agents.llm import fitting_timeout
 
         self.stdout.write("measuring the local LLM's speed with one short request (seconds to a minute)…")
         started = time.monotonic()

@@ -1,4 +1,4 @@
-from runs.control import pause_run
+from runs.engine.control import pause_run
 
 from ._run_commands import command_for
 

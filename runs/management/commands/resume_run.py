@@ -1,4 +1,4 @@
-from runs.control import resume_run
+from runs.engine.control import resume_run
 
 from ._run_commands import command_for
 

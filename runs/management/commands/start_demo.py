@@ -12,8 +12,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from runs.confirmation import default_repeats
-from runs.control import create_runs, start_experiment
+from runs.engine.confirmation import default_repeats
+from runs.engine.control import create_runs, start_experiment
 from runs.models import AgentBackend, Experiment, Objective
 from trainer.schema import PRESET_SETTINGS
 

@@ -1,0 +1,244 @@
+"""The search engine: one step = one iteration of a run, readable top to bottom.
+
+A step claims the run's lease (``lease.py``), rebuilds the run's state from the database, and
+then does exactly one thing: a baseline training, a Level 2 wait at an outer-cycle boundary
+(``outer_cycle.py``, ``level2.py``), or a Level 1 proposal (``proposals.py``) that is trained,
+judged (``acceptance.py`` and the mechanisms' ``accept`` hooks) and recorded
+(``recording.py``) in one transaction that checks the lease is still ours. So two workers
+never record the same step, and a killed worker's step is simply done again by the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from trainer.outcomes import TrainingSummary
+
+from ..models import IterationKind, IterationStatus, Run, RunStatus
+from . import acceptance, confirmation
+from .events import publish_run_event
+from .lease import LeaseKeeper, claim_step, release_lease_and_continue
+from .level2 import activate_approved_mechanisms, attach_library_mechanisms
+from .mechanism_bridge import RuntimeHandle, open_runtime
+from .objective import evaluate
+from .outer_cycle import outer_cycle_boundary
+from .proposals import Proposed, propose
+from .recording import finish_run, record_iteration
+from .state import RunState
+from .step_context import StepAborted, StepContext
+
+logger = logging.getLogger(__name__)
+
+REEVALUATION_SEED_OFFSET = 7919
+BASELINE_REPEAT_SEED_OFFSET = 1000
+LIVE_PROGRESS_EVERY_SECONDS = 1.0
+
+
+def execute_step(run_id: int, ticket: int, worker: str = "worker") -> str:
+    """Claim and run one step of a run. Returns what happened (for logs and tests)."""
+    owner = f"{worker}:{uuid.uuid4().hex[:10]}"
+    if not claim_step(run_id, ticket, owner):
+        return "not-claimed"
+    keeper = LeaseKeeper(run_id, owner)
+    keeper.start()
+    try:
+        outcome = Step(run_id, owner, keeper).run()
+    except StepAborted as aborted:
+        outcome = f"aborted: {aborted}"
+        logger.info("run %s step aborted: %s", run_id, aborted)
+    except Exception as error:
+        logger.exception("run %s step failed", run_id)
+        Run.objects.filter(pk=run_id, lease_owner=owner).update(
+            status=RunStatus.FAILED,
+            status_detail=f"step failed: {type(error).__name__}: {error}",
+            finished_at=timezone.now(),
+        )
+        publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.FAILED, "detail": str(error)})
+        outcome = "failed"
+    finally:
+        keeper.stop()
+        release_lease_and_continue(run_id, owner)
+        close_old_connections()
+    return outcome
+
+
+class Step:
+    def __init__(self, run_id: int, owner: str, keeper: LeaseKeeper) -> None:
+        run = Run.objects.select_related("experiment").get(pk=run_id)
+        self.ctx = StepContext(run=run, state=RunState.load(run), owner=owner, keeper=keeper)
+        self.run_obj = run
+        self.state = self.ctx.state
+        self.experiment = run.experiment
+        self.owner = owner
+
+    @property
+    def run_id(self) -> int:
+        return self.ctx.run_id
+
+    def _finish(self, status: str, detail: str) -> None:
+        finish_run(self.run_id, status, detail)
+
+    def run(self) -> str:
+        if self.state.proposals_done >= self.experiment.iterations:
+            return confirmation.confirm_or_finish(self)
+        if not self.run_obj.random_control:
+            attach_library_mechanisms(self.run_obj)
+            activate_approved_mechanisms(self.run_obj, self.state.next_index)
+        if self.state.baseline is None:
+            return self._train_baseline(IterationKind.BASELINE, self.run_obj.seed)
+        repeats_wanted = (
+            self.experiment.baseline_repeats if self.experiment.acceptance_policy == acceptance.NOISE_AWARE else 1
+        )
+        have = len(self.state.baseline_values)
+        if have < repeats_wanted and not self.state.proposals:
+            return self._train_baseline(
+                IterationKind.BASELINE_REPEAT, self.run_obj.seed + BASELINE_REPEAT_SEED_OFFSET * have
+            )
+        waiting = outer_cycle_boundary(self.ctx)
+        if waiting is not None:
+            return f"waiting: {waiting}"
+        return self._proposal()
+
+    # -- baseline ------------------------------------------------------------------------
+
+    def _train_baseline(self, kind: str, seed: int) -> str:
+        config = self.state.base_config
+        summary = self._evaluate(config, seed)
+        values = [*self.state.baseline_values]
+        status = IterationStatus.BASELINE if summary.ok else IterationStatus.CRASH
+        if summary.ok and summary.val_bpb is not None:
+            values.append(summary.val_bpb)
+        elif kind == IterationKind.BASELINE:
+            # Without a baseline nothing can be compared: say so and stop, never guess.
+            record_iteration(self.ctx, kind=kind, config=config, summary=summary, status=status, proposed=Proposed())
+            finish_run(self.run_id, RunStatus.FAILED,
+                       f"the baseline training failed ({summary.failure_class}): {summary.error}")
+            return "baseline-failed"
+        noise_sd = acceptance.sample_sd(values)
+        record_iteration(self.ctx,
+            kind=kind,
+            config=config,
+            summary=summary,
+            status=status,
+            proposed=Proposed(hypothesis="baseline"),
+            run_updates={
+                "baseline_val_bpb": sum(values) / len(values),
+                "noise_sd": noise_sd,
+                "best_val_bpb": sum(values) / len(values),
+                "best_iteration": 0,
+            },
+        )
+        return kind
+
+    # -- Level 1 ----------------------------------------------------------------------------
+
+    def _proposal(self) -> str:
+        with open_runtime(self.run_obj, self.state) as runtime:
+            proposed = propose(self.ctx, runtime)
+            if not proposed.config:
+                record_iteration(
+                    self.ctx,
+                    kind=IterationKind.PROPOSAL,
+                    config={},
+                    summary=None,
+                    status=IterationStatus.INVALID_PROPOSAL,
+                    proposed=proposed,
+                    runtime=runtime,
+                )
+                return str(IterationStatus.INVALID_PROPOSAL)
+            summary = self._evaluate(proposed.config, self.run_obj.seed)
+            status, reason, evaluations, summary = self._decide(proposed, summary, runtime)
+            record_iteration(
+                self.ctx,
+                kind=IterationKind.PROPOSAL,
+                config=proposed.config,
+                summary=summary,
+                status=status,
+                proposed=proposed,
+                runtime=runtime,
+                reason=reason,
+                evaluations=evaluations,
+            )
+        return str(status)
+
+    def _decide(
+        self, proposed: Proposed, summary: TrainingSummary, runtime: RuntimeHandle
+    ) -> tuple[str, str, list[float], TrainingSummary]:
+        best = self.state.best_value
+        if not summary.ok or summary.val_bpb is None or best is None:
+            return IterationStatus.CRASH, f"training {summary.failure_class}", [], summary
+        policy = self.experiment.acceptance_policy
+        verdict = acceptance.first_verdict(
+            policy, summary.val_bpb, best, self.run_obj.noise_sd, self.experiment.noise_k
+        )
+        evaluations = [summary.val_bpb]
+        if verdict.needs_reevaluation:
+            again = self._evaluate(proposed.config, self.run_obj.seed + REEVALUATION_SEED_OFFSET)
+            if again.ok and again.val_bpb is not None:
+                evaluations.append(again.val_bpb)
+                summary.training_seconds += again.training_seconds
+                summary.eval_seconds += again.eval_seconds
+                summary.wall_seconds += again.wall_seconds
+                assert self.run_obj.noise_sd is not None
+                verdict = acceptance.final_verdict(evaluations, best, self.run_obj.noise_sd, self.experiment.noise_k)
+            else:
+                verdict = acceptance.Verdict(False, False, f"re-evaluation {again.failure_class}: not kept")
+        value = sum(evaluations) / len(evaluations)
+        keep, by, reason = runtime.accept(
+            {
+                "val_bpb": value,
+                "status": "keep" if verdict.keep else "discard",
+                "changes": proposed.changes,
+                "best_val_bpb": best,
+                "noise_sd": self.run_obj.noise_sd,
+            },
+            verdict.keep,
+            self.state.view(),
+        )
+        final_reason = verdict.reason if by is None else f"{verdict.reason}; overridden by {by}: {reason}"
+        return (IterationStatus.KEEP if keep else IterationStatus.DISCARD), final_reason, evaluations, summary
+
+    # -- training ---------------------------------------------------------------------------
+
+    def _evaluate(self, config: dict[str, Any], seed: int) -> TrainingSummary:
+        index = self.state.next_index
+        last_write = [0.0]
+        points: list[list[Any]] = []
+        check_every = [time.monotonic()]
+
+        def on_progress(line: dict[str, Any]) -> None:
+            if self.ctx.keeper.lost.is_set():
+                raise StepAborted("the step's lease was lost to another worker")
+            points.append([line.get("step", 0), line.get("train_loss")])
+            event = {"type": "progress", "run": self.run_id, "iteration": index, **line}
+            publish_run_event(self.run_id, event)
+            now = time.monotonic()
+            if now - last_write[0] >= LIVE_PROGRESS_EVERY_SECONDS:
+                last_write[0] = now
+                Run.objects.filter(pk=self.run_id).update(
+                    live_progress={
+                        "iteration": index,
+                        "points": points,
+                        "step": line.get("step"),
+                        "budget_fraction": line.get("budget_fraction"),
+                        "elapsed": line.get("elapsed"),
+                    }
+                )
+            if now - check_every[0] >= 2.0:
+                check_every[0] = now
+                status = Run.objects.values_list("status", flat=True).get(pk=self.run_id)
+                if status == RunStatus.CANCELLED:
+                    raise StepAborted("the run was cancelled")
+
+        workdir = Path(settings.TRAINER_WORKDIR) / f"run-{self.run_id}" / f"iteration-{index}-seed-{seed}"
+        summary = evaluate(config, experiment=self.experiment, seed=seed, workdir=workdir, on_progress=on_progress)
+        summary.extra["curve"] = points
+        return summary
