@@ -66,7 +66,7 @@ def _start(factory: Any) -> tuple[float, Any]:
 
 
 def run(env: BenchEnv, options: dict[str, str]) -> Report:
-    from mechanisms.sandbox import MechanismHost
+    from mechanisms.sandbox.host import MechanismHost
 
     starts = int(options.get("starts", 20))
     calls = int(options.get("calls", 500))

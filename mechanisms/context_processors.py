@@ -3,7 +3,7 @@
 from django.http import HttpRequest
 
 from .models import AttachmentStatus, MechanismAttachment
-from .sandbox import isolation_status
+from .sandbox.host import isolation_status
 
 # The status a run shows while it waits for a review decision (the engine's RunStatus value).
 BLOCKED_RUN_STATUS = "awaiting_review"

@@ -128,7 +128,7 @@ class MechanismSource(TypedDict):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits of the mechanism host process (see sandbox.py for how each is applied)."""
+    """Resource limits of the mechanism host process (see sandbox/host.py for how each is applied)."""
 
     address_space_bytes: int = 512 * 1024 * 1024
     # Total CPU of the host over its life; the per-call wall clock is the real guard, this is

@@ -32,7 +32,7 @@ from mechanisms.protocol import (
     TraceRecord,
     check_hook_return,
 )
-from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
+from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost
 
 EFFECTS = ("prompt_added", "restricted", "proposal_replaced", "proposal_rejected", "acceptance_overridden")
 DETAIL_CHARS = 300

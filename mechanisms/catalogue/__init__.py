@@ -23,7 +23,7 @@ class CatalogueEntry:
     class_name: str
     code: str
     spec: dict[str, Any]
-    # Trace symptoms this mechanism answers (see builtin_research.diagnose).
+    # Trace symptoms this mechanism answers (see research.session.diagnose).
     diagnosis: tuple[str, ...] = field(default=())
 
 

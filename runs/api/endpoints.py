@@ -357,7 +357,7 @@ def session_logout(request: HttpRequest) -> dict[str, Any]:
 
 @api.get("/", response=responses(IndexOut), url_name="api-root", summary="Where the schema and the docs are")
 def index(request: HttpRequest) -> dict[str, Any]:
-    from mechanisms.sandbox import isolation_status
+    from mechanisms.sandbox.host import isolation_status
 
     paths = sorted(api.get_openapi_schema()["paths"])
     level2 = isolation_status()

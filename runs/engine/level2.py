@@ -26,11 +26,11 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from mechanisms import research_prompts
-from mechanisms.builtin_research import CutOffReply, ResearchContext, SessionResult, builtin_responder, run_session
 from mechanisms.lifecycle import time_out_review, transition
 from mechanisms.models import AttachmentStatus, MechanismAttachment, ResearchSession, SessionStatus
-from mechanisms.research_session import LIVE_STATUSES, store_session_result
+from mechanisms.research import prompts as research_prompts
+from mechanisms.research.session import CutOffReply, ResearchContext, SessionResult, builtin_responder, run_session
+from mechanisms.research.storage import LIVE_STATUSES, store_session_result
 
 from ..models import WAITING_RUN_STATUSES, AgentBackend, Run, RunStatus
 from .agents.factory import build_llm_agent

@@ -1,7 +1,7 @@
 """Between the engine and the sandboxed mechanisms: which are active, and what they did.
 
 The active attachments' code runs in a MechanismRuntime (a sandboxed host process, see
-mechanisms/sandbox.py) rebuilt for every step by replaying the run's trace. After the step,
+mechanisms/sandbox/host.py) rebuilt for every step by replaying the run's trace. After the step,
 the hook counts and the decisions each mechanism changed are stored on the iteration and
 added to the attachment's totals; a mechanism whose hook failed is deactivated with the reason.
 """

@@ -11,8 +11,8 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from mechanisms.ladder import PAPER_RUNS_DIR
 from mechanisms.models import AttachmentStatus
+from mechanisms.validation.ladder import PAPER_RUNS_DIR
 from runs.models import Experiment, Iteration, Run
 from tests.conftest import PASSWORD
 from tests.dashboard_review.factories import make_attachment

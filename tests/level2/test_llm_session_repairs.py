@@ -9,7 +9,7 @@ import pytest
 from django.test import override_settings
 
 from mechanisms.models import ResearchSession, SessionStatus
-from mechanisms.research_prompts import REPAIR_TEMPERATURE, REPLY_TOKENS
+from mechanisms.research.prompts import REPAIR_TEMPERATURE, REPLY_TOKENS
 from runs.engine.agents.factory import forget_endpoints
 from runs.engine.level2 import execute_research_session
 from tests.engine.helpers import make_experiment

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
-from mechanisms.static_check import static_check
+from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost
+from mechanisms.validation.static_check import static_check
 from tests.mechanisms_core.helpers import source
 
 SECRET_NAME = "BILEVEL_TEST_SECRET"

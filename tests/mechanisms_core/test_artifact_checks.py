@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from mechanisms.builtin_research import ResearchContext, builtin_responder, run_session
-from mechanisms.ladder import TraceFixture, recorded_fixtures
+from mechanisms.research.session import ResearchContext, builtin_responder, run_session
+from mechanisms.validation.ladder import TraceFixture, recorded_fixtures
 
 Responder = Callable[[str, str], str]
 

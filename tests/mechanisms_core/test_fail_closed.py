@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from mechanisms import isolation, sandbox
-from mechanisms.ladder import recorded_fixtures, validate_mechanism
 from mechanisms.runtime import MechanismRuntime
-from mechanisms.sandbox import HostError, MechanismHost, isolation_status
+from mechanisms.sandbox import host as sandbox
+from mechanisms.sandbox import isolation
+from mechanisms.sandbox.host import HostError, MechanismHost, isolation_status
+from mechanisms.validation.ladder import recorded_fixtures, validate_mechanism
 from tests.conftest import PASSWORD, Users
 from tests.mechanisms_core.helpers import fixated_trace, source, state_for
 

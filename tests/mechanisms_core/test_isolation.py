@@ -31,11 +31,11 @@ from typing import Any
 
 import pytest
 
-from mechanisms.ladder import LadderReport, recorded_fixtures, validate_mechanism
 from mechanisms.protocol import state_before
 from mechanisms.runtime import MechanismRuntime
-from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost, isolation_status
-from mechanisms.static_check import static_check
+from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost, isolation_status
+from mechanisms.validation.ladder import LadderReport, recorded_fixtures, validate_mechanism
+from mechanisms.validation.static_check import static_check
 from tests.mechanisms_core.attacks import ATTACKS, DEEP_RETURN, FORGED_REPLIES, INNOCENT, Attack, supported
 from tests.mechanisms_core.helpers import fixated_trace, source, state_for
 
@@ -218,8 +218,9 @@ def test_a_deeply_nested_reply_line_never_raises_into_the_caller() -> None:
 def _copy_for_unprivileged(into: Path) -> None:
     import pyseccomp
 
-    (into / "mechanisms").mkdir()
-    for name in ("__init__.py", "protocol.py", "isolation.py", "sandbox.py", "host_child.py"):
+    (into / "mechanisms" / "sandbox").mkdir(parents=True)
+    for name in ("__init__.py", "protocol.py", "sandbox/__init__.py", "sandbox/isolation.py", "sandbox/host.py",
+                 "sandbox/host_child.py"):
         shutil.copy(ROOT / "mechanisms" / name, into / "mechanisms" / name)
     shutil.copy(ROOT / "tests" / "mechanisms_core" / "attacks.py", into / "attacks.py")
     shutil.copy(ROOT / "tests" / "mechanisms_core" / "unprivileged_driver.py", into / "driver.py")

@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from mechanisms.catalogue import catalogue_entries
-from mechanisms.ladder import (
+from mechanisms.protocol import proposal_of, state_before
+from mechanisms.research.prompts import dry_run_hints
+from mechanisms.sandbox.host import MechanismHost
+from mechanisms.validation.ladder import (
     PAPER_RUNS_DIR,
     TraceFixture,
     paper_run_fixtures,
@@ -17,9 +20,6 @@ from mechanisms.ladder import (
     recorded_fixtures,
     validate_mechanism,
 )
-from mechanisms.protocol import proposal_of, state_before
-from mechanisms.research_prompts import dry_run_hints
-from mechanisms.sandbox import MechanismHost
 
 SPEC: dict[str, Any] = {"name": "probe", "class_name": "Probe", "hooks": ["filter"], "rationale": "r",
                         "state_kept": "nothing", "expected_effect": "rejects depth changes"}

@@ -9,11 +9,9 @@ from typing import Any
 
 import pytest
 
-from mechanisms.artifact_checks import explore_defect
-from mechanisms.builtin_research import _parse_explore, _parse_spec, _StepError, distinct_candidates
-from mechanisms.ladder import check_spec, grouped_errors, recorded_fixtures, validate_mechanism
 from mechanisms.protocol import HookReturnError, check_hook_return, proposal_of, protocol_description
-from mechanisms.research_prompts import (
+from mechanisms.research.artifact_checks import explore_defect
+from mechanisms.research.prompts import (
     MAX_HOOKS,
     SPEC_FORMAT,
     candidate_fields,
@@ -24,7 +22,9 @@ from mechanisms.research_prompts import (
     repair_prompt,
     spec_schema,
 )
-from mechanisms.static_check import static_check
+from mechanisms.research.session import _parse_explore, _parse_spec, _StepError, distinct_candidates
+from mechanisms.validation.ladder import check_spec, grouped_errors, recorded_fixtures, validate_mechanism
+from mechanisms.validation.static_check import static_check
 
 TRACE: list[Any] = [
     {"iteration": 0, "kind": "baseline", "changes": {}, "val_bpb": 3.13174, "status": "baseline"},

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from mechanisms import research_prompts
 from mechanisms.context_budget import DEFAULT_CONTEXT_TOKENS, prompt_tokens
 from mechanisms.protocol import protocol_description
+from mechanisms.research import prompts as research_prompts
 from runs.engine.level2 import RESEARCH_SYSTEM, runner_source
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from mechanisms.proposal_check import describe_changes, proposal_problems
 from mechanisms.protocol import State
+from mechanisms.validation.proposal_check import describe_changes, proposal_problems
 from trainer.schema import PRESETS, ConfigError, apply_changes, config_to_json, default_config, schema_json
 
 FROZEN = ["FINAL_LR_FRAC"]

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from mechanisms.builtin_research import (
+from mechanisms.research.prompts import MAX_MODULE_LINES, REPLY_TOKENS
+from mechanisms.research.session import (
     BUILTIN_LABEL,
     CutOffReply,
     ResearchContext,
@@ -17,9 +18,8 @@ from mechanisms.builtin_research import (
     run_session,
     spec_matching_code,
 )
-from mechanisms.ladder import TraceFixture, recorded_fixtures
-from mechanisms.research_prompts import MAX_MODULE_LINES, REPLY_TOKENS
-from mechanisms.static_check import static_check
+from mechanisms.validation.ladder import TraceFixture, recorded_fixtures
+from mechanisms.validation.static_check import static_check
 
 
 @pytest.fixture(scope="module")

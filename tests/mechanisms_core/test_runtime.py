@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mechanisms.protocol import MechanismSource, Result, proposal_of, result_of, state_before
 from mechanisms.runtime import MechanismRuntime
-from mechanisms.sandbox import MechanismHost
+from mechanisms.sandbox.host import MechanismHost
 from tests.mechanisms_core.helpers import PARAMS, fixated_trace, record, source, state_for
 
 NARROW = """

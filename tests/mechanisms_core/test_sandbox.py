@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from mechanisms.protocol import state_before
-from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
+from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost
 from tests.mechanisms_core.helpers import fixated_trace, source, state_for
 
 COUNTER = """

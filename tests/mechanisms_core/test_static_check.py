@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mechanisms.static_check import static_check
+from mechanisms.validation.static_check import static_check
 
 GOOD = '''"""A fine mechanism."""
 import math

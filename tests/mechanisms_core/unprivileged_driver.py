@@ -19,7 +19,7 @@ def main() -> None:
     sys.path.insert(0, sys.argv[1])
     from attacks import ATTACKS, supported
 
-    from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
+    from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost
 
     request = json.load(sys.stdin)
     targets: dict[str, Any] = request["targets"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from mechanisms.ladder import PAPER_RUNS_DIR
+from mechanisms.validation.ladder import PAPER_RUNS_DIR
 from runs.analysis.comparison import build_comparison
 from runs.analysis.paper_import import PaperImportError, import_reports, parse_report
 from runs.models import Experiment, Iteration, Run

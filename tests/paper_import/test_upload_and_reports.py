@@ -8,7 +8,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from mechanisms.ladder import PAPER_RUNS_DIR
+from mechanisms.validation.ladder import PAPER_RUNS_DIR
 from runs.models import Experiment, Run
 from tests.stats.factories import make_experiment
 

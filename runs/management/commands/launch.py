@@ -154,7 +154,7 @@ class Command(BaseCommand):
         self.stopping = True
 
     def _report_isolation(self) -> None:
-        from mechanisms.sandbox import isolation_status
+        from mechanisms.sandbox.host import isolation_status
 
         status = isolation_status(refresh=True)
         if status.available:

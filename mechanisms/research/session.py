@@ -22,10 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from mechanisms import research_prompts
-from mechanisms.artifact_checks import critique_defect, explore_defect
 from mechanisms.catalogue import CatalogueEntry, catalogue_entries
-from mechanisms.ladder import (
+from mechanisms.protocol import State, TraceRecord, protocol_description
+from mechanisms.research import prompts as research_prompts
+from mechanisms.research.artifact_checks import critique_defect, explore_defect
+from mechanisms.text import without_nul
+from mechanisms.validation.ladder import (
     LadderReport,
     TraceFixture,
     check_spec,
@@ -33,8 +35,6 @@ from mechanisms.ladder import (
     default_fixtures,
     validate_mechanism,
 )
-from mechanisms.protocol import State, TraceRecord, protocol_description
-from mechanisms.text import without_nul
 
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 STAGNATION_WINDOW = 6
@@ -58,7 +58,7 @@ class ResearchContext:
     fixtures: list[TraceFixture] | None = None
     time_limit_per_call: float = 1.0
     # LLM sessions: a well-formed reply that echoes the template, scores all candidates alike or cites
-    # nothing from the trace is repaired like a malformed one (mechanisms.artifact_checks).
+    # nothing from the trace is repaired like a malformed one (mechanisms.research.artifact_checks).
     check_artifacts: bool = False
     # The responder takes each JSON round's reply schema (research_prompts.round_schema) and the attempt number.
     structured_output: bool = False

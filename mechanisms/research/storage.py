@@ -1,6 +1,6 @@
 """Storing what one Level 2 session made: its artifacts, and its mechanism attached to the run.
 
-The session itself (``builtin_research.run_session``) is plain: a trace in, a result out. The
+The session itself (``research.session.run_session``) is plain: a trace in, a result out. The
 engine (``runs.engine.level2``) decides when a session runs and what happens to the run meanwhile. A
 validated mechanism is stored once (by code hash) and attached to the run as `pending` (review
 gate on) or `approved` (gate off); the engine activates approved ones at the next iteration.
@@ -14,10 +14,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .builtin_research import SessionResult
-from .lifecycle import transition
-from .models import AttachmentStatus, Mechanism, MechanismAttachment, ResearchSession, SessionStatus
-from .signals import session_finished
+from ..lifecycle import transition
+from ..models import AttachmentStatus, Mechanism, MechanismAttachment, ResearchSession, SessionStatus
+from ..signals import session_finished
+from .session import SessionResult
 
 LIVE_STATUSES = (AttachmentStatus.PENDING, AttachmentStatus.APPROVED, AttachmentStatus.ACTIVE)
 LLM_BACKEND = "llm"
@@ -109,7 +109,7 @@ def _parsed(result: SessionResult, round_name: str) -> Any:
 
 
 def _last_code(result: SessionResult) -> str | None:
-    from .builtin_research import extract_code
+    from .session import extract_code
 
     for record in reversed(result.rounds):
         if record["round"] == "generate" and record["reply"]:

@@ -56,7 +56,7 @@ SPEC_FORMAT = (
 # Tokens kept free in each round: for its reply, and for the repair prompt that quotes that reply.
 REPLY_TOKENS = {"explore": 1200, "critique": 700, "specify": 700, "generate": 2000}
 REPAIR_ROOM_TOKENS = 1200
-SYSTEM_TOKENS = 100  # the research system prompt (mechanisms.research_session.RESEARCH_SYSTEM) and its wrapping
+SYSTEM_TOKENS = 100  # the research system prompt (runs.engine.level2.RESEARCH_SYSTEM) and its wrapping
 RUNNER_SUMMARY_TOKENS = 1000
 LEVEL15_TOKENS = 500
 # Repairs are sampled at this temperature (first asks at the endpoint's default), so a repair is a new reply.
@@ -87,7 +87,7 @@ def trace_changes(trace: list[TraceRecord]) -> dict[int, list[str]]:
 
 
 # Fields an explore candidate comes from: what each offers this kind of search, and the trace symptoms
-# (builtin_research.diagnose) it answers. Asked for "3 or 4 different mechanisms", a small model wrote one
+# (research.session.diagnose) it answers. Asked for "3 or 4 different mechanisms", a small model wrote one
 # candidate and copied it three times, word for word, through both repairs; given a different field for
 # each, every candidate starts differently.
 CANDIDATE_FIELDS: dict[str, tuple[str, frozenset[str]]] = {
@@ -123,7 +123,7 @@ def explore_schema(trace: list[TraceRecord] | None = None, fields: list[str] | N
     diagnoses that cited nothing the run did ("the search does not explore enough") and kept them through
     repairs; made to pick its evidence from the trace first, it writes the diagnosis after reading it.
     Left to pair them itself, it cited "iteration 2, WARMUP_RATIO" for a change made at iteration 5.
-    Endpoints that do not constrain decoding are held to the same by mechanisms.artifact_checks.
+    Endpoints that do not constrain decoding are held to the same by mechanisms.research.artifact_checks.
     """
     candidate = {
         "type": "object",

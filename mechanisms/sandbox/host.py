@@ -31,16 +31,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypedDict
 
-from mechanisms.isolation import (
-    LAYERS,
-    SANDBOX_ID,
-    IsolationStatus,
-    IsolationUnavailable,
-    bwrap_command,
-    interpreter,
-    seccomp_pipe,
-    seccomp_programs,
-)
 from mechanisms.protocol import (
     ALLOWED_IMPORTS,
     DEFAULT_CALL_TIMEOUT_SECONDS,
@@ -49,6 +39,16 @@ from mechanisms.protocol import (
     SandboxLimits,
     State,
     TraceRecord,
+)
+from mechanisms.sandbox.isolation import (
+    LAYERS,
+    SANDBOX_ID,
+    IsolationStatus,
+    IsolationUnavailable,
+    bwrap_command,
+    interpreter,
+    seccomp_pipe,
+    seccomp_programs,
 )
 
 HOST_CHILD_SOURCE = Path(__file__).with_name("host_child.py")

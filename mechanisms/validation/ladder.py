@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from mechanisms.proposal_check import describe_changes, proposal_problems, tunable, unchangeable
 from mechanisms.protocol import (
     HOOK_NAMES,
     HookReturnError,
@@ -27,11 +26,12 @@ from mechanisms.protocol import (
     result_of,
     state_before,
 )
-from mechanisms.sandbox import HostError, MechanismCallError, MechanismHost
-from mechanisms.static_check import static_check
+from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost
+from mechanisms.validation.proposal_check import describe_changes, proposal_problems, tunable, unchangeable
+from mechanisms.validation.static_check import static_check
 from trainer.schema import DEFAULT_PRESET, schema_json
 
-FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"  # mechanisms/fixtures
 # The paper's published per-repeat reports (MIT, notice in that folder), kept in the repository so a
 # fresh clone replays them too.
 PAPER_RUNS_DIR = FIXTURES_DIR / "paper_runs"
