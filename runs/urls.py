@@ -6,6 +6,7 @@ from .web import views_compare as compare
 from .web import views_diff as diff
 from .web import views_library as library
 from .web import views_manage as manage
+from .web import views_paper_import as paper_import
 from .web import views_tokens as tokens
 
 urlpatterns = [
@@ -29,7 +30,7 @@ urlpatterns = [
     path("experiments/<int:experiment_id>/report.html", compare.report_html, name="experiment_report"),
     path("experiments/<int:experiment_id>/summary.json", compare.summary_json, name="experiment_summary_json"),
     path("experiments/<int:experiment_id>/summary.csv", compare.summary_csv, name="experiment_summary_csv"),
-    path("experiments/import-paper/", compare.paper_import_upload, name="paper_import"),
+    path("experiments/import-paper/", paper_import.paper_import_upload, name="paper_import"),
     path("diff/", diff.config_diff, name="config_diff"),
     path("settings/tokens/", tokens.api_tokens, name="api_tokens"),
     path("settings/tokens/<int:token_id>/revoke/", tokens.api_token_revoke, name="api_token_revoke"),

@@ -32,7 +32,6 @@ from django.db.models.functions import Coalesce
 
 from mechanisms.models import MechanismAttachment
 
-from ..engine.confirmation import ConfirmedDelta, confirmed_deltas
 from ..models import (
     GROUP_LEVELS,
     AgentBackend,
@@ -45,6 +44,7 @@ from ..models import (
     Run,
 )
 from . import stats
+from .confirmed import ConfirmedDelta, confirmed_deltas
 
 ComparisonData = dict[str, Any]
 

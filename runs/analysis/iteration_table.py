@@ -16,9 +16,20 @@ from django.db.models import ExpressionWrapper, F, FloatField, QuerySet
 
 from ..models import Iteration, Objective
 from ..serializers import iteration_to_dict
-from ..web.forms import SORTS
+from .iteration_text import changes_text, mechanism_names
 
 EXPORT_FORMATS = ("csv", "json")
+# The sort keys a table accepts (IterationFilterForm offers them) → the ordered field.
+SORTS = {
+    "index": "index",
+    "-index": "-index",
+    "val_bpb": "val_bpb",
+    "-val_bpb": "-val_bpb",
+    "delta": "delta",
+    "-delta": "-delta",
+    "seconds": "wall_seconds",
+    "-seconds": "-wall_seconds",
+}
 
 CSV_COLUMNS = [
     "run",
@@ -78,70 +89,6 @@ def filtered_iterations(base: QuerySet[Iteration], filters: Mapping[str, Any]) -
     # Missing values (crashes have no val_bpb) go last in either direction.
     key = F(field).desc(nulls_last=True) if sort.startswith("-") else F(field).asc(nulls_last=True)
     return rows.order_by(key, "run__group", "run__repeat", "run_id", "index")
-
-
-def mechanism_names(iteration: Iteration) -> list[str]:
-    """Mechanisms recorded as having influenced this iteration, in first-effect order."""
-    names: list[str] = []
-    for effect in iteration.mechanism_effects or []:
-        name = effect.get("mechanism") if isinstance(effect, dict) else None
-        if isinstance(name, str) and name not in names:
-            names.append(name)
-    return names
-
-
-def mechanism_activity(iteration: Iteration) -> list[dict[str, Any]]:
-    """Per mechanism: every hook call made for this iteration, and every decision it changed."""
-    calls = iteration.hook_calls if isinstance(iteration.hook_calls, dict) else {}
-    effects = [e for e in iteration.mechanism_effects or [] if isinstance(e, dict)]
-    names = list(calls) + [n for n in mechanism_names(iteration) if n not in calls]
-    activity = []
-    for name in names:
-        raw = calls.get(name)
-        per_hook: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        changed = [f"{e.get('effect')}: {e.get('detail', '')}" for e in effects if e.get("mechanism") == name]
-        activity.append({
-            "name": name,
-            "calls": ", ".join(f"{hook} {count}" for hook, count in sorted(per_hook.items())) or "no hook called",
-            "changed": changed,
-        })
-    return activity
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    return str(value)
-
-
-def changes_text(changes: Any) -> str:
-    """{"P": {"old": 1, "new": 2}} → "P: 1 → 2" (one change per line)."""
-    if not isinstance(changes, dict):
-        return ""
-    lines = []
-    for name, change in changes.items():
-        if isinstance(change, dict):
-            lines.append(f"{name}: {format_value(change.get('old'))} → {format_value(change.get('new'))}")
-        else:
-            lines.append(f"{name}: {format_value(change)}")
-    return "\n".join(lines)
-
-
-def refused_attempts(iteration: Iteration) -> list[dict[str, str]]:
-    """The refused attempts of an iteration, each with its reason and what was sent (for the run page)."""
-    attempts = iteration.rejected_attempts if isinstance(iteration.rejected_attempts, list) else []
-    return [
-        {
-            "attempt": str(a.get("attempt", "")),
-            "source": str(a.get("source", "")),
-            "reason": str(a.get("reason", "")),
-            "sent": json.dumps(a["changes"]) if "changes" in a else "",
-        }
-        for a in attempts
-        if isinstance(a, dict)
-    ]
 
 
 def _delta(iteration: Iteration) -> float | None:

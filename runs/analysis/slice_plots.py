@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..models import Group, Iteration
-from ..web.views_compare import colour
+from .colours import colour
 from .parallel_coordinates import numeric
 
 LOG_SPAN = 50  # as the parallel coordinates: learning rates and the like span decades

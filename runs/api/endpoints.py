@@ -38,13 +38,13 @@ from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, MechanismAttachment
 
 from ..analysis.comparison import build_comparison
+from ..analysis.confirmed import confirmed_deltas
 from ..analysis.paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
 from ..engine import control
-from ..engine.confirmation import confirmed_deltas
+from ..engine.experiment_form import ExperimentForm
 from ..models import Experiment, Group, Iteration, IterationKind, IterationStatus, Run, RunStatus
 from ..serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 from ..tokens import user_for_token
-from ..web.forms import ExperimentForm
 from .schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -451,17 +451,11 @@ def run_detail(request: HttpRequest, run_id: int) -> Any:
     return data
 
 
-def _may_control(user: Any, experiment: Experiment) -> bool:
-    from ..web.views import can_control  # the dashboard's rule, shared so the API grants exactly the same
-
-    return can_control(user, experiment)
-
-
 def _run_action(request: HttpRequest, run_id: int, action: Callable[[Run], None]) -> Any:
     run = get_or_404(Run.objects.select_related("experiment"), run_id)
     if run.experiment.is_reference:
         raise ApiError(403, "reference experiments are read-only")
-    if not _may_control(request.user, run.experiment):
+    if not control.can_control(request.user, run.experiment):
         raise ApiError(403, "only the experiment's creator or staff may control its runs")
     try:
         action(run)

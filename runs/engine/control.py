@@ -6,6 +6,8 @@ cannot interleave into an impossible state.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import current_app
 from django.db import transaction
 from django.db.models import F
@@ -20,6 +22,16 @@ from .events import publish_run_event
 
 class TransitionError(Exception):
     """The run is not in a state that allows this action."""
+
+
+def can_control(user: Any, experiment: Experiment) -> bool:
+    """Who may pause, resume and cancel, on pages and in the API: the experiment's creator, staff, or a
+    holder of change_run."""
+    if not user.is_authenticated:
+        return False
+    return bool(
+        user.is_staff or experiment.created_by_id == user.pk or user.has_perm("runs.change_run")
+    )
 
 
 def create_runs(experiment: Experiment) -> list[Run]:

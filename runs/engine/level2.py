@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from mechanisms.lifecycle import time_out_review, transition
+from mechanisms.lifecycle import time_out_review
 from mechanisms.models import AttachmentStatus, MechanismAttachment, ResearchSession, SessionStatus
 from mechanisms.research import prompts as research_prompts
 from mechanisms.research.session import CutOffReply, ResearchContext, SessionResult, builtin_responder, run_session
@@ -232,44 +232,6 @@ def expire_reviews() -> list[int]:
             time_out_review(attachment, minutes)  # its signal resumes the run once none is pending
         resumed.append(run.pk)
     return resumed
-
-
-def attach_library_mechanisms(run: Run) -> None:
-    """Mechanisms a reviewer added to the experiment from the library join each run at its next step."""
-    attached = MechanismAttachment.objects.filter(run=run).values_list("mechanism_id", flat=True)
-    for mechanism in run.experiment.library_mechanisms.filter(passed_ladder=True).exclude(pk__in=attached):
-        attachment = MechanismAttachment.objects.create(
-            run=run,
-            mechanism=mechanism,
-            ladder=[
-                {
-                    "step": "library",
-                    "ok": True,
-                    "seconds": 0.0,
-                    "detail": "passed the validation ladder when first produced; attached from the library",
-                }
-            ],
-        )
-        transition(
-            attachment,
-            (AttachmentStatus.VALIDATING,),
-            AttachmentStatus.APPROVED,
-            note="attached from the mechanism library by a reviewer",
-        )
-
-
-def activate_approved_mechanisms(run: Run, at_iteration: int) -> None:
-    """Approved mechanisms become active at the iteration boundary (the start of this step)."""
-    for attachment in MechanismAttachment.objects.filter(run=run, status=AttachmentStatus.APPROVED):
-        transition(
-            attachment,
-            (AttachmentStatus.APPROVED,),
-            AttachmentStatus.ACTIVE,
-            note="activated at iteration boundary",
-            at_iteration=at_iteration,
-            activated_at_iteration=at_iteration,
-            activated_at=timezone.now(),
-        )
 
 
 # -- receivers of Level 2's signals (connected in RunsConfig.ready) ---------------------------

@@ -1,5 +1,8 @@
 """Between the engine and the sandboxed mechanisms: which are active, and what they did.
 
+At the start of every step, mechanisms a reviewer added from the library join the run and approved
+ones become active (``attach_library_mechanisms``, ``activate_approved_mechanisms``).
+
 The active attachments' code runs in a MechanismRuntime (a sandboxed host process, see
 mechanisms/sandbox/host.py) rebuilt for every step by replaying the run's trace. After the step,
 the hook counts and the decisions each mechanism changed are stored on the iteration and
@@ -13,7 +16,9 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from django.db.models import F
+from django.utils import timezone
 
+from mechanisms.lifecycle import transition
 from mechanisms.models import AttachmentStatus, MechanismAttachment
 from mechanisms.protocol import MechanismSource
 from mechanisms.runtime import MechanismRuntime
@@ -94,8 +99,6 @@ def open_runtime(run: Run, state: RunState) -> Iterator[Any]:
 
 def record_runtime_outcome(run: Run, runtime: Any, iteration_index: int) -> dict[str, Any]:
     """Store attribution on the attachments; return the iteration's mechanism fields."""
-    from mechanisms.lifecycle import transition
-
     if isinstance(runtime, NoMechanisms):
         return {"mechanism_effects": [], "hook_calls": {}}
     by_name = {runtime_name(a): a for a in active_attachments(run)}
@@ -123,3 +126,41 @@ def record_runtime_outcome(run: Run, runtime: Any, iteration_index: int) -> dict
                 status_detail=reason,
             )
     return {"mechanism_effects": effects, "hook_calls": runtime.hook_calls}
+
+
+def attach_library_mechanisms(run: Run) -> None:
+    """Mechanisms a reviewer added to the experiment from the library join each run at its next step."""
+    attached = MechanismAttachment.objects.filter(run=run).values_list("mechanism_id", flat=True)
+    for mechanism in run.experiment.library_mechanisms.filter(passed_ladder=True).exclude(pk__in=attached):
+        attachment = MechanismAttachment.objects.create(
+            run=run,
+            mechanism=mechanism,
+            ladder=[
+                {
+                    "step": "library",
+                    "ok": True,
+                    "seconds": 0.0,
+                    "detail": "passed the validation ladder when first produced; attached from the library",
+                }
+            ],
+        )
+        transition(
+            attachment,
+            (AttachmentStatus.VALIDATING,),
+            AttachmentStatus.APPROVED,
+            note="attached from the mechanism library by a reviewer",
+        )
+
+
+def activate_approved_mechanisms(run: Run, at_iteration: int) -> None:
+    """Approved mechanisms become active at the iteration boundary (the start of this step)."""
+    for attachment in MechanismAttachment.objects.filter(run=run, status=AttachmentStatus.APPROVED):
+        transition(
+            attachment,
+            (AttachmentStatus.APPROVED,),
+            AttachmentStatus.ACTIVE,
+            note="activated at iteration boundary",
+            at_iteration=at_iteration,
+            activated_at_iteration=at_iteration,
+            activated_at=timezone.now(),
+        )

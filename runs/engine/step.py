@@ -26,8 +26,7 @@ from ..models import IterationKind, IterationStatus, Run, RunStatus
 from . import acceptance, confirmation
 from .events import publish_run_event
 from .lease import LeaseKeeper, claim_step, release_lease_and_continue
-from .level2 import activate_approved_mechanisms, attach_library_mechanisms
-from .mechanism_bridge import RuntimeHandle, open_runtime
+from .mechanism_bridge import RuntimeHandle, activate_approved_mechanisms, attach_library_mechanisms, open_runtime
 from .objective import evaluate
 from .outer_cycle import outer_cycle_boundary
 from .proposals import Proposed, propose

@@ -6,10 +6,10 @@ from typing import Any
 
 from django import template
 
-from ..analysis.iteration_table import changes_text as _changes_text
-from ..analysis.iteration_table import mechanism_activity as _mechanism_activity
-from ..analysis.iteration_table import mechanism_names as _mechanism_names
-from ..analysis.iteration_table import refused_attempts as _refused_attempts
+from ..analysis.iteration_text import changes_text as _changes_text
+from ..analysis.iteration_text import mechanism_activity as _mechanism_activity
+from ..analysis.iteration_text import mechanism_names as _mechanism_names
+from ..analysis.iteration_text import refused_attempts as _refused_attempts
 from ..models import Iteration
 
 register = template.Library()

@@ -29,14 +29,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from mechanisms.models import MechanismAttachment
 
+from ..analysis.confirmed import confirmed_deltas
 from ..analysis.iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
 from ..analysis.parallel_coordinates import measured_iterations, parallel_coordinates
 from ..analysis.slice_plots import slice_plots
 from ..engine import control
-from ..engine.confirmation import confirmed_deltas
+from ..engine.experiment_form import GROUP_HELP, ExperimentForm
 from ..models import AgentBackend, Experiment, Group, Iteration, Run, RunStatus
 from ..serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
-from .forms import DEFAULT_PER_PAGE, GROUP_HELP, ExperimentForm, IterationFilterForm
+from .forms import DEFAULT_PER_PAGE, IterationFilterForm
 
 TABLE_TARGET = "iteration-table"
 EXPERIMENTS_PER_PAGE = 25
@@ -62,15 +63,6 @@ def htmx_target(request: HttpRequest) -> str | None:
     """The id of the element an htmx request will swap (HtmxMiddleware), or None."""
     details = getattr(request, "htmx", None)
     return details.target if details else None
-
-
-def can_control(user: Any, experiment: Experiment) -> bool:
-    """Who may pause, resume and cancel: the experiment's creator, staff, or a holder of change_run."""
-    if not user.is_authenticated:
-        return False
-    return bool(
-        user.is_staff or experiment.created_by_id == user.pk or user.has_perm("runs.change_run")
-    )
 
 
 def agent_label(experiment: Experiment) -> str:
@@ -315,7 +307,7 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
         "agent_text": agent_label(experiment),
         "policy_text": policy_label(experiment),
         "any_active": any(not run.is_finished and run.status != RunStatus.PAUSED for run in runs),
-        "can_manage": can_control(request.user, experiment),
+        "can_manage": control.can_control(request.user, experiment),
     }
     if htmx_target(request) == "experiment-runs":
         # 286 tells htmx to stop polling once no run can change any more.
@@ -349,7 +341,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "experiment": experiment,
         "agent_text": agent_label(experiment),
         "policy_text": policy_label(experiment),
-        "can_control": can_control(request.user, experiment),
+        "can_control": control.can_control(request.user, experiment),
     }
 
 
@@ -404,7 +396,7 @@ def run_action(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
     run = get_object_or_404(Run.objects.select_related("experiment"), pk=run_id)
     if action not in RUN_ACTIONS:
         return HttpResponseBadRequest(f"unknown action {action!r}")
-    if not can_control(request.user, run.experiment):
+    if not control.can_control(request.user, run.experiment):
         return HttpResponseForbidden("Only the experiment's creator or staff may control its runs.")
     error = ""
     try:

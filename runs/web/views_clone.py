@@ -9,8 +9,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from ..engine.experiment_form import GROUP_HELP, ExperimentForm
 from ..models import Experiment
-from .forms import GROUP_HELP, ExperimentForm
 
 
 def clone_initial(experiment: Experiment) -> dict[str, object]:

@@ -7,32 +7,26 @@ import io
 import math
 from typing import Any
 
-from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET
 
+from ..analysis.colours import colour
 from ..analysis.comparison import DELTA_SOURCES, ComparisonData, build_comparison, mechanism_counts
 from ..analysis.compute_axis import cumulative_seconds
 from ..analysis.identical_groups import mark_identical_groups
-from ..analysis.paper_import import DEFAULT_EXPERIMENT_NAME, MAX_FILE_BYTES, PaperImportError, import_reports
 from ..analysis.stats import TESTS
 from ..models import Experiment, Objective, Run
 
-GROUP_COLOURS = {"R": "#7a8594", "A": "#2f6fd6", "B": "#e07b00", "C": "#1f9d55", "D": "#8a4fd0"}
 MAX_COMPARED_EXPERIMENTS = 5
 
 
 def objective_label(objective: str) -> str:
     return str(Objective(objective).label)
-
-
-def colour(group: str) -> str:
-    return GROUP_COLOURS.get(group, "#444")
 
 
 def _int_param(request: HttpRequest, name: str, low: int, high: int) -> int | None:
@@ -347,43 +341,3 @@ def summary_csv(request: HttpRequest, experiment_id: int) -> HttpResponse:
     response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="experiment-{experiment.pk}-summary.csv"'
     return response
-
-
-# --- paper reference import ------------------------------------------------------------------
-
-
-MAX_UPLOAD_FILES = 20
-
-
-@require_http_methods(["GET", "POST"])
-def paper_import_upload(request: HttpRequest) -> HttpResponse:
-    """Upload published per-repeat reports (A1.json, ...) into a read-only reference experiment."""
-    error = ""
-    name = DEFAULT_EXPERIMENT_NAME
-    if request.method == "POST":
-        name = request.POST.get("experiment_name", "").strip() or DEFAULT_EXPERIMENT_NAME
-        uploads = request.FILES.getlist("files")
-        if not uploads:
-            error = "Choose at least one report file (JSON)."
-        elif len(uploads) > MAX_UPLOAD_FILES:
-            error = f"At most {MAX_UPLOAD_FILES} files at once."
-        elif any((upload.size or 0) > MAX_FILE_BYTES for upload in uploads):
-            error = f"A file is larger than {MAX_FILE_BYTES // 1_000_000} MB."
-        else:
-            try:
-                experiment, runs = import_reports(
-                    [(upload.name or "upload.json", upload.read()) for upload in uploads], name, request.user
-                )
-            except PaperImportError as failure:
-                error = f"Nothing was imported: {failure}"
-            else:
-                messages.success(
-                    request,
-                    f"Imported {len(runs)} run(s) ({', '.join(f'{r.group}{r.repeat}' for r in runs)}) "
-                    f"into {experiment.name}.",
-                )
-                return redirect("experiment_compare", experiment_id=experiment.pk)
-    references = Experiment.objects.filter(is_reference=True).order_by("-created_at")
-    return render(request, "runs/report_import_paper.html",
-                  {"error": error, "experiment_name": name, "references": references},
-                  status=400 if error else 200)

@@ -14,8 +14,8 @@ from django.shortcuts import get_object_or_404, redirect
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from ..engine.control import can_control
 from ..models import Experiment, Run, RunStatus
-from .views import can_control
 
 MAX_TAGS = 10
 MAX_TAG_CHARS = 40

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from runs.engine.experiment_form import ExperimentForm
 from runs.models import Experiment, Run
-from runs.web.forms import ExperimentForm
 
 pytestmark = pytest.mark.django_db
 

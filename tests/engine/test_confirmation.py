@@ -10,12 +10,13 @@ from django.test import Client
 from django.utils import timezone
 
 from runs.analysis.comparison import build_comparison
-from runs.engine.confirmation import CONFIRMATION_SEED_OFFSET, confirm_or_finish, confirmed_deltas
+from runs.analysis.confirmed import confirmed_deltas
+from runs.engine.confirmation import CONFIRMATION_SEED_OFFSET, confirm_or_finish
+from runs.engine.experiment_form import ExperimentForm
 from runs.engine.step import LeaseKeeper, Step, claim_step, execute_step
 from runs.engine.step_errors import StepAborted
 from runs.models import Confirmation, Run, RunStatus
 from runs.tasks import reap_expired_leases
-from runs.web.forms import ExperimentForm
 from trainer.outcomes import TrainingSummary
 from trainer.surrogate import surrogate_evaluate
 
