@@ -184,6 +184,9 @@ def collect(limit: int, parallel: int, kinds: set[str] | None) -> None:
 
 def export() -> None:
     records = [json.loads(line) for line in JSONL.read_text().splitlines() if line.strip()]
+    # Runs that bench/surrogate_rounds.py added (search-found configs, with provenance) are kept.
+    if EXPORT.exists():
+        records += [r for r in json.loads(EXPORT.read_text())["measurements"] if r.get("provenance")]
     header = {
         "description": (
             "Real measurements of the bilevel trainer (cpu-tiny preset) used to fit trainer/surrogate.py. "
