@@ -3,7 +3,8 @@
 Each scripted reply is one of: {"content": "..."} (a normal completion; with "finish_reason": "length",
 one cut off at max_tokens), {"status": 429} (or
 any error status, with an optional "body"), {"hang": seconds} (answers after the client gave
-up), or {"close": True} (drops the connection). Requests are recorded for assertions.
+up), {"gate": threading.Event()} (answers once the test sets it: a reply in flight for as long as the test
+looks at it), or {"close": True} (drops the connection). Requests are recorded for assertions.
 
 `one_at_a_time` makes it serve as llama.cpp's Python server does: one request at a time, each computed to
 its end even when its client has gone, so a request sent meanwhile waits its turn.
@@ -57,6 +58,8 @@ class ScriptedOpenAI:
                     return
                 if "hang" in step:
                     stub.release.wait(step["hang"])
+                if "gate" in step:
+                    step["gate"].wait(120)
                 if "status" in step:
                     self._send(step["status"], step.get("body", {"error": {"message": "scripted error"}}))
                     return

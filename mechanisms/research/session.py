@@ -62,6 +62,9 @@ class ResearchContext:
     check_artifacts: bool = False
     # The responder takes each JSON round's reply schema (research_prompts.round_schema) and the attempt number.
     structured_output: bool = False
+    # Hears the session as it goes: {"event": "round", "round", "attempt"} when an ask starts, "round_end"
+    # (with seconds and error) when its reply was judged, "ladder" (a validation step starting or ending).
+    on_progress: Callable[[dict[str, Any]], None] | None = None
 
 
 class RoundRecord(TypedDict):
@@ -257,10 +260,17 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
     """Run explore -> critique -> specify -> generate (+ ladder) with bounded repair rounds."""
     result = SessionResult(status="failed", reason="")
     protocol = protocol_description()
+    tell = context.on_progress or (lambda event: None)
+
+    def judged(record: RoundRecord) -> None:
+        result.rounds.append(record)
+        tell({"event": "round_end", "round": record["round"], "attempt": record["attempt"],
+              "seconds": record["seconds"], "error": record["error"]})
 
     def ask(round_name: str, prompt: str, parse: Callable[[str], Any], schema: dict[str, Any] | None = None) -> Any:
         current = prompt
         for attempt in range(max_repairs + 1):
+            tell({"event": "round", "round": round_name, "attempt": attempt})
             started = time.monotonic()
             reply = ""
             try:
@@ -271,13 +281,12 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
                 defect = str(error)
                 if isinstance(reply, CutOffReply):
                     defect += research_prompts.cut_off_note(round_name)
-                result.rounds.append({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
-                                      "parsed": None, "error": defect,
-                                      "seconds": round(time.monotonic() - started, 4)})
+                judged({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
+                        "parsed": None, "error": defect, "seconds": round(time.monotonic() - started, 4)})
                 current = research_prompts.repair_prompt(round_name, prompt, reply, defect)
                 continue
-            result.rounds.append({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
-                                  "parsed": parsed, "error": None, "seconds": round(time.monotonic() - started, 4)})
+            judged({"round": round_name, "attempt": attempt, "prompt": current, "reply": reply,
+                    "parsed": parsed, "error": None, "seconds": round(time.monotonic() - started, 4)})
             return parsed
         raise _StepError(f"{round_name} failed after {max_repairs} repair rounds: {result.rounds[-1]['error']}")
 
@@ -292,7 +301,8 @@ def run_session(context: ResearchContext, respond: Responder, validate: Validato
         nonlocal spec
         code = extract_code(reply)
         spec = spec_matching_code(spec, code)
-        report = validate(spec, code, traces, time_limit_per_call=context.time_limit_per_call)
+        watch = {"on_step": lambda step: tell({"event": "ladder", **step})} if context.on_progress else {}
+        report = validate(spec, code, traces, time_limit_per_call=context.time_limit_per_call, **watch)
         result.ladder = report
         failed = report.failed_step
         if failed is not None:

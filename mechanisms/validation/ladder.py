@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -403,18 +403,26 @@ def _dry_run(name: str, class_name: str, code: str, hooks: list[str], fixtures: 
 
 def validate_mechanism(spec: dict[str, Any] | str, code: str,
                        traces: Sequence[list[TraceRecord] | TraceFixture] | None = None, *,
-                       time_limit_per_call: float = 1.0) -> LadderReport:
-    """Run the ladder; ``traces`` defaults to the recorded fixtures plus the paper runs."""
+                       time_limit_per_call: float = 1.0,
+                       on_step: Callable[[dict[str, Any]], None] | None = None) -> LadderReport:
+    """Run the ladder; ``traces`` defaults to the recorded fixtures plus the paper runs. ``on_step`` hears
+    each step as it starts ({"step": name}) and as it ends (its record), for a live view of a long dry run."""
     report = LadderReport()
     fixtures = [_as_fixture(i, t) for i, t in enumerate(traces)] if traces is not None else default_fixtures()
+    tell = on_step or (lambda event: None)
+
+    def begin(step: str) -> float:
+        tell({"step": step})
+        return time.monotonic()
 
     def record(step: str, started: float, problems: list[str], success_detail: str) -> bool:
         ok = not problems
         report.steps.append({"step": step, "ok": ok, "detail": success_detail if ok else "; ".join(problems),
                              "seconds": round(time.monotonic() - started, 4)})
+        tell(dict(report.steps[-1]))
         return ok
 
-    started = time.monotonic()
+    started = begin("spec")
     parsed, problems = check_spec(spec)
     if not record("spec", started, problems, "spec parses and names its hooks"):
         return report
@@ -422,14 +430,14 @@ def validate_mechanism(spec: dict[str, Any] | str, code: str,
     report.spec = parsed
     name, class_name, spec_hooks = parsed["name"], parsed["class_name"], parsed["hooks"]
 
-    started = time.monotonic()
+    started = begin("static")
     problems = static_check(code, class_name)
     if not problems and (mismatch := _hooks_mismatch(spec_hooks, defined_hooks(code, class_name))):
         problems = [mismatch]
     if not record("static", started, problems, "no findings"):
         return report
 
-    started = time.monotonic()
+    started = begin("import")
     try:
         with MechanismHost(time_limit_per_call=time_limit_per_call) as host:
             loaded = host.load([{"name": name, "class_name": class_name, "code": code}])
@@ -443,7 +451,7 @@ def validate_mechanism(spec: dict[str, Any] | str, code: str,
     if not record("import", started, problems, f"imported in {isolation}; hooks: {', '.join(hooks)}"):
         return report
 
-    started = time.monotonic()
+    started = begin("dry_run")
     ok, detail, report.dry_run_report = _dry_run(name, class_name, code, hooks, fixtures, time_limit_per_call)
     record("dry_run", started, [] if ok else [detail], detail)
     report.ok = ok

@@ -36,6 +36,7 @@ from ..models import WAITING_RUN_STATUSES, AgentBackend, Run, RunStatus
 from .agents.factory import build_llm_agent
 from .control import enqueue_step
 from .events import publish_run_event
+from .level2_progress import SessionProgress, publish_panel
 from .state import RunState
 
 logger = logging.getLogger(__name__)
@@ -165,9 +166,11 @@ def execute_research_session(session_id: int) -> str:
         return f"session {session_id} already {session.status}"
     run = session.run
     context = build_context(run)
+    progress = SessionProgress(session)
+    context.on_progress = progress.on_progress  # the run page's live Level 2 panel
     respond: Callable[..., str]
     if run.experiment.agent_backend == AgentBackend.LLM:
-        agent = build_llm_agent(run, research_session_id=session.pk)
+        agent = build_llm_agent(run, research_session_id=session.pk, watch=progress)
         context.check_artifacts = True  # an LLM's artifacts are checked for echoes and empty critiques
         context.structured_output = True  # each JSON round's reply schema goes with its request
 
@@ -252,6 +255,7 @@ def on_attachment_changed(sender: Any, attachment: MechanismAttachment, from_sta
 
 def on_session_finished(sender: Any, session: ResearchSession, attachment: MechanismAttachment | None,
                         **kwargs: Any) -> None:
+    publish_panel(session)  # its final state: the panel stays on the page whatever the outcome
     publish_run_event(
         session.run_id,
         {"type": "research", "run": session.run_id, "session": session.pk, "status": session.status,

@@ -35,6 +35,7 @@ from ..analysis.parallel_coordinates import measured_iterations, parallel_coordi
 from ..analysis.slice_plots import slice_plots
 from ..engine import control
 from ..engine.experiment_form import GROUP_HELP, ExperimentForm
+from ..engine.level2_progress import latest_panel
 from ..models import AgentBackend, Experiment, Group, Iteration, Run, RunStatus
 from ..serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 from .forms import DEFAULT_PER_PAGE, IterationFilterForm
@@ -129,6 +130,7 @@ def run_snapshot(run: Run) -> dict[str, Any]:
             .order_by("outer_cycle_index")
         ],
         "live_progress": run.live_progress or {},
+        "level2_panel": latest_panel(run.pk) if run.level_research else None,
         "last_curve": _last_curve(run),
         "interrupted_attempts": [
             {

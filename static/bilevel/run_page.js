@@ -41,6 +41,8 @@
     this.cycles = new Map();       // index -> outer cycle dict
     this.attachments = new Map();  // id -> attachment dict
     this.sessions = [];            // Level 2 research sessions
+    this.level2 = null;            // the latest session's live panel (runs/level2_progress.py)
+    this.clockOffset = 0;          // server clock − this page's clock, in seconds
     this.live = {};                // the training in flight: {iteration, points, ...}
     this.lastCurve = {};
     this.snapshotTimer = null;
@@ -123,6 +125,7 @@
     (snapshot.outer_cycles || []).forEach((c) => this.cycles.set(c.index, c));
     (snapshot.attachments || []).forEach((a) => this.attachments.set(a.id, a));
     this.sessions = snapshot.research_sessions || this.sessions;
+    this.setLevel2(snapshot.level2_panel);
     this.live = this.freshestLive(snapshot.live_progress || {});
     const stored = snapshot.last_curve || {};
     if (stored.points && stored.points.length && !(this.lastCurve.iteration > stored.iteration)) this.lastCurve = stored;
@@ -213,6 +216,10 @@
       case "research":
         this.refreshSnapshot(0);  // a session finished: its outcome and any new mechanism
         break;
+      case "level2":
+        this.setLevel2(event.panel);
+        this.renderLevel2();
+        break;
       default:
         break;
     }
@@ -229,6 +236,7 @@
     this.renderCycles();
     this.renderAttachments();
     this.renderSessions();
+    this.renderLevel2();
   };
 
   RunPage.prototype.sortedIterations = function () {
@@ -528,11 +536,117 @@
     });
   };
 
+  // --- Level 2 in progress: round, elapsed times, each LLM call (pushed like the training curve) ----------
+
+  // Keep the newest panel: a snapshot read before an event must not take the page back.
+  RunPage.prototype.setLevel2 = function (panel) {
+    if (!panel) return;
+    const ours = this.level2;
+    if (ours && (ours.session > panel.session || (ours.session === panel.session && ours.server_now > panel.server_now))) return;
+    this.level2 = panel;
+    this.clockOffset = panel.server_now - Date.now() / 1000;
+  };
+
+  RunPage.prototype.serverNow = function () { return Date.now() / 1000 + this.clockOffset; };
+
+  function roundLabel(round) {
+    return round.round + (round.attempt ? " (repair " + round.attempt + ")" : "");
+  }
+
+  function ladderText(steps) {
+    return (steps || []).map((s) => s.step.replace("_", " ") + (s.ok === null || s.ok === undefined ? " …" : s.ok ? " ✓" : " ✗")).join(", ");
+  }
+
+  RunPage.prototype.renderLevel2 = function () {
+    const panel = this.level2;
+    const body = byId("l2-body");
+    if (!body || !panel) return;
+    body.hidden = false;
+    byId("l2-none").hidden = true;
+    const running = panel.status === "running";
+    byId("l2-title").textContent = "session after outer cycle " + panel.outer_cycle + " · " + (panel.backend === "builtin" ? "built-in heuristic (no LLM)" : panel.backend);
+    const status = byId("l2-status");
+    status.textContent = panel.status_display || panel.status;
+    status.className = "status status-" + panel.status;
+    byId("l2-detail").textContent = running ? "" : panel.detail || "";
+
+    const rounds = byId("l2-rounds");
+    rounds.replaceChildren();
+    (panel.rounds || []).forEach((round) => {
+      const row = el("tr");
+      row.dataset.round = round.round;
+      row.appendChild(el("td", roundLabel(round)));
+      const ended = round.ended_at !== null && round.ended_at !== undefined;
+      const time = el("td", null, "num l2-round-time");
+      if (ended) time.textContent = duration(round.ended_at - round.started_at);
+      else if (running) time.dataset.since = round.started_at;
+      else time.textContent = "interrupted";
+      row.appendChild(time);
+      const outcome = el("td", null, "small");
+      outcome.appendChild(el("span", ended ? (round.error ? "refused: " + truncate(round.error, 160) : "accepted") : running ? "running" : "ended with the session", round.error ? "error" : "muted"));
+      if (round.ladder && round.ladder.length) outcome.appendChild(el("div", "ladder: " + ladderText(round.ladder), "muted"));
+      row.appendChild(outcome);
+      rounds.appendChild(row);
+    });
+
+    const calls = byId("l2-calls");
+    calls.replaceChildren();
+    (panel.calls || []).forEach((call, i) => {
+      const row = el("tr", null, "l2-call outcome-" + call.outcome);
+      row.appendChild(el("td", i + 1, "num"));
+      row.appendChild(el("td", call.purpose));
+      row.appendChild(el("td", call.tokens_in + " / " + call.tokens_out, "num"));
+      row.appendChild(el("td", fmt(call.seconds, 1), "num"));
+      row.appendChild(el("td", call.tokens_per_second === null ? "–" : fmt(call.tokens_per_second, 2), "num"));
+      row.appendChild(el("td", call.timeout_seconds ? Math.round(call.timeout_seconds) + " s" : "–", "num"));
+      const labels = { ok: "reply", timeout: "timed out", waiting: "past its timeout: still waiting, not re-sent", error: "failed" };
+      const outcome = el("td", labels[call.outcome] || call.outcome, call.outcome === "ok" ? "muted" : "error");
+      if (call.error && call.outcome !== "waiting") outcome.title = call.error;
+      row.appendChild(outcome);
+      calls.appendChild(row);
+    });
+    const t = panel.totals || {};
+    byId("l2-totals").textContent = t.calls
+      ? t.calls + " call" + (t.calls === 1 ? "" : "s") + " · " + t.timeouts + " timeout" + (t.timeouts === 1 ? "" : "s") + " · " + t.retries + " retr" + (t.retries === 1 ? "y" : "ies") + " · " + t.tokens_in + " tokens in, " + t.tokens_out + " out"
+      : panel.backend === "builtin" ? "no LLM calls (built-in heuristic)" : "no LLM call yet";
+    this.renderLevel2Clock();
+  };
+
+  // The elapsed times move every second while the session runs (and the run's own waiting time with them).
+  RunPage.prototype.renderLevel2Clock = function () {
+    const panel = this.level2;
+    if (!panel || !byId("l2-body")) return;
+    const now = this.serverNow();
+    const running = panel.status === "running";
+    const end = running ? now : panel.finished_at || now;
+    byId("l2-elapsed").textContent = duration(end - panel.started_at);
+    const current = panel.current;
+    let round = (panel.rounds || []).length ? "between rounds" : "starting";
+    if (current) {
+      const ladder = (current.ladder || []).filter((s) => s.ok === null || s.ok === undefined);
+      round = roundLabel(current) + (ladder.length ? " · ladder step " + ladder[ladder.length - 1].step.replace("_", " ") : "");
+    } else if (!running) {
+      const last = (panel.rounds || [])[panel.rounds.length - 1];
+      round = last ? "last round " + roundLabel(last) : "no round";
+    }
+    byId("l2-round").textContent = round;
+    byId("l2-round-elapsed").textContent = current ? duration(now - current.started_at) + " in this round" : "";
+    document.querySelectorAll("#l2-rounds [data-since]").forEach((cell) => { cell.textContent = duration(now - Number(cell.dataset.since)); });
+    const flight = panel.in_flight;
+    byId("l2-in-flight").textContent = flight
+      ? "waiting for the " + flight.purpose + " reply: " + duration(now - flight.started_at) + " so far, timeout " + Math.round(flight.timeout_seconds) + " s" + (flight.waits ? " (this server cannot cancel: past it, the client keeps waiting instead of asking again)" : "")
+      : "";
+  };
+
   function start() {
     const config = JSON.parse(byId("run-config").textContent);
     const snapshot = JSON.parse(byId("run-snapshot").textContent);
     const page = new RunPage(config, snapshot);
     window.bilevelRunPage = page;
+    setInterval(function () {
+      page.renderLevel2Clock();
+      if (page.run.status === "researching" || page.run.status === "awaiting_review") page.renderProgress();
+    }, 1000);
     const indicator = byId("live-indicator");
     page.socket = window.bilevel.liveSocket(config.socketPath, {
       onOpen: function () {

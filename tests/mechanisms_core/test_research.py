@@ -230,3 +230,26 @@ def test_an_unclosed_fence_is_code_cut_off_so_its_syntax_error_names_the_real_li
     assert code.startswith("class A:")
     assert static_check(code, "A") == ["line 3: syntax error: unterminated string literal (detected at line 3) "
                                        "in `return 'x`"]
+
+
+def test_the_session_tells_its_progress_as_it_goes(fixtures: dict[str, TraceFixture]) -> None:
+    """Each ask's start and end and each ladder step, in order, for the run page's live Level 2 panel."""
+    events: list[dict[str, object]] = []
+    fixated = fixtures["fixated_matrix_lr"]
+    context = _context(fixated, [fixtures["repeated_proposals"]])
+    context.on_progress = events.append
+    result = run_session(context, _garbage_first(builtin_responder(context, seed=1), {"critique": 1}))
+    assert result.status == "produced", result.reason
+    rounds = [(e["event"], e["round"], e["attempt"]) for e in events if e["event"] != "ladder"]
+    assert rounds == [("round", "explore", 0), ("round_end", "explore", 0),
+                      ("round", "critique", 0), ("round_end", "critique", 0),  # refused: a repair round follows
+                      ("round", "critique", 1), ("round_end", "critique", 1),
+                      ("round", "specify", 0), ("round_end", "specify", 0),
+                      ("round", "generate", 0), ("round_end", "generate", 0)]
+    ends = [e for e in events if e["event"] == "round_end"]
+    assert ends[1]["error"] and all(e["error"] is None for e in ends[2:])
+    ladder = [(e["step"], e.get("ok")) for e in events if e["event"] == "ladder"]
+    assert ladder == [("spec", None), ("spec", True), ("static", None), ("static", True),
+                      ("import", None), ("import", True), ("dry_run", None), ("dry_run", True)]
+    generate_start = events.index({"event": "round", "round": "generate", "attempt": 0})
+    assert all(events.index(e) > generate_start for e in events if e["event"] == "ladder")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -14,6 +16,12 @@ from .llm import LLMAgent
 from .random_control import RANDOM_LABEL, RandomAgent
 
 
+class SessionWatcher(Protocol):
+    def on_send(self, request: dict[str, Any]) -> None: ...
+
+    def on_recorded(self, error: str) -> None: ...
+
+
 def agent_label(run: Run) -> str:
     if run.random_control:
         return RANDOM_LABEL
@@ -23,7 +31,9 @@ def agent_label(run: Run) -> str:
     return BUILTIN_LABEL
 
 
-def recorder_for(run: Run, research_session_id: int | None = None) -> CallRecorder:
+def recorder_for(run: Run, research_session_id: int | None = None,
+                 on_recorded: Callable[[str], None] | None = None) -> CallRecorder:
+    """Stores each call as an LLMCall row; `on_recorded` hears each stored call's error ("" = a reply)."""
     backend = run.experiment.agent_backend
 
     def record(
@@ -54,6 +64,8 @@ def recorder_for(run: Run, research_session_id: int | None = None) -> CallRecord
             timeout_seconds=timeout_seconds,
             error=error,
         )
+        if on_recorded is not None:
+            on_recorded(error)
 
     return record
 
@@ -74,13 +86,16 @@ def forget_endpoints() -> None:
     shared_profiles().forget_all()
 
 
-def build_llm_agent(run: Run, research_session_id: int | None = None) -> LLMAgent:
+def build_llm_agent(run: Run, research_session_id: int | None = None,
+                    watch: SessionWatcher | None = None) -> LLMAgent:
+    """The run's LLM agent; `watch` (a Level 2 session's live panel) hears each request and each stored call."""
     experiment = run.experiment
     return LLMAgent(
         base_url=experiment.llm_base_url or settings.LLM_BASE_URL,
         api_key=experiment.llm_api_key or settings.LLM_API_KEY,
         model=experiment.llm_model or settings.LLM_MODEL,
-        recorder=recorder_for(run, research_session_id),
+        recorder=recorder_for(run, research_session_id, watch.on_recorded if watch else None),
+        on_send=watch.on_send if watch else None,
         timeout=settings.LLM_TIMEOUT_SECONDS,
         max_timeout=settings.LLM_MAX_TIMEOUT_SECONDS,
         backoff_seconds=settings.LLM_RETRY_BACKOFF_SECONDS,

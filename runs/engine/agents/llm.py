@@ -25,6 +25,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as StillWaiting
 from typing import Any
@@ -114,6 +115,7 @@ class LLMAgent:
         backoff_seconds: float = 1.0,
         context_tokens: int = DEFAULT_CONTEXT_TOKENS,
         shared: SharedProfiles | None = None,
+        on_send: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.model = model
         self.label = f"LLM {model} @ {base_url}"
@@ -127,6 +129,7 @@ class LLMAgent:
         self.key = endpoint_key(base_url, model)
         self.profile = endpoint_profile(base_url, model)
         self.shared = shared
+        self.on_send = on_send  # hears each request as it goes out (a live view of a call in flight)
         if shared is not None and (known := shared.load(self.key)) is not None:
             self.profile.absorb(known)  # what another process (or the launcher) learnt, before the first call
         self.last_cut_off = False  # did the last reply stop at max_tokens?
@@ -184,6 +187,9 @@ class LLMAgent:
                 kwargs["max_tokens"] = reply_tokens
             messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
             waits = not self.profile.cancels_abandoned
+            if self.on_send is not None:
+                self.on_send({"level": level, "purpose": purpose, "timeout_seconds": timeout, "waits": waits,
+                              "estimated_tokens": estimated})
             try:
                 if waits:
                     response = self._wait_for_reply(messages, kwargs, timeout, (level, purpose, prompt, started))
