@@ -31,7 +31,7 @@ def store_session_result(session: ResearchSession, result: SessionResult) -> str
         "spec": result.spec or _parsed(result, "specify"),
         "code": result.code or _last_code(result),
     }
-    # What the engine recorded while the session ran (runs.level2_progress: rounds, ladder steps, timings)
+    # What the engine recorded while the session ran (runs.engine.level2_progress: rounds, ladder steps, timings)
     # stays beside the result: the run page's Level 2 panel shows it after the session too.
     live = ResearchSession.objects.filter(pk=session.pk).values_list("artifacts", flat=True).first() or {}
     if isinstance(live, dict) and "progress" in live:

@@ -18,7 +18,7 @@ from mechanisms.models import ResearchSession, SessionStatus
 from ..models import LLMCall
 from .events import publish_run_event
 
-WAITING_NOTE = "waiting past the timeout"  # runs.agents.llm: the same request, still awaited (not a re-send)
+WAITING_NOTE = "waiting past the timeout"  # runs.engine.agents.llm: the same request, still awaited (not a re-send)
 
 
 class SessionProgress:

@@ -41,7 +41,7 @@
     this.cycles = new Map();       // index -> outer cycle dict
     this.attachments = new Map();  // id -> attachment dict
     this.sessions = [];            // Level 2 research sessions
-    this.level2 = null;            // the latest session's live panel (runs/level2_progress.py)
+    this.level2 = null;            // the latest session's live panel (runs/engine/level2_progress.py)
     this.clockOffset = 0;          // server clock − this page's clock, in seconds
     this.live = {};                // the training in flight: {iteration, points, ...}
     this.lastCurve = {};
