@@ -85,7 +85,7 @@ def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tm
     env.update(BILEVEL_DATA_DIR=str(tmp_path / "data"), PYTHONPATH=str(tmp_path / "fake"))
     process = subprocess.Popen(
         [sys.executable, "manage.py", "launch", "--port", str(port), "--no-worker", "--local-llm-model", str(model),
-         "--local-llm-threads", "1"],
+         "--local-llm-threads", "1", "--demo"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -105,6 +105,9 @@ def test_local_llm_is_supervised_made_the_default_and_stopped_with_everything(tm
             item.split("=", 1) for item in Path(f"/proc/{web[0]}/environ").read_text().split("\0") if "=" in item
         )
         assert (environ["LLM_BASE_URL"], environ["LLM_MODEL"], environ["BILEVEL_DEFAULT_AGENT"]) == (url, alias, "llm")
+
+        # The demo (what `bootstrap.py up --local-llm` starts) runs with the LLM agent, not the built-in one.
+        assert f"demo experiment started with the LLM {alias}" in output, output
 
         # Its speed was measured once, at its start, and is in Redis for every worker's first call.
         assert re.search(r"local LLM measured in \d+ s: \d+ ms per token", output), output
