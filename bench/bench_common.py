@@ -365,7 +365,7 @@ trainer's own benchmarks are in `TRAINER_RESULTS.md`.
 
 
 ORDER = ("overhead", "live_latency", "ws_load", "dashboard_scale", "ablation_throughput", "sandbox",
-         "surrogate_ablation")
+         "surrogate_ablation", "mechanism_credit")
 SECTION = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n.*?<!-- /bench:(?P=name) -->\n", re.DOTALL)
 
 

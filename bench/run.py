@@ -7,6 +7,7 @@
     ablation_throughput  a surrogate ablation with 1 and 2 train workers
     sandbox              mechanism host start-up and hook-call latency, before and after kernel isolation
     surrogate_ablation   the ablation's Table 2 on the surrogate: search and confirmed Δ, tests per pair
+    mechanism_credit     the catalogue mechanisms' counterfactual credit over a C/D surrogate ablation
 
 Each prints a table and replaces its section of bench/RESULTS.md. Options (key=value) are
 passed to the benchmark (see each bench_NAME.py). "all" runs each in its own process. The
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import bench_env, machine, print_table, write_results
 
 BENCHMARKS = ("overhead", "live_latency", "ws_load", "dashboard_scale", "ablation_throughput", "sandbox",
-              "surrogate_ablation")
+              "surrogate_ablation", "mechanism_credit")
 
 
 def run_one(name: str, options: dict[str, str]) -> None:

@@ -20,7 +20,11 @@ train and one research Celery worker; see bench/bench_common.py) it
    page's handling of identical groups (comparison-identical-groups.png);
 3. runs a group C surrogate experiment with the review gate on and photographs its run page while
    the run awaits review (run-page-awaiting-review.png), approves the mechanism on the review page,
-   and photographs the run's iteration table once the mechanism acted (iterations-mechanism-calls.png).
+   and photographs the run's iteration table once the mechanism acted (iterations-mechanism-calls.png);
+4. runs a group C surrogate experiment (3 runs, T=15, K=3) whose paired replays the workers make as each
+   run ends, and photographs the counterfactual-credit section (the waterfall from the baseline through
+   "Level 1 + 1.5 alone" and each mechanism's credit to the final best) of the run whose mechanisms
+   earned the most (run-page-credit-waterfall.png).
 Chromium is Debian's (/usr/bin/chromium) driven by Playwright, 1280 px wide, whole pages.
 `--only NAME,...` (names without .png) writes only those screenshots and skips the parts that make
 none of them (the demo on the real trainer takes longest).
@@ -186,6 +190,34 @@ def review_gate(page: Any, url: str) -> None:
     save(page.locator("#iteration-table"), "iterations-mechanism-calls")
 
 
+def credit_waterfall(page: Any, url: str) -> None:
+    """A group C surrogate experiment whose runs' paired replays are made by the workers when each run
+    ends; the run page's credit section of the run whose mechanisms earned the most (either sign)."""
+    from runs.analysis.credit import credits_of_runs
+    from runs.engine import control
+    from runs.engine.control import create_runs
+    from runs.models import Experiment, Run, RunKind, RunStatus
+
+    experiment = Experiment.objects.create(
+        name="Credit: group C, surrogate, T=15, K=3, M=1", groups=["C"], repeats=3, iterations=15,
+        strategy_interval=3, research_interval=1, objective="surrogate", budget_value=1.5e12, review_gate=False,
+        confirmation_repeats=3)
+    create_runs(experiment)
+    control.start_experiment(experiment)
+    done = [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]
+    wait_until(lambda: not experiment.runs.exclude(status__in=done).exists(), 1800, "the runs to finish",
+               interval=0.5)
+    wait_until(lambda: credits_of_runs(experiment.runs.all()) and all(
+        c.complete for c in credits_of_runs(experiment.runs.all()).values())
+        and not Run.all_objects.filter(experiment=experiment, kind=RunKind.REPLAY).exclude(status__in=done).exists(),
+        1800, "the runs' replays to finish", interval=0.5)
+    credits = credits_of_runs(experiment.runs.all())
+    chosen = max(credits.values(), key=lambda c: sum(abs(m.outcome.credit or 0) for m in c.mechanisms if m.outcome))
+    page.goto(f"{url}/runs/{chosen.run.pk}/")
+    page.wait_for_selector("#credit-waterfall rect.wf-bar")
+    save(page.locator("#credit"), "run-page-credit-waterfall")
+
+
 def run(env: BenchEnv, repeats: int, iterations: int) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -208,6 +240,8 @@ def run(env: BenchEnv, repeats: int, iterations: int) -> None:
             identical_groups(page, url)
         if wanted("run-page-awaiting-review", "iterations-mechanism-calls"):
             review_gate(page, url)
+        if wanted("run-page-credit-waterfall"):
+            credit_waterfall(page, url)
         browser.close()
 
 

@@ -13,3 +13,7 @@ attachment_changed = Signal()
 
 # A research session ended (produced a mechanism or failed). kwargs: session, attachment (or None).
 session_finished = Signal()
+
+# A review page is being shown. kwargs: attachment. A receiver returns a dict of more to show on it (the
+# engine: the counterfactual credit mechanisms of this kind earned in earlier runs).
+review_context = Signal()

@@ -29,6 +29,7 @@ from pygments.lexers import DiffLexer, PythonLexer
 from . import lifecycle
 from .context_processors import BLOCKED_RUN_STATUS
 from .models import AttachmentStatus, MechanismAttachment
+from .signals import review_context
 
 ROUNDS = (("explore", "Explore"), ("critique", "Critique"), ("spec", "Specify"), ("code", "Generate code"))
 MAX_COMMENT_CHARS = 5_000
@@ -176,7 +177,12 @@ def _detail_context(request: HttpRequest, attachment: MechanismAttachment, error
     read_only = attachment.run.experiment.is_reference
     reviewer = can_review(request.user) and not read_only
     stale = lifecycle.is_stale(attachment)
+    extra: dict[str, Any] = {}
+    for _, found in review_context.send(MechanismAttachment, attachment=attachment):
+        if isinstance(found, dict):
+            extra.update(found)
     return {
+        **extra,
         "attachment": attachment,
         "mechanism": mechanism,
         "run": attachment.run,

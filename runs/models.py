@@ -112,12 +112,39 @@ class RunStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class RunKind(models.TextChoices):
+    SEARCH = "search", "Search run"
+    # A counterfactual re-run of a finished run without some of its mechanisms (runs/engine/replay.py):
+    # recorded like a run, never counted as one.
+    REPLAY = "replay", "Replay (counterfactual; never counted in group statistics)"
+
+
+class SearchRunManager(models.Manager["Run"]):
+    """The default manager: search runs only, so no list, statistic or export can count a replay by mistake.
+
+    The engine and the replay pages reach replays through ``Run.all_objects``.
+    """
+
+    def get_queryset(self) -> models.QuerySet[Run]:
+        return super().get_queryset().filter(kind=RunKind.SEARCH)
+
+
 ACTIVE_RUN_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 WAITING_RUN_STATUSES = (RunStatus.RESEARCHING, RunStatus.AWAITING_REVIEW)
 
 
 class Run(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=8, choices=RunKind.choices, default=RunKind.SEARCH)
+    # Replays only: the run replayed, the mechanisms removed ([{"attachment", "mechanism", "name"}]),
+    # the iteration it replays from, the mechanisms it keeps and when they act
+    # ([{"attachment", "mechanism", "name", "from", "until"}]), and where an LLM agent's prompts first
+    # differed from the recorded ones (from there its replies are new, not replayed).
+    replay_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    replay_removed = models.JSONField(default=list, blank=True)
+    replay_from_iteration = models.PositiveIntegerField(null=True, blank=True)
+    replay_schedule = models.JSONField(default=list, blank=True)
+    replay_llm_diverged_at = models.PositiveIntegerField(null=True, blank=True)
     group = models.CharField(max_length=1, choices=Group.choices)
     repeat = models.PositiveIntegerField(default=1)
     seed = models.IntegerField(default=0)
@@ -159,14 +186,21 @@ class Run(models.Model):
     tags = models.JSONField(default=list, blank=True, help_text="Short labels a person gave the run.")
     notes = models.TextField(blank=True, help_text="A person's notes on the run.")
 
+    all_objects = models.Manager()
+    objects = SearchRunManager()  # the default manager (Meta): search runs only
+
     class Meta:
         ordering = ["experiment_id", "group", "repeat"]
+        default_manager_name = "objects"
+        base_manager_name = "all_objects"
         indexes = [
             models.Index(fields=["status", "lease_expires_at"]),
             models.Index(fields=["experiment", "group"]),
+            models.Index(fields=["replay_of", "kind"]),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["experiment", "group", "repeat"], name="unique_run_per_group_repeat"),
+            models.UniqueConstraint(fields=["experiment", "group", "repeat"], condition=models.Q(kind="search"),
+                                    name="unique_run_per_group_repeat"),
         ]
 
     def __str__(self) -> str:
@@ -175,6 +209,10 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED)
+
+    @property
+    def is_replay(self) -> bool:
+        return self.kind == RunKind.REPLAY
 
 
 class IterationKind(models.TextChoices):

@@ -74,4 +74,9 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "waiting_since": run.waiting_since.isoformat() if run.waiting_since else None,
+        "kind": run.kind,
+        "replay_of": run.replay_of_id,
+        "replay_from_iteration": run.replay_from_iteration,
+        "replay_removed": [entry["name"] for entry in run.replay_removed],
+        "replay_llm_diverged_at": run.replay_llm_diverged_at,
     }

@@ -35,6 +35,14 @@ def run_research_session(session_id: int) -> str:
     return execute_research_session(session_id)
 
 
+@shared_task(name="runs.tasks.offer_replays", acks_late=True, reject_on_worker_lost=True)
+def offer_replays(run_id: int) -> list[int]:
+    """Create a finished run's missing paired replays and queue their steps (never done in a view)."""
+    from .replay import offer_replays as offer
+
+    return offer(run_id)
+
+
 @shared_task(name="runs.tasks.expire_reviews")
 def expire_reviews() -> list[int]:
     """Runs whose review outlasted the experiment's timeout continue without the mechanism."""

@@ -26,6 +26,7 @@ urlpatterns = [
     path("runs/<int:run_id>/pause/", views.run_action, {"action": "pause"}, name="run_pause"),
     path("runs/<int:run_id>/resume/", views.run_action, {"action": "resume"}, name="run_resume"),
     path("runs/<int:run_id>/cancel/", views.run_action, {"action": "cancel"}, name="run_cancel"),
+    path("runs/<int:run_id>/replays/", views.run_replays_offer, name="run_replays_offer"),
     path("experiments/<int:experiment_id>/compare/", compare.experiment_compare, name="experiment_compare"),
     path("experiments/<int:experiment_id>/report.html", compare.report_html, name="experiment_report"),
     path("experiments/<int:experiment_id>/summary.json", compare.summary_json, name="experiment_summary_json"),

@@ -45,6 +45,7 @@ from ..models import (
 )
 from . import stats
 from .confirmed import ConfirmedDelta, confirmed_deltas
+from .credit import RunCredits, credits_of_runs, group_credit
 
 ComparisonData = dict[str, Any]
 
@@ -201,8 +202,10 @@ def build_comparison(
 
     groups = []
     deltas: dict[str, list[float]] = {}
+    credits = credits_of_runs(runs)
     for key, members in series_runs.items():
         groups.append(_group_block(series_meta[key], members, budget, confirmed, source))
+        groups[-1]["credit"] = _credit_block(groups[-1], [t.run for t in members], credits)
         deltas[key] = [r["delta"] for r in groups[-1]["runs"] if r["included"] and r["delta"] is not None]
 
     pairs = [_pair(first, second, deltas[first], deltas[second])
@@ -227,6 +230,9 @@ def build_comparison(
         f"all {len(pairs)} pairs. Both tests are shown, raw and Holm-adjusted; the permutation test (exact up to 7 "
         "runs per group, 4,999 sampled relabellings beyond) assumes nothing about the distribution and is the "
         "default at small n.",
+        "Mechanism credit (groups with Level 2): a run's final best val_bpb replayed without its mechanisms "
+        "(same seeds and agent randomness) minus its real final best; positive = the mechanisms helped. Replays "
+        "are never counted as runs here.",
         "Effect: the difference of mean Δ with Welch's 95% interval, and Hedges' g (difference in pooled sds, "
         "small-sample corrected) with its approximate 95% interval. With 3–5 repeats per group the tests have "
         "little power: an unhighlighted pair is not evidence of no difference.",
@@ -338,6 +344,15 @@ def _group_block(
         "runs": run_rows,
         "series": {"absolute": absolute, "delta": running_delta},
     }
+
+
+def _credit_block(group: dict[str, Any], runs: list[Run], credits: dict[int, RunCredits]) -> dict[str, Any]:
+    """The group's mechanisms' counterfactual credit (from paired replays), each run's on its row."""
+    found = group_credit(runs, credits)
+    for row in group["runs"]:
+        row["mechanism_credit"] = found["runs"].get(row["id"], {}).get("credit")
+        row["mechanism_credit_confirmed"] = found["runs"].get(row["id"], {}).get("confirmed_credit")
+    return {"all_mechanisms": found["all_mechanisms"], "by_kind": found["by_kind"]}
 
 
 def _pair(first: str, second: str, a: list[float], b: list[float]) -> dict[str, Any]:

@@ -21,10 +21,11 @@ import json
 from collections.abc import Callable
 from typing import Any, Literal
 
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
 from django.core.exceptions import RequestDataTooBig
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from ninja import NinjaAPI, Query, Status
@@ -35,14 +36,16 @@ from ninja.security.apikey import APIKeyCookie
 from ninja.utils import check_csrf
 
 from mechanisms import lifecycle
-from mechanisms.models import AttachmentStatus, MechanismAttachment
+from mechanisms.models import AttachmentStatus, Mechanism, MechanismAttachment
 
 from ..analysis.comparison import build_comparison
 from ..analysis.confirmed import confirmed_deltas
+from ..analysis.credit import FLAG_MIN_RUNS, credit_by_mechanism, run_credits
 from ..analysis.paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
-from ..engine import control
+from ..engine import control, replay
 from ..engine.experiment_form import ExperimentForm
-from ..models import Experiment, Group, Iteration, IterationKind, IterationStatus, Run, RunStatus
+from ..mechanism_spans import mechanism_spans
+from ..models import Experiment, Group, Iteration, IterationKind, IterationStatus, Run, RunKind, RunStatus
 from ..serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 from ..tokens import user_for_token
 from .schemas import (
@@ -440,7 +443,7 @@ def runs_list(
 @api.get("/runs/{int:run_id}/", response=responses(RunDetailOut), url_name="run", tags=["runs"],
          summary="A run with its outer cycles and mechanisms")
 def run_detail(request: HttpRequest, run_id: int) -> Any:
-    run = get_or_404(Run.objects.select_related("experiment"), run_id)
+    run = get_or_404(Run.all_objects.select_related("experiment"), run_id)
     data = run_to_dict(run)
     data["iterations_url"] = f"/api/iterations/?run={run.pk}"
     data["outer_cycles"] = [outer_cycle_to_dict(c) for c in run.outer_cycles.order_by("index")]
@@ -451,8 +454,41 @@ def run_detail(request: HttpRequest, run_id: int) -> Any:
     return data
 
 
-def _run_action(request: HttpRequest, run_id: int, action: Callable[[Run], None]) -> Any:
+@api.get("/runs/{int:run_id}/credit/", response=responses(dict[str, Any]), url_name="run_credit", tags=["runs"],
+         summary="Counterfactual credit of the run's mechanisms (paired replays; positive = it helped)")
+def run_credit(request: HttpRequest, run_id: int) -> Any:
     run = get_or_404(Run.objects.select_related("experiment"), run_id)
+    return run_credits(run).as_dict()
+
+
+@api.post("/runs/{int:run_id}/replays/", response=responses(dict[str, Any], 202, conflict=True),
+          url_name="run_replays",
+          tags=["runs"], summary="Queue the missing paired replays of a completed run (costs trainings on the "
+                                 "real trainer; made by a task)")
+def run_replays(request: HttpRequest, run_id: int) -> Any:
+    run = get_or_404(Run.objects.select_related("experiment"), run_id)
+    if not control.can_control(request.user, run.experiment):
+        raise ApiError(403, "only the experiment's creator or staff may replay its runs")
+    spans = mechanism_spans(run)
+    if run.status != RunStatus.COMPLETED or not spans:
+        raise ApiError(409, "only a completed run in which a mechanism was active can be replayed")
+    trainings = replay.planned_trainings(run) if replay.replay_needs_trainings(run) else 0
+    current_app.send_task(replay.OFFER_TASK, args=[run.pk])
+    return Status(202, {"run": run.pk, "queued": True, "trainings_at_most": trainings})
+
+
+@api.get("/mechanism-credit/", response=responses(dict[str, Any]), url_name="mechanism_credit",
+         tags=["mechanisms"], summary="Every mechanism's mean credit with its 95% t interval and n (the library's)")
+def mechanism_credit(request: HttpRequest) -> Any:
+    names = dict(Mechanism.objects.values_list("pk", "name"))
+    return {"sign": "credit = final best of the replay without it − the run's final best; positive = it helped",
+            "flag_min_runs": FLAG_MIN_RUNS,
+            "results": [{"mechanism": pk, "name": names.get(pk, ""), **summary.as_dict()}
+                        for pk, summary in sorted(credit_by_mechanism().items())]}
+
+
+def _run_action(request: HttpRequest, run_id: int, action: Callable[[Run], None]) -> Any:
+    run = get_or_404(Run.all_objects.select_related("experiment"), run_id)
     if run.experiment.is_reference:
         raise ApiError(403, "reference experiments are read-only")
     if not control.can_control(request.user, run.experiment):
@@ -489,7 +525,7 @@ def run_cancel(request: HttpRequest, run_id: int, payload: NoFieldsIn | None = N
 @api.get("/runs/{int:run_id}/outer-cycles/", response=responses(OuterCyclesOut), url_name="run_outer_cycles",
          tags=["runs"], summary="The run's Level 1.5 outer cycles")
 def outer_cycles(request: HttpRequest, run_id: int) -> Any:
-    run = get_or_404(Run.objects.all(), run_id)
+    run = get_or_404(Run.all_objects.all(), run_id)
     return {"run": run.pk, "results": [outer_cycle_to_dict(c) for c in run.outer_cycles.order_by("index")]}
 
 
@@ -504,9 +540,9 @@ def iterations(
     group: list[str] = Query([], description="run groups"),
     min_index: int | None = Query(None, ge=0, le=10**9, description="only index ≥ this"),
 ) -> Any:
-    queryset = Iteration.objects.order_by("run_id", "index")
-    if run is not None:
-        queryset = queryset.filter(run_id=run)
+    # A replay's iterations only when it is asked for by id.
+    queryset = Iteration.objects.order_by("run_id", "index").filter(
+        Q(run_id=run) if run is not None else Q(run__kind=RunKind.SEARCH))
     if experiment is not None:
         queryset = queryset.filter(run__experiment_id=experiment)
     if statuses := split_choices(status, "status", list(IterationStatus.values)):

@@ -105,6 +105,12 @@ class RunOut(Schema):
     finished_at: str | None
     waiting_since: str | None = Field(
         default=None, description="while the run waits for a Level 2 session or a review: since when")
+    kind: str = Field(default="search", description="search, or replay (a counterfactual, never listed or counted)")
+    replay_of: int | None = Field(default=None, description="replays: the run replayed")
+    replay_from_iteration: int | None = Field(default=None, description="replays: the first iteration replayed")
+    replay_removed: list[str] = Field(default_factory=list, description="replays: the mechanisms left out")
+    replay_llm_diverged_at: int | None = Field(
+        default=None, description="replays of LLM runs: the first iteration whose prompt differed from the recorded")
 
 
 class ExperimentOut(Schema):

@@ -84,7 +84,7 @@ def confirm_or_finish(step: StepLike) -> str:
     summary = step._evaluate(training.config, training.seed)
     detail = f"confirming: {len(planned) - len(todo) + 1} of {len(planned)} re-trainings done"
     with transaction.atomic():
-        if not Run.objects.select_for_update().filter(pk=run.pk, lease_owner=step.owner).exists():
+        if not Run.all_objects.select_for_update().filter(pk=run.pk, lease_owner=step.owner).exists():
             raise StepAborted("the lease was lost before the confirmation could be recorded")
         try:
             with transaction.atomic():
@@ -100,6 +100,6 @@ def confirm_or_finish(step: StepLike) -> str:
                 )
         except IntegrityError as error:
             raise StepAborted(f"confirmation {training.role} #{training.replicate} was already recorded") from error
-        Run.objects.filter(pk=run.pk).update(status_detail=detail, live_progress={})
+        Run.all_objects.filter(pk=run.pk).update(status_detail=detail, live_progress={})
     publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": RunStatus.RUNNING, "detail": detail})
     return "confirmation"

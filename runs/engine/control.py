@@ -68,8 +68,8 @@ def enqueue_step(run_id: int) -> None:
 
     The task is sent by name: this module is imported by the tasks, not the other way round.
     """
-    Run.objects.filter(pk=run_id).update(step_ticket=F("step_ticket") + 1, last_enqueued_at=timezone.now())
-    ticket = Run.objects.values_list("step_ticket", flat=True).get(pk=run_id)
+    Run.all_objects.filter(pk=run_id).update(step_ticket=F("step_ticket") + 1, last_enqueued_at=timezone.now())
+    ticket = Run.all_objects.values_list("step_ticket", flat=True).get(pk=run_id)
     transaction.on_commit(lambda: current_app.send_task("runs.tasks.run_step", args=[run_id, ticket]))
 
 
@@ -81,7 +81,7 @@ def start_experiment(experiment: Experiment) -> None:
 
 
 def _transition(run: Run, allowed: tuple[str, ...], target: str, detail: str) -> None:
-    updated = Run.objects.filter(pk=run.pk, status__in=allowed).update(status=target, status_detail=detail)
+    updated = Run.all_objects.filter(pk=run.pk, status__in=allowed).update(status=target, status_detail=detail)
     if not updated:
         run.refresh_from_db(fields=["status"])
         raise TransitionError(f"run {run.pk} is {run.status}; cannot go to {target}")
@@ -107,7 +107,7 @@ def cancel_run(run: Run) -> None:
         run, (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED, *WAITING_RUN_STATUSES), RunStatus.CANCELLED,
         "cancelled by a user",
     )
-    Run.objects.filter(pk=run.pk, finished_at__isnull=True).update(finished_at=timezone.now())
+    Run.all_objects.filter(pk=run.pk, finished_at__isnull=True).update(finished_at=timezone.now())
     retire_run_mechanisms(run.pk)
 
 

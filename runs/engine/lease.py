@@ -107,7 +107,7 @@ def _released_fields() -> dict[str, Any]:
 def _record_interrupted(run_id: int, lease: dict[str, Any], progress: dict[str, Any], reason: str) -> None:
     index = progress.get("iteration")
     if index is None:
-        last = Run.objects.filter(pk=run_id).aggregate(last=Max("iteration_set__index"))["last"]
+        last = Run.all_objects.filter(pk=run_id).aggregate(last=Max("iteration_set__index"))["last"]
         index = 0 if last is None else last + 1
     InterruptedAttempt.objects.create(
         run_id=run_id,
@@ -148,12 +148,12 @@ def claim_step(run_id: int, ticket: int, owner: str) -> bool:
     now = timezone.now()
     new_fields = _holder_fields(owner, now)
     with transaction.atomic():
-        candidates = Run.objects.filter(pk=run_id, step_ticket=ticket, status__in=ACTIVE_RUN_STATUSES)
+        candidates = Run.all_objects.filter(pk=run_id, step_ticket=ticket, status__in=ACTIVE_RUN_STATUSES)
         extra = {"status": RunStatus.RUNNING, "steps_claimed": F("steps_claimed") + 1}
         taken = _take_from_dead_holder(candidates, run_id, now, new_fields, **extra)
         if taken is None:
             taken = bool(candidates.filter(lease_owner="").update(**new_fields, **extra))
-    if taken and Run.objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now):
+    if taken and Run.all_objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now):
         publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.RUNNING, "detail": "started"})
     return taken
 
@@ -161,14 +161,14 @@ def claim_step(run_id: int, ticket: int, owner: str) -> bool:
 def renew_lease(run_id: int, owner: str) -> bool:
     now = timezone.now()
     return bool(
-        Run.objects.filter(pk=run_id, lease_owner=owner).update(
+        Run.all_objects.filter(pk=run_id, lease_owner=owner).update(
             lease_expires_at=now + timedelta(seconds=settings.STEP_LEASE_SECONDS), lease_heartbeat_at=now
         )
     )
 
 
 def release_lease(run_id: int, owner: str) -> bool:
-    return bool(Run.objects.filter(pk=run_id, lease_owner=owner).update(**_released_fields()))
+    return bool(Run.all_objects.filter(pk=run_id, lease_owner=owner).update(**_released_fields()))
 
 
 def release_gone_holders(run_ids: list[int] | None = None) -> list[int]:
@@ -177,13 +177,13 @@ def release_gone_holders(run_ids: list[int] | None = None) -> list[int]:
     Returns the runs freed; the caller queues their next step.
     """
     now = timezone.now()
-    active = Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).exclude(lease_owner="")
+    active = Run.all_objects.filter(status__in=ACTIVE_RUN_STATUSES).exclude(lease_owner="")
     if run_ids is not None:
         active = active.filter(pk__in=run_ids)
     freed = []
     for run_id in active.values_list("pk", flat=True):
         with transaction.atomic():
-            if _take_from_dead_holder(Run.objects.filter(pk=run_id), run_id, now, _released_fields()):
+            if _take_from_dead_holder(Run.all_objects.filter(pk=run_id), run_id, now, _released_fields()):
                 freed.append(run_id)
     return freed
 
@@ -191,7 +191,7 @@ def release_gone_holders(run_ids: list[int] | None = None) -> list[int]:
 def steps_without_holder(queued_before: datetime | None) -> list[int]:
     """Started runs that nobody holds and whose step task was queued before `queued_before`
     (all of them when None: after a broker restart without persistence every queued task is gone)."""
-    waiting = Run.objects.filter(status__in=ACTIVE_RUN_STATUSES, lease_owner="", last_enqueued_at__isnull=False)
+    waiting = Run.all_objects.filter(status__in=ACTIVE_RUN_STATUSES, lease_owner="", last_enqueued_at__isnull=False)
     if queued_before is not None:
         waiting = waiting.filter(last_enqueued_at__lt=queued_before)
     return list(waiting.values_list("pk", flat=True))
@@ -225,5 +225,5 @@ class LeaseKeeper(threading.Thread):
 def release_lease_and_continue(run_id: int, owner: str) -> None:
     """Give up the lease; if the run should go on, queue its next step (a waiting run is not queued)."""
     with transaction.atomic():
-        if release_lease(run_id, owner) and Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).exists():
+        if release_lease(run_id, owner) and Run.all_objects.filter(pk=run_id, status=RunStatus.RUNNING).exists():
             enqueue_step(run_id)

@@ -19,11 +19,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from mechanisms.lifecycle import transition
-from mechanisms.models import AttachmentStatus, MechanismAttachment
+from mechanisms.models import AttachmentStatus, Mechanism, MechanismAttachment
 from mechanisms.protocol import MechanismSource
 from mechanisms.runtime import MechanismRuntime
 
 from ..models import Run
+from . import replay
 from .state import RunState
 
 
@@ -63,7 +64,7 @@ class NoMechanisms:
 
 
 def runtime_name(attachment: MechanismAttachment) -> str:
-    return f"{attachment.mechanism.name}#{attachment.pk}"
+    return replay.runtime_name(attachment.mechanism.name, attachment.pk)
 
 
 def active_attachments(run: Run) -> list[MechanismAttachment]:
@@ -74,20 +75,26 @@ def active_attachments(run: Run) -> list[MechanismAttachment]:
     )
 
 
+def _source(name: str, mechanism: Mechanism) -> MechanismSource:
+    return {"name": name, "class_name": mechanism.spec.get("class_name", mechanism.name), "code": mechanism.code}
+
+
+def runtime_sources(run: Run, index: int) -> list[MechanismSource]:
+    """The code of the mechanisms acting at this iteration: a run's active attachments, a replay's schedule."""
+    if not run.is_replay:
+        return [_source(runtime_name(a), a.mechanism) for a in active_attachments(run)]
+    entries = replay.scheduled_mechanisms(run, index)
+    mechanisms = Mechanism.objects.in_bulk([entry["mechanism"] for entry in entries])
+    return [_source(replay.runtime_name(entry["name"], entry["attachment"]), mechanisms[entry["mechanism"]])
+            for entry in entries]
+
+
 @contextmanager
 def open_runtime(run: Run, state: RunState) -> Iterator[Any]:
-    attachments = active_attachments(run)
-    if not attachments:
+    sources = runtime_sources(run, state.next_index)
+    if not sources:
         yield NoMechanisms()
         return
-    sources: list[MechanismSource] = [
-        {
-            "name": runtime_name(a),
-            "class_name": a.mechanism.spec.get("class_name", a.mechanism.name),
-            "code": a.mechanism.code,
-        }
-        for a in attachments
-    ]
     view = state.view()
     replay_state: Any = {**view, "trace": []}
     runtime = MechanismRuntime.start(sources, view["trace"], replay_state)
@@ -101,8 +108,13 @@ def record_runtime_outcome(run: Run, runtime: Any, iteration_index: int) -> dict
     """Store attribution on the attachments; return the iteration's mechanism fields."""
     if isinstance(runtime, NoMechanisms):
         return {"mechanism_effects": [], "hook_calls": {}}
-    by_name = {runtime_name(a): a for a in active_attachments(run)}
     effects = [e for e in runtime.effects if e.get("iteration") in (None, iteration_index)]
+    if run.is_replay:  # no attachments of its own: its schedule says what acts, and until when
+        ended = {failure["mechanism"] for failure in runtime.deactivated}
+        if ended:
+            replay.end_in_replay(run, ended, iteration_index)
+        return {"mechanism_effects": effects, "hook_calls": runtime.hook_calls}
+    by_name = {runtime_name(a): a for a in active_attachments(run)}
     for name, attachment in by_name.items():
         calls = runtime.hook_calls.get(name, {})
         totals = dict(attachment.hook_calls)

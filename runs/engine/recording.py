@@ -13,6 +13,7 @@ from trainer.outcomes import TrainingSummary
 
 from ..models import IterationKind, IterationStatus, Run, RunStatus
 from ..serializers import iteration_to_dict
+from . import replay
 from .events import publish_run_event
 from .mechanism_bridge import RuntimeHandle, record_runtime_outcome
 from .proposals import Proposed
@@ -73,7 +74,7 @@ def record_iteration(
         if status == IterationStatus.KEEP:
             updates.update(best_val_bpb=value, best_iteration=index)
     with transaction.atomic():
-        if not Run.objects.select_for_update().filter(pk=ctx.run_id, lease_owner=ctx.owner).exists():
+        if not Run.all_objects.select_for_update().filter(pk=ctx.run_id, lease_owner=ctx.owner).exists():
             raise StepAborted("the lease was lost before the iteration could be recorded")
         if runtime is not None:
             fields.update(record_runtime_outcome(ctx.run, runtime, index))
@@ -81,7 +82,7 @@ def record_iteration(
             iteration = ctx.run.iteration_set.create(**fields)
         except IntegrityError as error:
             raise StepAborted(f"iteration {index} was already recorded") from error
-        Run.objects.filter(pk=ctx.run_id).update(live_progress={}, **updates)
+        Run.all_objects.filter(pk=ctx.run_id).update(live_progress={}, **updates)
     ctx.state.iterations.append(iteration)
     publish_run_event(
         ctx.run_id, {"type": "iteration", "run": ctx.run_id, "iteration": iteration_to_dict(iteration)}
@@ -95,9 +96,11 @@ def record_iteration(
 def finish_run(run_id: int, status: str, detail: str) -> None:
     """The run ends: completed or failed; its mechanisms retire with it."""
     # A pause requested during the last step must not leave a finished (or failed) run "paused".
-    finished = Run.objects.filter(pk=run_id, status__in=(RunStatus.RUNNING, RunStatus.PAUSED)).update(
+    finished = Run.all_objects.filter(pk=run_id, status__in=(RunStatus.RUNNING, RunStatus.PAUSED)).update(
         status=status, status_detail=detail, finished_at=timezone.now()
     )
     if finished:
         retire_run_mechanisms(run_id)
         publish_run_event(run_id, {"type": "status", "run": run_id, "status": status, "detail": detail})
+        if status == RunStatus.COMPLETED:
+            replay.offer_when_finished(run_id)

@@ -23,7 +23,7 @@ from django.utils import timezone
 from trainer.outcomes import TrainingSummary
 
 from ..models import IterationKind, IterationStatus, Run, RunStatus
-from . import acceptance, confirmation
+from . import acceptance, confirmation, replay
 from .events import publish_run_event
 from .lease import LeaseKeeper, claim_step, release_lease_and_continue
 from .mechanism_bridge import RuntimeHandle, activate_approved_mechanisms, attach_library_mechanisms, open_runtime
@@ -55,7 +55,7 @@ def execute_step(run_id: int, ticket: int, worker: str = "worker") -> str:
         logger.info("run %s step aborted: %s", run_id, aborted)
     except Exception as error:
         logger.exception("run %s step failed", run_id)
-        Run.objects.filter(pk=run_id, lease_owner=owner).update(
+        Run.all_objects.filter(pk=run_id, lease_owner=owner).update(
             status=RunStatus.FAILED,
             status_detail=f"step failed: {type(error).__name__}: {error}",
             finished_at=timezone.now(),
@@ -71,7 +71,7 @@ def execute_step(run_id: int, ticket: int, worker: str = "worker") -> str:
 
 class Step:
     def __init__(self, run_id: int, owner: str, keeper: LeaseKeeper) -> None:
-        run = Run.objects.select_related("experiment").get(pk=run_id)
+        run = Run.all_objects.select_related("experiment").get(pk=run_id)
         self.ctx = StepContext(run=run, state=RunState.load(run), owner=owner, keeper=keeper)
         self.run_obj = run
         self.state = self.ctx.state
@@ -88,7 +88,7 @@ class Step:
     def run(self) -> str:
         if self.state.proposals_done >= self.experiment.iterations:
             return confirmation.confirm_or_finish(self)
-        if not self.run_obj.random_control:
+        if not self.run_obj.random_control and not self.run_obj.is_replay:  # a replay's come from its schedule
             attach_library_mechanisms(self.run_obj)
             activate_approved_mechanisms(self.run_obj, self.state.next_index)
         if self.state.baseline is None:
@@ -208,6 +208,10 @@ class Step:
     # -- training ---------------------------------------------------------------------------
 
     def _evaluate(self, config: dict[str, Any], seed: int) -> TrainingSummary:
+        if self.run_obj.is_replay:
+            recorded = replay.recorded_summary(self.run_obj, config, seed)
+            if recorded is not None:
+                return recorded
         index = self.state.next_index
         last_write = [0.0]
         points: list[list[Any]] = []
@@ -222,7 +226,7 @@ class Step:
             now = time.monotonic()
             if now - last_write[0] >= LIVE_PROGRESS_EVERY_SECONDS:
                 last_write[0] = now
-                Run.objects.filter(pk=self.run_id).update(
+                Run.all_objects.filter(pk=self.run_id).update(
                     live_progress={
                         "iteration": index,
                         "points": points,
@@ -233,7 +237,7 @@ class Step:
                 )
             if now - check_every[0] >= 2.0:
                 check_every[0] = now
-                status = Run.objects.values_list("status", flat=True).get(pk=self.run_id)
+                status = Run.all_objects.values_list("status", flat=True).get(pk=self.run_id)
                 if status == RunStatus.CANCELLED:
                     raise StepAborted("the run was cancelled")
 

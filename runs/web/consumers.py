@@ -24,7 +24,7 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
-        if not await database_sync_to_async(Run.objects.filter(pk=run_id).exists)():
+        if not await database_sync_to_async(Run.all_objects.filter(pk=run_id).exists)():
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.group = run_group_name(run_id)

@@ -7,6 +7,7 @@ from functools import wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from celery import current_app
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
@@ -33,11 +34,13 @@ from ..analysis.confirmed import confirmed_deltas
 from ..analysis.iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
 from ..analysis.parallel_coordinates import measured_iterations, parallel_coordinates
 from ..analysis.slice_plots import slice_plots
-from ..engine import control
+from ..engine import control, replay
 from ..engine.experiment_form import GROUP_HELP, ExperimentForm
 from ..engine.level2_progress import latest_panel
-from ..models import AgentBackend, Experiment, Group, Iteration, Run, RunStatus
+from ..mechanism_spans import mechanism_spans, removal_sets, replays_of
+from ..models import AgentBackend, Experiment, Group, Iteration, Run, RunKind, RunStatus
 from ..serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
+from .credit_views import credit_context
 from .forms import DEFAULT_PER_PAGE, IterationFilterForm
 
 TABLE_TARGET = "iteration-table"
@@ -244,12 +247,13 @@ def _render_table(request: HttpRequest, template: str, context: dict[str, Any]) 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
+    searches = Q(runs__kind=RunKind.SEARCH)  # a join ignores the default manager: replays are left out here
     status_counts = {
-        f"n_{status}": Count("runs", filter=Q(runs__status=status)) for status in RunStatus.values
+        f"n_{status}": Count("runs", filter=searches & Q(runs__status=status)) for status in RunStatus.values
     }
     show_archived = request.GET.get("archived") == "1"
     experiments = Experiment.objects.filter(archived_at__isnull=not show_archived).annotate(
-        n_runs=Count("runs"), best=Min("runs__best_val_bpb"), **status_counts
+        n_runs=Count("runs", filter=searches), best=Min("runs__best_val_bpb", filter=searches), **status_counts
     ).order_by("-created_at")
     page = Paginator(experiments, EXPERIMENTS_PER_PAGE).get_page(request.GET.get("page"))
     for experiment in page:
@@ -320,7 +324,7 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
 @require_GET
 def experiment_iterations(request: HttpRequest, experiment_id: int) -> HttpResponseBase:
     experiment = get_object_or_404(Experiment, pk=experiment_id)
-    base = Iteration.objects.filter(run__experiment=experiment)
+    base = Iteration.objects.filter(run__experiment=experiment, run__kind=RunKind.SEARCH)
     if "format" in request.GET:
         return _export(request, base, f"experiment-{experiment.pk}-iterations")
     context = _table_context(request, base, experiment_view=True)
@@ -349,13 +353,14 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
 
 @require_GET
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(Run.objects.select_related("experiment"), pk=run_id)
+    run = get_object_or_404(Run.all_objects.select_related("experiment"), pk=run_id)
     context = _run_context(request, run)
     context.update(_table_context(request, run.iteration_set.all(), experiment_view=False))
     context["table_url"] = reverse("run_iterations", args=[run.pk])
     context["snapshot"] = run_snapshot(run)
     context["pending_reviews"] = run.mechanism_attachments.filter(status="pending").select_related("mechanism")
     context["confirmed"] = confirmed_deltas([run])[run.pk]
+    context.update(credit_context(run))
     context["page_config"] = {
         "run": run.pk,
         "snapshotUrl": reverse("run_snapshot", args=[run.pk]),
@@ -369,13 +374,13 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 @json_login_required
 @require_GET
 def run_snapshot_json(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(Run.objects.select_related("experiment"), pk=run_id)
+    run = get_object_or_404(Run.all_objects.select_related("experiment"), pk=run_id)
     return JsonResponse(run_snapshot(run))
 
 
 @require_GET
 def run_iterations(request: HttpRequest, run_id: int) -> HttpResponseBase:
-    run = get_object_or_404(Run.objects.select_related("experiment"), pk=run_id)
+    run = get_object_or_404(Run.all_objects.select_related("experiment"), pk=run_id)
     base = run.iteration_set.all()
     if "format" in request.GET:
         return _export(request, base, f"run-{run.pk}-iterations")
@@ -384,6 +389,23 @@ def run_iterations(request: HttpRequest, run_id: int) -> HttpResponseBase:
     context.update(run=run, experiment=run.experiment, parcoords=parallel_coordinates(measured),
                    slices=slice_plots(measured, [run.group]))
     return _render_table(request, "runs/run_iterations.html", context)
+
+
+@require_POST
+def run_replays_offer(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Queue the missing paired replays of a finished run: a task makes them, this view trains nothing."""
+    run = get_object_or_404(Run.objects.select_related("experiment"), pk=run_id)
+    if not control.can_control(request.user, run.experiment):
+        return HttpResponseForbidden("Only the experiment's creator or staff may start replays of its runs.")
+    spans = mechanism_spans(run)
+    if run.status != RunStatus.COMPLETED or not spans:
+        messages.error(request, "Only a completed run in which a mechanism was active can be replayed.")
+    elif len(replays_of(run)) >= len(removal_sets(spans)):
+        messages.info(request, "Every replay of this run exists already.")
+    else:
+        current_app.send_task(replay.OFFER_TASK, args=[run.pk])
+        messages.success(request, f"Replays of run {run.pk} queued; they appear below as they finish.")
+    return redirect("run_detail", run_id=run.pk)
 
 
 RUN_ACTIONS: dict[str, Callable[[Run], None]] = {
@@ -395,7 +417,7 @@ RUN_ACTIONS: dict[str, Callable[[Run], None]] = {
 
 @require_POST
 def run_action(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
-    run = get_object_or_404(Run.objects.select_related("experiment"), pk=run_id)
+    run = get_object_or_404(Run.all_objects.select_related("experiment"), pk=run_id)
     if action not in RUN_ACTIONS:
         return HttpResponseBadRequest(f"unknown action {action!r}")
     if not control.can_control(request.user, run.experiment):

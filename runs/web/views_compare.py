@@ -78,6 +78,15 @@ def _confirmed_text(confirmed: dict[str, Any] | None) -> str:
             f"{fmt(confirmed['ci_high'], signed=True)}] (n={confirmed['pairs']})")
 
 
+def _credit_text(summary: dict[str, Any]) -> str:
+    """Mean credit with its t interval and n; positive = the mechanisms helped."""
+    if not summary["n"]:
+        return "—"
+    interval = (f" [{fmt(summary['ci_low'], signed=True)}, {fmt(summary['ci_high'], signed=True)}]"
+                if summary["ci_low"] is not None else "")
+    return f"{fmt(summary['mean'], signed=True)}{interval} (n={summary['n']})"
+
+
 def display_rows(data: ComparisonData) -> dict[str, Any]:
     """Pre-formatted strings for templates (the same for the page and the HTML report)."""
     labels = {g["key"]: g["label"] for g in data["groups"]}
@@ -99,6 +108,10 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
             "delta_ci": (f"[{fmt(delta['ci_low'], signed=True)}, {fmt(delta['ci_high'], signed=True)}]"
                          if delta["ci_low"] is not None else "—"),
             "search_delta": fmt(g["search_delta"]["mean"], signed=True),
+            "credit": _credit_text(g["credit"]["all_mechanisms"]["credit"]),
+            "credit_confirmed": _credit_text(g["credit"]["all_mechanisms"]["confirmed_credit"]),
+            "credit_by_kind": [(name, _credit_text(kind["credit"]), kind["flagged"])
+                               for name, kind in g["credit"]["by_kind"].items()],
             "keeps": g["keeps"],
             "crashes": g["crashes"],
             "invalid": g["invalid"],
@@ -133,7 +146,8 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
          "not_changed_text": fmt(row["mean_delta_not_changed"], signed=True)}
         for row in data["parameters"]["rows"]
     ]
-    return {"summary": summary, "pairs": pairs, "parameters": parameters}
+    credit_groups = [g for g in summary if g["credit"] != "—" or g["credit_by_kind"]]
+    return {"summary": summary, "pairs": pairs, "parameters": parameters, "credit_groups": credit_groups}
 
 
 @require_GET
@@ -299,6 +313,8 @@ def summary_rows(data: ComparisonData) -> list[dict[str, Any]]:
                 "confirmed_ci_high": r["confirmed"]["ci_high"] if r["confirmed"] else None,
                 "objective": objective_label(g["objective"]),
                 "keeps": r["keeps"], "crashes": r["crashes"], "invalid": r["invalid"],
+                "mechanism_credit": r.get("mechanism_credit"),
+                "mechanism_credit_confirmed": r.get("mechanism_credit_confirmed"),
             })
     return rows
 
@@ -333,7 +349,8 @@ def summary_csv(request: HttpRequest, experiment_id: int) -> HttpResponse:
     out = io.StringIO()
     fields = ["experiment", "objective", "series", "group", "repeat", "run", "status", "included", "proposals",
               "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "delta_source", "search_delta",
-              "confirmed_delta", "confirmed_ci_low", "confirmed_ci_high", "keeps", "crashes", "invalid"]
+              "confirmed_delta", "confirmed_ci_low", "confirmed_ci_high", "keeps", "crashes", "invalid",
+              "mechanism_credit", "mechanism_credit_confirmed"]
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for row in rows:

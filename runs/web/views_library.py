@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from mechanisms.models import AttachmentStatus, Mechanism
 from mechanisms.views import can_review
 
+from ..analysis.credit import FLAG_MIN_RUNS, credit_by_mechanism
 from ..models import Experiment
 
 
@@ -27,9 +28,13 @@ def library(request: HttpRequest) -> HttpResponse:
         )
         .order_by("name", "-created_at")
     )
+    credits = credit_by_mechanism()
+    for mechanism in mechanisms:
+        mechanism.credit = credits.get(mechanism.pk)  # type: ignore[attr-defined]
     experiments = Experiment.objects.filter(is_reference=False).order_by("-created_at")[:100]
     return render(request, "mechanisms/library.html", {
         "mechanisms": mechanisms, "experiments": experiments, "can_attach": can_review(request.user),
+        "flag_min_runs": FLAG_MIN_RUNS,
     })
 
 

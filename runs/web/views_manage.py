@@ -41,8 +41,9 @@ def experiment_archive(request: HttpRequest, experiment_id: int) -> HttpResponse
 @require_POST
 def experiment_delete(request: HttpRequest, experiment_id: int) -> HttpResponse:
     experiment = _experiment_for(request, experiment_id)
-    if experiment.runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
-        messages.error(request, "Some runs are queued or running: pause or cancel them first.")
+    # Replays too: a worker stepping one would find its run gone mid-step.
+    if Run.all_objects.filter(experiment=experiment, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
+        messages.error(request, "Some runs (or replays of them) are queued or running: pause or cancel them first.")
         return redirect("experiment_detail", experiment_id=experiment.pk)
     if request.POST.get("confirm", "") != experiment.name:
         messages.error(request, "Type the experiment's name to confirm the deletion.")

@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+
+def keyed_rng(seed: int, iteration: int, purpose: str, agent: str = "") -> random.Random:
+    """A random stream of its own for each (run seed, iteration, purpose), never one shared stream.
+
+    So what happens in one iteration (a mechanism that replaced, refused or re-asked a proposal) shifts
+    no draw of another, nor of a later ask: a paired replay without a mechanism sees the same
+    randomness as its source. The key text is the one these agents always used (the purpose of a
+    proposal is its attempt number), so existing runs keep their values.
+    """
+    return random.Random(f"{agent}{seed}:{iteration}:{purpose}")
+
+
+def proposal_purpose(attempt: int) -> str:
+    """The n-th ask of an iteration draws from its own stream: a refused first ask shifts nothing."""
+    return str(attempt)
 
 
 class AgentError(Exception):

@@ -1,6 +1,7 @@
 """The built-in heuristic agent: the embedded default, with no LLM and no network.
 
-How it proposes (seeded by the run's seed and the iteration, so a run is reproducible):
+How it proposes (each ask draws from its own stream keyed by the run's seed, the iteration and the
+attempt, so a run is reproducible and a paired replay without a mechanism draws the same):
 
 1. Score every parameter it may change by how it did so far: (keeps + 1) / (tries + 2), plus an
    exploration bonus 1 / sqrt(tries + 1) so untried parameters get their turn.
@@ -23,7 +24,7 @@ from typing import Any
 from trainer.schema import DEFAULT_PRESET, ConfigError, apply_changes
 
 from ..state import config_key
-from .base import AgentError, AgentReply, ProposalRequest, StrategyReply, StrategyRequest
+from .base import AgentError, AgentReply, ProposalRequest, StrategyReply, StrategyRequest, keyed_rng, proposal_purpose
 
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 PATTERN_VARIANTS = ("SSSL", "SSLL", "SLSL", "SSSS", "LLLL", "SL", "L", "S", "SSL", "SLLL")
@@ -90,7 +91,7 @@ class BuiltinAgent:
         state = request.state
         if not request.allowed:
             raise AgentError("no parameter may change now (all locked, frozen or restricted)")
-        rng = random.Random(f"{request.seed}:{state['iteration']}:{request.attempt}")
+        rng = keyed_rng(request.seed, state["iteration"], proposal_purpose(request.attempt))
         knobs = {k["name"]: k for k in state["search_space"]}
         stats = parameter_stats(state["trace"])
         tried = {config_key(r["config"]) for r in state["trace"] if r.get("config")}

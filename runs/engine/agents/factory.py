@@ -14,6 +14,7 @@ from .builtin import BUILTIN_LABEL, BuiltinAgent
 from .endpoint_profiles import ENDPOINTS, EndpointProfile, RedisProfiles, SharedProfiles, endpoint_key
 from .llm import LLMAgent
 from .random_control import RANDOM_LABEL, RandomAgent
+from .replayed import ReplayedLLMAgent
 
 
 class SessionWatcher(Protocol):
@@ -90,7 +91,12 @@ def build_llm_agent(run: Run, research_session_id: int | None = None,
                     watch: SessionWatcher | None = None) -> LLMAgent:
     """The run's LLM agent; `watch` (a Level 2 session's live panel) hears each request and each stored call."""
     experiment = run.experiment
-    return LLMAgent(
+    agent_class: Any = LLMAgent
+    extra: dict[str, Any] = {}
+    if run.is_replay:  # answered from its source's recorded replies while the prompts match
+        agent_class, extra = ReplayedLLMAgent, {"replay": run}
+    return agent_class(
+        **extra,
         base_url=experiment.llm_base_url or settings.LLM_BASE_URL,
         api_key=experiment.llm_api_key or settings.LLM_API_KEY,
         model=experiment.llm_model or settings.LLM_MODEL,

@@ -9,7 +9,7 @@ import math
 import random
 from typing import Any
 
-from .base import AgentError, AgentReply, ProposalRequest, StrategyReply, StrategyRequest
+from .base import AgentError, AgentReply, ProposalRequest, StrategyReply, StrategyRequest, keyed_rng, proposal_purpose
 from .builtin import BETA_VARIANTS, PATTERN_VARIANTS
 
 RANDOM_LABEL = "random control (no history)"
@@ -40,7 +40,7 @@ class RandomAgent:
     def propose(self, request: ProposalRequest) -> AgentReply:
         if not request.allowed:
             raise AgentError("no parameter may change")
-        rng = random.Random(f"random:{request.seed}:{request.state['iteration']}:{request.attempt}")
+        rng = keyed_rng(request.seed, request.state["iteration"], proposal_purpose(request.attempt), agent="random:")
         knobs = {k["name"]: k for k in request.state["search_space"]}
         names = rng.sample(request.allowed, k=min(len(request.allowed), rng.choice((1, 2))))
         changes = {name: random_value(knobs[name], rng) for name in names}
