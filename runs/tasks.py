@@ -38,7 +38,7 @@ def run_research_session(session_id: int) -> str:
 @shared_task(name="runs.tasks.offer_replays", acks_late=True, reject_on_worker_lost=True)
 def offer_replays(run_id: int) -> list[int]:
     """Create a finished run's missing paired replays and queue their steps (never done in a view)."""
-    from .replay import offer_replays as offer
+    from .engine.replay import offer_replays as offer
 
     return offer(run_id)
 
