@@ -76,8 +76,9 @@ def latest_panel(run_id: int) -> dict[str, Any] | None:
 
 
 def level2_panel(session: ResearchSession) -> dict[str, Any]:
-    progress = (session.artifacts or {}).get("progress") or {}
-    rounds = progress.get("rounds") or []
+    artifacts = session.artifacts or {}
+    progress = artifacts.get("progress") or {}
+    rounds = progress.get("rounds") or recorded_rounds(artifacts)
     running = session.status == SessionStatus.RUNNING
     current = rounds[-1] if running and rounds and rounds[-1].get("ended_at") is None else None
     calls = [call_row(call) for call in LLMCall.objects.filter(research_session=session).order_by("pk")]
@@ -97,6 +98,13 @@ def level2_panel(session: ResearchSession) -> dict[str, Any]:
         "calls": calls,
         "totals": call_totals(calls),
     }
+
+
+def recorded_rounds(artifacts: dict[str, Any]) -> list[dict[str, Any]]:
+    """A session stored before progress was kept: its rounds from the result (durations, no clock times)."""
+    return [{"round": r.get("round"), "attempt": r.get("attempt", 0), "started_at": None, "ended_at": None,
+             "seconds": r.get("seconds"), "error": r.get("error"), "ladder": []}
+            for r in artifacts.get("rounds") or [] if isinstance(r, dict)]
 
 
 def call_row(call: LLMCall) -> dict[str, Any]:

@@ -576,9 +576,12 @@
       const row = el("tr");
       row.dataset.round = round.round;
       row.appendChild(el("td", roundLabel(round)));
-      const ended = round.ended_at !== null && round.ended_at !== undefined;
+      // A session stored before clock times were kept has its rounds' durations only.
+      const recorded = round.started_at === null && round.seconds !== null && round.seconds !== undefined;
+      const ended = recorded || (round.ended_at !== null && round.ended_at !== undefined);
       const time = el("td", null, "num l2-round-time");
-      if (ended) time.textContent = duration(round.ended_at - round.started_at);
+      if (recorded) time.textContent = duration(round.seconds);
+      else if (ended) time.textContent = duration(round.ended_at - round.started_at);
       else if (running) time.dataset.since = round.started_at;
       else time.textContent = "interrupted";
       row.appendChild(time);
@@ -626,7 +629,8 @@
       const ladder = (current.ladder || []).filter((s) => s.ok === null || s.ok === undefined);
       round = roundLabel(current) + (ladder.length ? " · ladder step " + ladder[ladder.length - 1].step.replace("_", " ") : "");
     } else if (!running) {
-      const last = (panel.rounds || [])[panel.rounds.length - 1];
+      const all = panel.rounds || [];
+      const last = all[all.length - 1];
       round = last ? "last round " + roundLabel(last) : "no round";
     }
     byId("l2-round").textContent = round;

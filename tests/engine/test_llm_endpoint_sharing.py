@@ -192,3 +192,14 @@ def test_without_redis_each_process_keeps_what_it_learnt() -> None:
     assert unreachable.load("x|m") is None
     mine = EndpointProfile(seconds_per_token=0.2)
     assert unreachable.merge("x|m", mine) == mine
+
+
+@pytest.mark.django_db
+def test_a_reply_within_its_timeout_records_that_timeout_not_the_longest_wait(slow_server: ScriptedOpenAI) -> None:
+    shared_profiles().merge(endpoint_key(slow_server.base_url, MODEL), EndpointProfile(cancels_abandoned=False))
+    slow_server.script = [{"content": "quick"}]
+    calls, recorder = recorded()
+    agent = LLMAgent(base_url=slow_server.base_url, api_key="", model=MODEL, recorder=recorder, timeout=5.0,
+                     max_timeout=60.0, shared=shared_profiles())
+    assert agent.complete(level="1", purpose="propose", system="s", prompt="p", json_reply=False) == "quick"
+    assert [(c["error"], c["timeout_seconds"]) for c in calls] == [("", 5.0)]

@@ -133,6 +133,7 @@ class LLMAgent:
         if shared is not None and (known := shared.load(self.key)) is not None:
             self.profile.absorb(known)  # what another process (or the launcher) learnt, before the first call
         self.last_cut_off = False  # did the last reply stop at max_tokens?
+        self.waited_past_timeout = False  # did the last request outlast its timeout (a non-cancelling server)?
 
     def _share(self) -> None:
         """Tell every other process what this one learnt (and take what they learnt meanwhile)."""
@@ -240,7 +241,7 @@ class LLMAgent:
             self.last_cut_off = finish_reason == "length"
             self._record(
                 level, purpose, prompt, content or "", started, "" if content else "empty reply", response,
-                self.max_timeout if waits else timeout,
+                self.max_timeout if waits and self.waited_past_timeout else timeout,
             )
             if not content or not content.strip():
                 last_error, unavailable = "the endpoint returned an empty reply", False
@@ -256,6 +257,7 @@ class LLMAgent:
         (the call list shows it as it happens), but the request is not abandoned and asked again: this
         server would compute the abandoned one to its end and only then start on the copy."""
         level, purpose, prompt, started = call
+        self.waited_past_timeout = False
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-call") as pool:
             reply = pool.submit(lambda: self.client.chat.completions.create(
                 model=self.model, messages=messages, timeout=self.max_timeout, **kwargs))  # type: ignore[arg-type]
@@ -266,6 +268,7 @@ class LLMAgent:
                         f"an abandoned request, so the client keeps waiting for this one (up to "
                         f"{self.max_timeout:g} s) instead of asking again")
                 self._record(level, purpose, prompt, "", started, note, None, timeout)
+                self.waited_past_timeout = True  # the reply's row says it was allowed max_timeout
             return reply.result()
 
     def _backoff(self, attempt: int) -> None:
