@@ -549,6 +549,10 @@
 
   RunPage.prototype.serverNow = function () { return Date.now() / 1000 + this.clockOffset; };
 
+  function seconds(value) {
+    return (value < 10 ? fmt(value, 1) : Math.round(value)) + " s";
+  }
+
   function roundLabel(round) {
     return round.round + (round.attempt ? " (repair " + round.attempt + ")" : "");
   }
@@ -601,7 +605,7 @@
       row.appendChild(el("td", call.tokens_in + " / " + call.tokens_out, "num"));
       row.appendChild(el("td", fmt(call.seconds, 1), "num"));
       row.appendChild(el("td", call.tokens_per_second === null ? "–" : fmt(call.tokens_per_second, 2), "num"));
-      row.appendChild(el("td", call.timeout_seconds ? Math.round(call.timeout_seconds) + " s" : "–", "num"));
+      row.appendChild(el("td", call.timeout_seconds ? seconds(call.timeout_seconds) : "–", "num"));
       const labels = { ok: "reply", timeout: "timed out", waiting: "past its timeout: still waiting, not re-sent", error: "failed" };
       const outcome = el("td", labels[call.outcome] || call.outcome, call.outcome === "ok" ? "muted" : "error");
       if (call.error && call.outcome !== "waiting") outcome.title = call.error;
@@ -638,7 +642,7 @@
     document.querySelectorAll("#l2-rounds [data-since]").forEach((cell) => { cell.textContent = duration(now - Number(cell.dataset.since)); });
     const flight = panel.in_flight;
     byId("l2-in-flight").textContent = flight
-      ? "waiting for the " + flight.purpose + " reply: " + duration(now - flight.started_at) + " so far, timeout " + Math.round(flight.timeout_seconds) + " s" + (flight.waits ? " (this server cannot cancel: past it, the client keeps waiting instead of asking again)" : "")
+      ? "waiting for the " + flight.purpose + " reply: " + duration(now - flight.started_at) + " so far, timeout " + seconds(flight.timeout_seconds) + (flight.waits ? " (this server cannot cancel: past it, the client keeps waiting instead of asking again)" : "")
       : "";
   };
 

@@ -26,7 +26,7 @@ from tests.engine.helpers import make_experiment
 from tests.openai_stub import ScriptedOpenAI, scripted_openai
 from trainer.schema import config_to_json, default_config
 
-from .test_browser import expect
+from .test_browser import expect, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
@@ -94,7 +94,7 @@ def test_the_panel_shows_a_level2_session_live_and_keeps_it_after_it_ended(
         expect(calls).to_have_count(2)
         expect(calls.nth(0)).to_contain_text("failed")
         expect(calls.nth(1)).to_contain_text("past its timeout: still waiting, not re-sent")
-        expect(calls.nth(1)).to_contain_text("2 s")  # its timeout, 1.5 s, rounded
+        expect(calls.nth(1).locator("td").nth(5)).to_have_text("1.5 s")  # its timeout
         expect(page.locator("#l2-in-flight")).to_contain_text("waiting for the explore reply")
         expect(page.locator("#l2-in-flight")).to_contain_text("keeps waiting instead of asking again")
         expect(page.locator("#l2-totals")).to_contain_text("1 call · 1 timeout · 0 retries")
@@ -102,6 +102,7 @@ def test_the_panel_shows_a_level2_session_live_and_keeps_it_after_it_ended(
         page.wait_for_function("(before) => document.getElementById('l2-elapsed').textContent !== before", arg=elapsed)
         expect(page.locator("#l2-round-elapsed")).to_contain_text("in this round")
         expect(page.locator("#progress-time")).to_contain_text("Level 2 research for")
+        shot(page, "level2_panel_live")
         assert not outcome.done()
     finally:
         in_flight.set()
@@ -117,12 +118,14 @@ def test_the_panel_shows_a_level2_session_live_and_keeps_it_after_it_ended(
         expect(calls).to_have_count(5)
         expect(calls.nth(2)).to_contain_text("100 / 20")  # tokens in / out
         expect(calls.nth(2)).to_contain_text("reply")
+        expect(calls.nth(2).locator("td").nth(5)).to_have_text("120 s")  # it waited past 1.5 s: the longest wait
         assert float(calls.nth(2).locator("td").nth(4).inner_text()) > 0  # tokens per second
         expect(page.locator("#l2-totals")).to_have_text("4 calls · 1 timeout · 1 retry · 300 tokens in, 60 out")
         expect(page.locator("#l2-in-flight")).to_have_text("")
         assert page.locator("#l2-elapsed").inner_text().endswith(" s")
 
     shows_the_ended_session()  # pushed over the WebSocket
+    shot(page, "level2_panel_ended")
     page.reload()
     expect(page.locator("#live-indicator")).to_have_text("live")
     shows_the_ended_session()  # and kept: rebuilt from the database
