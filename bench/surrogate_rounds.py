@@ -297,9 +297,11 @@ def command_optimum(args: argparse.Namespace) -> None:
             r["val_bpb"] for r in reversed(load_measurements()["measurements"])
             if r["config"] == entry["config"] and r["seed"] == entry["seed"]
         )
-        predicted = entry["prediction"]["predicted_val_bpb"]
-        print(f"{entry['search']:<34} predicted {predicted:.4f} real {real:.4f} (|error| {abs(real - predicted):.4f}) "
-              f"real baseline {baseline.get(entry['seed'], float('nan')):.4f}")
+        predicted = entry["prediction"]["predicted_mean_val_bpb"]
+        with_noise = entry["prediction"]["predicted_val_bpb"]
+        print(f"{entry['search']:<34} predicted mean {predicted:.4f} (with this seed's simulated noise "
+              f"{with_noise:.4f}) real {real:.4f}: |error| {abs(real - predicted):.4f}; real baseline on this seed "
+              f"{baseline.get(entry['seed'], float('nan')):.4f}")
 
 
 def command_tuned(args: argparse.Namespace) -> None:
