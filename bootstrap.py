@@ -3,6 +3,8 @@
 
     python3 bootstrap.py up     # install everything, start the app on embedded defaults + a demo run
     python3 bootstrap.py up --local-llm   # the same, plus a local LLM (llama.cpp) as the default agent
+    python3 bootstrap.py worker # on another machine: one supervised training worker joining the site
+                                #   in DATABASE_URL / REDIS_URL / SECRET_KEY (README: More workers)
     python3 bootstrap.py test   # install test needs, then ruff, mypy and the whole pytest suite
     python3 bootstrap.py bench NAME|all
     python3 bootstrap.py COMMAND --help   # what a command does and takes; installs nothing
@@ -149,15 +151,29 @@ def ensure_venv(requirement_files: list[str]) -> None:
         say("creating virtualenv .venv")
         run([find_python311(), "-m", "venv", VENV])
         run([VENV_PYTHON, "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    stamp = VENV / f".installed-{'-'.join(Path(f).stem for f in requirement_files)}"
+    stamp = stamp_path(requirement_files)
     wanted = digest([*requirement_files, NO_DEPS_REQUIREMENTS])
-    if stamp.exists() and stamp.read_text() == wanted:
+    if (stamp.exists() and stamp.read_text() == wanted) or installed_by_superset(requirement_files):
         return
     for name in requirement_files:
         run_with_heartbeat([VENV_PYTHON, "-m", "pip", "install", "-r", name], f"installing {name}",
                            VENV / "install.log")
     run([VENV_PYTHON, "-m", "pip", "install", "-q", "--no-deps", "-r", NO_DEPS_REQUIREMENTS])
     stamp.write_text(wanted)
+
+
+def installed_by_superset(requirement_files: list[str]) -> bool:
+    """A current install of more requirement files covers these (a worker started where the tests
+    installed everything must not need the network, e.g. the test suite's second host)."""
+    return any(
+        set(files) > set(requirement_files) and stamp_path(files).exists()
+        and stamp_path(files).read_text() == digest([*files, NO_DEPS_REQUIREMENTS])
+        for files in (RUNTIME_REQUIREMENTS, TEST_REQUIREMENTS)
+    )
+
+
+def stamp_path(requirement_files: list[str]) -> Path:
+    return VENV / f".installed-{'-'.join(Path(f).stem for f in requirement_files)}"
 
 
 def npm_command() -> list[str]:
@@ -201,6 +217,13 @@ def ensure_isolation_tools() -> None:
         apt_install(["bubblewrap", "libseccomp2"], "Level 2 will refuse to load generated mechanisms (fail closed)")
     if os.geteuid() == 0 and not shutil.which("setfacl"):
         apt_install(["acl"], "started as root, the launcher may refuse to run (it never runs services as root)")
+
+
+def ensure_second_host_tools() -> None:
+    """The multi-host tests (tests/hosts) make a second host with iproute2's `ip netns`; without it
+    (or without root) those tests skip and say why."""
+    if os.geteuid() == 0 and not shutil.which("ip"):
+        apt_install(["iproute2"], "the multi-host tests will be skipped")
 
 
 def ensure_chromium() -> None:
@@ -348,11 +371,21 @@ def launch_arguments(options: argparse.Namespace) -> list[str]:
     return [*argv, "--no-worker"] if options.no_worker else argv
 
 
+def command_worker(options: argparse.Namespace) -> None:
+    """One training worker for an existing site (no web server, no Redis of its own, no front end)."""
+    ensure_isolation_tools()  # a train worker runs the mechanisms' hooks in their sandbox
+    ensure_venv(RUNTIME_REQUIREMENTS)
+    os.chdir(ROOT)
+    name = ["--name", options.name] if options.name else []
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), "manage.py", "worker", *name])
+
+
 def command_test(options: argparse.Namespace) -> None:
     ensure_venv(TEST_REQUIREMENTS)
     ensure_frontend_assets()
     ensure_isolation_tools()
     ensure_chromium()
+    ensure_second_host_tools()
     env = os.environ.copy()
     in_ci = env.get("CI", "").lower() == "true"
     redis_process = None
@@ -413,6 +446,13 @@ def command_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-worker", action="store_true", help="the web server only, no Celery workers")
     up.add_argument("--local-llm-threads", type=int, metavar="N", help="CPU threads for the local model")
     up.add_argument("--local-llm-context", type=int, metavar="TOKENS", help="the local model's context window")
+    worker = commands.add_parser(
+        "worker", help="on another machine: one training worker that joins an existing site", allow_abbrev=False,
+        description="Install what a worker needs (virtualenv, Python packages, bubblewrap), then run manage.py "
+        "worker: one supervised Celery worker on the train queue (and train-gpu on a machine with a CUDA GPU) "
+        "that joins the site in DATABASE_URL, REDIS_URL and SECRET_KEY (all three required), as an "
+        "unprivileged account when started as root. Ctrl-C stops it.")
+    worker.add_argument("--name", help="the worker's name (default train-HOSTNAME)")
     test = commands.add_parser(
         "test", help="install test needs, then ruff, mypy and pytest", add_help=False,
         usage="python3 bootstrap.py test [-h] [PYTEST ARGUMENTS ...]",
@@ -449,7 +489,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
 
 def main() -> None:
     commands: dict[str, Callable[[argparse.Namespace], None]] = {
-        "up": command_up, "test": command_test, "bench": command_bench}
+        "up": command_up, "worker": command_worker, "test": command_test, "bench": command_bench}
     options = parse_command(sys.argv[1:])
     commands[options.command](options)
 

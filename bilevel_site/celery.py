@@ -4,9 +4,13 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init, worker_process_init
+from celery.signals import beat_init, celeryd_after_setup, celeryd_init, worker_process_init
+
+from .clock_skew import apply_test_clock_offset
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bilevel_site.settings")
+
+apply_test_clock_offset()  # tests only: a no-op unless BILEVEL_TEST_CLOCK_OFFSET_SECONDS is set
 
 app = Celery("bilevel")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -33,6 +37,19 @@ def refuse_root(part: str) -> None:
 @celeryd_init.connect
 def refuse_root_worker(**_: Any) -> None:
     refuse_root("worker")
+
+
+@celeryd_after_setup.connect
+def consume_by_device(instance: Any = None, **_: Any) -> None:
+    """A worker on a machine with a CUDA GPU that trains also takes the `train-gpu` queue (runs of the
+    gpu preset); one without a GPU refuses that queue. So every machine starts with `-Q train`."""
+    from runs.engine.devices import adjust_train_queues
+
+    queues = app.amqp.queues
+    wanted = adjust_train_queues(list(queues.consume_from))
+    for name in wanted:
+        if name not in queues.consume_from:
+            queues.select_add(name)  # type: ignore[arg-type]  # Celery takes a name too (as -Q does)
 
 
 @beat_init.connect

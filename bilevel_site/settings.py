@@ -108,6 +108,22 @@ WSGI_APPLICATION = "bilevel_site.wsgi.application"
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'bilevel.sqlite3'}"
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+# A connection that broke (a restarted database, a killed backend) is replaced instead of failing.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# How long a worker waits on an unreachable database before a call fails (and is retried), instead
+# of the kernel's quarter of an hour: a partition or a restart must not freeze a worker.
+DATABASE_TIMEOUT_SECONDS = int(os.environ.get("BILEVEL_DB_TIMEOUT_SECONDS", "10"))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["OPTIONS"] = {
+        "connect_timeout": DATABASE_TIMEOUT_SECONDS,
+        "keepalives": 1,
+        "keepalives_idle": DATABASE_TIMEOUT_SECONDS,
+        "keepalives_interval": max(1, DATABASE_TIMEOUT_SECONDS // 3),
+        "keepalives_count": 3,
+        "tcp_user_timeout": DATABASE_TIMEOUT_SECONDS * 1000,
+        # A worker cut off inside a transaction must not hold the run's row lock for ever.
+        "options": f"-c idle_in_transaction_session_timeout={DATABASE_TIMEOUT_SECONDS * 3 * 1000}",
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server read while a worker writes; IMMEDIATE avoids lock upgrades failing.
     DATABASES["default"]["OPTIONS"] = {
@@ -156,10 +172,18 @@ REDIS_URL = (
     or "redis://127.0.0.1:6379/0"
 )
 
+# Timeouts on every Redis connection, for the same reason as the database's.
+REDIS_TIMEOUT_SECONDS = float(os.environ.get("BILEVEL_REDIS_TIMEOUT_SECONDS", "10"))
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+        "CONFIG": {
+            # Longer than the layer's own 5 s blocking receive, which must not time out as an error.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": max(REDIS_TIMEOUT_SECONDS, 10.0),
+                       "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}],
+            "capacity": 1500,
+            "expiry": 30,
+        },
     }
 }
 
@@ -169,13 +193,23 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": max(REDIS_TIMEOUT_SECONDS, 5.0),  # longer than the worker's 1 s blocking pop
+    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+    "socket_keepalive": True,
+    "health_check_interval": REDIS_TIMEOUT_SECONDS,
+}
+CELERY_REDIS_SOCKET_TIMEOUT = REDIS_TIMEOUT_SECONDS
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_TIMEOUT_SECONDS
+# Steps are sent to the queue their run's device needs (runs/engine/devices.py); this is the default.
 CELERY_TASK_ROUTES = {
     "runs.tasks.run_step": {"queue": "train"},
     "runs.tasks.run_research_session": {"queue": "research"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
-    "reap-expired-leases": {"task": "runs.tasks.reap_expired_leases", "schedule": 20.0},
+    "reap-expired-leases": {"task": "runs.tasks.reap_expired_leases",
+                            "schedule": float(os.environ.get("BILEVEL_REAPER_SECONDS", "20"))},
     "expire-reviews": {"task": "runs.tasks.expire_reviews", "schedule": 30.0},
 }
 CELERY_RESULT_EXPIRES = 3600
@@ -184,6 +218,16 @@ CELERY_RESULT_EXPIRES = 3600
 STEP_LEASE_SECONDS = int(os.environ.get("BILEVEL_LEASE_SECONDS", "60"))
 # The lease's holder renews it this often; a holder silent for five beats is taken over (runs/engine/lease.py).
 STEP_HEARTBEAT_SECONDS = float(os.environ.get("BILEVEL_LEASE_HEARTBEAT_SECONDS", "2"))
+# A holder whose database is away retries its commit this long (the fence then decides) before giving up.
+STEP_COMMIT_RETRY_SECONDS = float(os.environ.get("BILEVEL_COMMIT_RETRY_SECONDS", "600"))
+# A queued step task missing from the broker this long (Redis lost its data) is queued again.
+LOST_TASK_GRACE_SECONDS = float(os.environ.get("BILEVEL_LOST_TASK_GRACE_SECONDS", "10"))
+# Workers renew their row (device, queues) this often; one silent for WORKER_SEEN_SECONDS is gone.
+WORKER_BEAT_SECONDS = float(os.environ.get("BILEVEL_WORKER_BEAT_SECONDS", "10"))
+WORKER_SEEN_SECONDS = float(os.environ.get("BILEVEL_WORKER_SEEN_SECONDS", "60"))
+# Tests only: spread each surrogate evaluation over this many real seconds, reporting progress like a
+# training, so a step is in flight long enough to be cut off (tests/hosts). 0 = answer at once.
+SURROGATE_PACE_SECONDS = float(os.environ.get("BILEVEL_SURROGATE_PACE_SECONDS", "0"))
 TRAINER_THREADS = int(os.environ.get("BILEVEL_TRAINER_THREADS", "2"))
 TRAINER_WORKDIR = DATA_DIR / "trainings"
 # An operator cap on the hard timeout of one training (seconds; unset = the budget-derived default).

@@ -169,6 +169,9 @@ class Run(models.Model):
     lease_node = models.CharField(max_length=120, blank=True, help_text="Kernel boot + pid namespace of the holder.")
     lease_pid = models.PositiveIntegerField(null=True, blank=True)
     lease_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The fencing ticket: raised by every claim and never lowered. A holder commits only while the
+    # row still carries its ticket, so a holder that was cut off and taken over changes nothing.
+    lease_ticket = models.PositiveBigIntegerField(default=0)
     steps_claimed = models.PositiveIntegerField(default=0)
 
     # Summary columns, written with the iteration that changes them.
@@ -258,6 +261,8 @@ class Iteration(models.Model):
     steps = models.PositiveIntegerField(default=0)
     tokens = models.BigIntegerField(default=0)
     curve = models.JSONField(default=list, blank=True, help_text="[[step, train_loss], ...]")
+    host = models.CharField(max_length=255, blank=True, help_text="The machine whose worker trained it.")
+    device = models.CharField(max_length=200, blank=True, help_text="That worker's device: cpu, or cuda: name.")
     # Attribution: [{"mechanism": name, "hook": ..., "effect": ..., "detail": ...}]
     mechanism_effects = models.JSONField(default=list, blank=True)
     # {"mechanism name": {"hook": calls}}
@@ -306,6 +311,10 @@ class InterruptedAttempt(models.Model):
     # The run's live progress when the holder died: {"iteration", "points", "step", ...}.
     progress = models.JSONField(default=dict, blank=True)
     taken_over_at = models.DateTimeField(auto_now_add=True)
+    ticket = models.PositiveBigIntegerField(null=True, blank=True, help_text="The lease ticket it held.")
+    # Set when the holder was not dead but cut off, came back and tried to commit: refused (fenced).
+    fenced_at = models.DateTimeField(null=True, blank=True)
+    fenced_result = models.JSONField(default=dict, blank=True, help_text="What its refused commit carried.")
 
     class Meta:
         ordering = ["run_id", "taken_over_at"]
@@ -367,11 +376,24 @@ class LLMCall(models.Model):
         return f"{self.backend} {self.purpose} (level {self.level})"
 
 
-class WorkerHeartbeat(models.Model):
-    """Which workers are alive and on which queues (written by a task the worker runs)."""
+class DeviceKind(models.TextChoices):
+    CPU = "cpu", "CPU"
+    CUDA = "cuda", "CUDA GPU"
 
-    hostname = models.CharField(max_length=200, unique=True)
+
+class WorkerHeartbeat(models.Model):
+    """Which workers are alive, on which machine, with which device and on which queues.
+
+    A worker writes its row when it starts and renews last_seen (the database's clock) while it runs.
+    """
+
+    hostname = models.CharField(max_length=200, unique=True, help_text="The Celery worker's name.")
+    host = models.CharField(max_length=255, blank=True, help_text="The machine's hostname.")
+    device_kind = models.CharField(max_length=8, choices=DeviceKind.choices, default=DeviceKind.CPU)
+    device_name = models.CharField(max_length=200, blank=True)
+    device_memory_bytes = models.BigIntegerField(null=True, blank=True)
     queues = models.JSONField(default=list)
+    started_at = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField()
 
     def __str__(self) -> str:

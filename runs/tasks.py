@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import socket
-from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from .engine.devices import TRAIN_QUEUES, announce_worker
 from .models import WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
-# A queued run whose step task vanished (e.g. Redis restarted without persistence) is noticed
-# when the train queue is empty and its last enqueue is older than this.
-LOST_TASK_GRACE_SECONDS = 30
+# Kombu's Redis transport keeps delivered, unacknowledged messages (acks_late) in this hash.
+UNACKED_HASH = "unacked"
 
 
 @shared_task(name="runs.tasks.run_step", acks_late=True, reject_on_worker_lost=True)
@@ -60,32 +62,61 @@ def record_worker_heartbeat(hostname: str, queues: list[str]) -> int:
     return beat.pk
 
 
-def train_queue_length() -> int | None:
+def _step_of(raw: bytes | str) -> tuple[int, int] | None:
+    """(run, ticket) of a run_step message as kombu stores it in Redis (queued, or unacknowledged:
+    [message, exchange, routing key]); None for anything else."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):
+            message = message[0]
+        if message.get("headers", {}).get("task") != "runs.tasks.run_step":
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return int(args[0]), int(args[1])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def steps_in_broker() -> set[tuple[int, int]] | None:
+    """Every (run, ticket) whose step task the broker holds: queued on a train queue or delivered to a
+    worker and not yet acknowledged. None if the broker cannot be read."""
     from bilevel_site.celery import app
 
     try:
         with app.connection_for_write() as conn:
             channel: Any = conn.default_channel  # a kombu Redis channel: it exposes its redis client
-            return int(channel.client.llen("train"))
+            client = channel.client
+            raw = [item for queue in TRAIN_QUEUES for item in client.lrange(queue, 0, -1)]
+            raw += list(client.hvals(UNACKED_HASH))
     except Exception:
-        logger.warning("could not read the train queue length", exc_info=True)
+        logger.warning("could not read the queued steps from the broker", exc_info=True)
         return None
+    return {step for step in map(_step_of, raw) if step is not None}
 
 
 @shared_task(name="runs.tasks.reap_expired_leases")
 def reap_expired_leases(broker_restarted: bool = False) -> list[int]:
     """Re-enqueue steps whose worker died (lease expired, holder gone) or whose queued task was lost.
 
-    `broker_restarted`: Redis came back without its data, so every queued step task is gone.
+    A step nobody holds whose task is neither queued nor delivered (Redis restarted without its data,
+    or flushed) is queued again once it has been missing for LOST_TASK_GRACE_SECONDS, without anyone
+    having to say the broker restarted. `broker_restarted` re-queues every unheld step at once.
+    Re-queueing issues a new step ticket, so a task that did survive becomes a no-op: never two.
     """
     from .engine.control import enqueue_step
     from .engine.lease import release_gone_holders, steps_without_holder
 
     revived = release_gone_holders()
     if broker_restarted:
-        revived += steps_without_holder(queued_before=None)
-    elif train_queue_length() == 0:
-        revived += steps_without_holder(queued_before=timezone.now() - timedelta(seconds=LOST_TASK_GRACE_SECONDS))
+        revived += [run_id for run_id, _ in steps_without_holder(queued_seconds_ago=None)]
+    else:
+        unheld = steps_without_holder(queued_seconds_ago=settings.LOST_TASK_GRACE_SECONDS)
+        queued = steps_in_broker() if unheld else set()
+        if queued is not None:
+            revived += [run_id for run_id, ticket in unheld if (run_id, ticket) not in queued]
     for run_id in revived:
         enqueue_step(run_id)
         logger.warning("re-enqueued run %s (its worker died or its task was lost)", run_id)
@@ -95,7 +126,13 @@ def reap_expired_leases(broker_restarted: bool = False) -> list[int]:
 @worker_ready.connect
 def take_over_dead_steps(sender: Any = None, **kwargs: Any) -> None:
     """A worker (re)starting on a machine where one just died takes its step over at once,
-    rather than after the dead worker's lease expires: its pid is checked, not its clock."""
+    rather than after the dead worker's lease expires: its pid is checked, not its clock.
+    It also states what it is (machine, device, queues), so runs are routed and shown by device."""
+    if sender is not None:
+        try:
+            announce_worker(sender.hostname, sorted(sender.app.amqp.queues.consume_from))
+        except Exception:  # the heartbeat thread is not started; the site shows the worker as absent
+            logger.warning("could not record this worker (machine, device, queues)", exc_info=True)
     try:
         revived = reap_expired_leases()
     except Exception:  # a start-up nicety: the periodic reaper does the same a little later

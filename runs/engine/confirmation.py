@@ -23,6 +23,7 @@ from trainer.outcomes import TrainingSummary
 
 from ..models import Confirmation, ConfirmationRole, Experiment, Objective, Run, RunStatus
 from .events import publish_run_event
+from .lease import commit_as_holder
 from .state import RunState, config_key
 from .step_errors import StepAborted
 
@@ -63,6 +64,9 @@ class StepLike(Protocol):
     experiment: Experiment
     owner: str
 
+    @property
+    def ticket(self) -> int: ...
+
     def _evaluate(self, config: dict[str, Any], seed: int) -> TrainingSummary: ...
 
     def _finish(self, status: str, detail: str) -> None: ...
@@ -83,9 +87,8 @@ def confirm_or_finish(step: StepLike) -> str:
     training = todo[0]
     summary = step._evaluate(training.config, training.seed)
     detail = f"confirming: {len(planned) - len(todo) + 1} of {len(planned)} re-trainings done"
-    with transaction.atomic():
-        if not Run.all_objects.select_for_update().filter(pk=run.pk, lease_owner=step.owner).exists():
-            raise StepAborted("the lease was lost before the confirmation could be recorded")
+
+    def write() -> None:
         try:
             with transaction.atomic():
                 Confirmation.objects.create(
@@ -101,5 +104,9 @@ def confirm_or_finish(step: StepLike) -> str:
         except IntegrityError as error:
             raise StepAborted(f"confirmation {training.role} #{training.replicate} was already recorded") from error
         Run.all_objects.filter(pk=run.pk).update(status_detail=detail, live_progress={})
+
+    late = {"role": training.role, "replicate": training.replicate, "val_bpb": summary.val_bpb}
+    commit_as_holder(run.pk, step.owner, step.ticket, write,
+                     f"confirmation {training.role} #{training.replicate}", lambda: late)
     publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": RunStatus.RUNNING, "detail": detail})
     return "confirmation"

@@ -11,12 +11,14 @@ from typing import Any
 from celery import current_app
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from mechanisms.lifecycle import retire_run_mechanisms
 from trainer.schema import config_to_json, default_config, validate_config
 
 from ..models import GROUP_LEVELS, WAITING_RUN_STATUSES, Experiment, Run, RunStatus
+from .devices import queue_for
 from .events import publish_run_event
 
 
@@ -64,13 +66,16 @@ def create_runs(experiment: Experiment) -> list[Run]:
 
 
 def enqueue_step(run_id: int) -> None:
-    """Issue a new step ticket and queue a step task carrying it (older tickets become no-ops).
+    """Issue a new step ticket and queue a step task carrying it (older tickets become no-ops), on the
+    queue of the device the run needs (a `gpu` run only reaches a worker with a GPU).
 
     The task is sent by name: this module is imported by the tasks, not the other way round.
     """
-    Run.all_objects.filter(pk=run_id).update(step_ticket=F("step_ticket") + 1, last_enqueued_at=timezone.now())
-    ticket = Run.all_objects.values_list("step_ticket", flat=True).get(pk=run_id)
-    transaction.on_commit(lambda: current_app.send_task("runs.tasks.run_step", args=[run_id, ticket]))
+    Run.all_objects.filter(pk=run_id).update(step_ticket=F("step_ticket") + 1, last_enqueued_at=Now())
+    ticket, preset, objective = Run.all_objects.values_list(
+        "step_ticket", "experiment__preset", "experiment__objective").get(pk=run_id)
+    queue = queue_for(preset, objective)
+    transaction.on_commit(lambda: current_app.send_task("runs.tasks.run_step", args=[run_id, ticket], queue=queue))
 
 
 def start_experiment(experiment: Experiment) -> None:

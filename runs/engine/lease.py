@@ -6,6 +6,14 @@ thread renews it every couple of seconds. A step may be taken over when its leas
 at once when its holder is gone: on the same machine (same kernel and pid namespace, so pids
 mean the same thing) its process no longer runs; on another, its heartbeat is older than
 stale_heartbeat_seconds(). What the dead holder was doing is kept as an InterruptedAttempt.
+
+Several machines: every time in a lease (heartbeat, expiry, "now") is the database's clock, never a
+host's, so hosts whose clocks disagree by seconds judge a holder alike. Every claim raises the run's
+lease ticket; a holder commits its result only in a transaction that locks the run row and finds its
+own owner and ticket still there (commit_as_holder). A holder that was cut off by a partition and
+taken over therefore changes nothing when it comes back: its refused result is kept on its
+interrupted attempt (fenced), and it goes on with other work. A holder whose database connection
+broke keeps training and retries its commit until the database answers again.
 """
 
 from __future__ import annotations
@@ -15,22 +23,39 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F, Max
-from django.utils import timezone
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import DateTimeField, ExpressionWrapper, F, Max
+from django.db.models.functions import Now
 
 from ..models import ACTIVE_RUN_STATUSES, InterruptedAttempt, Run, RunStatus
 from .control import enqueue_step
 from .events import publish_run_event
+from .step_errors import StepAborted
 
 logger = logging.getLogger(__name__)
 
-HOLDER_FIELDS = ("lease_owner", "lease_expires_at", "lease_host", "lease_node", "lease_pid", "lease_heartbeat_at")
+HOLDER_FIELDS = (
+    "lease_owner", "lease_expires_at", "lease_host", "lease_node", "lease_pid", "lease_heartbeat_at", "lease_ticket",
+)
+# The database connection broke (a restart, a partition, a killed backend): worth retrying.
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
+T = TypeVar("T")
+
+
+class Fenced(StepAborted):
+    """The holder's commit was refused: another worker took the step over (its ticket is not current)."""
+
+
+def database_now_plus(seconds: float) -> ExpressionWrapper:
+    """The database's clock plus `seconds`, as an expression (never a host's clock)."""
+    return ExpressionWrapper(Now() + timedelta(seconds=seconds), output_field=DateTimeField())
 
 
 def heartbeat_seconds() -> float:
@@ -82,14 +107,15 @@ def holder_gone_reason(lease: dict[str, Any], now: datetime) -> str | None:
     return None
 
 
-def _holder_fields(owner: str, now: datetime) -> dict[str, Any]:
+def _holder_fields(owner: str) -> dict[str, Any]:
     return {
         "lease_owner": owner,
-        "lease_expires_at": now + timedelta(seconds=settings.STEP_LEASE_SECONDS),
+        "lease_expires_at": database_now_plus(settings.STEP_LEASE_SECONDS),
         "lease_host": socket.gethostname()[:255],
         "lease_node": this_node(),
         "lease_pid": os.getpid(),
-        "lease_heartbeat_at": now,
+        "lease_heartbeat_at": Now(),
+        "lease_ticket": F("lease_ticket") + 1,
     }
 
 
@@ -116,55 +142,63 @@ def _record_interrupted(run_id: int, lease: dict[str, Any], progress: dict[str, 
         host=lease["lease_host"],
         pid=lease["lease_pid"],
         last_heartbeat_at=lease["lease_heartbeat_at"],
+        ticket=lease["lease_ticket"],
         reason=reason,
         progress=progress,
     )
     logger.warning("run %s: step %s taken over from %s: %s", run_id, index, lease["lease_owner"], reason)
 
 
-def _take_from_dead_holder(
-    candidates: Any, run_id: int, now: datetime, new_fields: dict[str, Any], **extra: Any
-) -> bool | None:
+def _take_from_dead_holder(candidates: Any, run_id: int, new_fields: dict[str, Any], **extra: Any) -> bool | None:
     """Compare-and-swap the lease away from a gone holder (recording its attempt).
 
     Returns True if taken, False if the holder may still be alive, None if there was no holder.
+    The holder is judged on the database's clock, read in the same query as its lease.
     """
-    row = candidates.values(*HOLDER_FIELDS, "live_progress").first()
+    row = candidates.annotate(db_now=Now()).values(*HOLDER_FIELDS, "live_progress", "db_now").first()
     if row is None:
         return False
     if not row["lease_owner"]:
         return None
-    reason = holder_gone_reason(row, now)
+    reason = holder_gone_reason(row, row["db_now"])
     if reason is None:
         return False
-    taken = candidates.filter(lease_owner=row["lease_owner"]).update(live_progress={}, **new_fields, **extra)
+    taken = candidates.filter(lease_owner=row["lease_owner"], lease_ticket=row["lease_ticket"]).update(
+        live_progress={}, **new_fields, **extra)
     if taken:
         _record_interrupted(run_id, row, row["live_progress"] or {}, reason)
     return bool(taken)
 
 
-def claim_step(run_id: int, ticket: int, owner: str) -> bool:
-    """Claim the run's step for `owner` if the ticket is current and nobody alive holds it."""
-    now = timezone.now()
-    new_fields = _holder_fields(owner, now)
+def claim_step(run_id: int, ticket: int, owner: str) -> int | None:
+    """Claim the run's step for `owner` if the step ticket is current and nobody alive holds it.
+
+    Returns the lease ticket this claim holds (every commit of the step must carry it), or None.
+    """
+    new_fields = _holder_fields(owner)
     with transaction.atomic():
         candidates = Run.all_objects.filter(pk=run_id, step_ticket=ticket, status__in=ACTIVE_RUN_STATUSES)
         extra = {"status": RunStatus.RUNNING, "steps_claimed": F("steps_claimed") + 1}
-        taken = _take_from_dead_holder(candidates, run_id, now, new_fields, **extra)
+        taken = _take_from_dead_holder(candidates, run_id, new_fields, **extra)
         if taken is None:
             taken = bool(candidates.filter(lease_owner="").update(**new_fields, **extra))
-    if taken and Run.all_objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now):
+        held = current_ticket(run_id, owner) if taken else None
+    if taken and Run.all_objects.filter(pk=run_id, started_at__isnull=True).update(started_at=Now()):
         publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.RUNNING, "detail": "started"})
-    return taken
+    return held
 
 
-def renew_lease(run_id: int, owner: str) -> bool:
-    now = timezone.now()
-    return bool(
-        Run.all_objects.filter(pk=run_id, lease_owner=owner).update(
-            lease_expires_at=now + timedelta(seconds=settings.STEP_LEASE_SECONDS), lease_heartbeat_at=now
-        )
-    )
+def current_ticket(run_id: int, owner: str) -> int | None:
+    """The lease ticket `owner` holds on the run, or None if it holds no lease there."""
+    return Run.all_objects.filter(pk=run_id, lease_owner=owner).values_list("lease_ticket", flat=True).first()
+
+
+def renew_lease(run_id: int, owner: str, ticket: int | None = None) -> bool:
+    holding = Run.all_objects.filter(pk=run_id, lease_owner=owner)
+    if ticket is not None:
+        holding = holding.filter(lease_ticket=ticket)
+    return bool(holding.update(lease_expires_at=database_now_plus(settings.STEP_LEASE_SECONDS),
+                               lease_heartbeat_at=Now()))
 
 
 def release_lease(run_id: int, owner: str) -> bool:
@@ -176,41 +210,113 @@ def release_gone_holders(run_ids: list[int] | None = None) -> list[int]:
 
     Returns the runs freed; the caller queues their next step.
     """
-    now = timezone.now()
     active = Run.all_objects.filter(status__in=ACTIVE_RUN_STATUSES).exclude(lease_owner="")
     if run_ids is not None:
         active = active.filter(pk__in=run_ids)
     freed = []
     for run_id in active.values_list("pk", flat=True):
         with transaction.atomic():
-            if _take_from_dead_holder(Run.all_objects.filter(pk=run_id), run_id, now, _released_fields()):
+            if _take_from_dead_holder(Run.all_objects.filter(pk=run_id), run_id, _released_fields()):
                 freed.append(run_id)
     return freed
 
 
-def steps_without_holder(queued_before: datetime | None) -> list[int]:
-    """Started runs that nobody holds and whose step task was queued before `queued_before`
-    (all of them when None: after a broker restart without persistence every queued task is gone)."""
+def steps_without_holder(queued_seconds_ago: float | None) -> list[tuple[int, int]]:
+    """(run, step ticket) of started runs that nobody holds and whose step task was queued more than
+    `queued_seconds_ago` ago by the database's clock (all of them when None: after a broker restart
+    without persistence every queued task is gone)."""
     waiting = Run.all_objects.filter(status__in=ACTIVE_RUN_STATUSES, lease_owner="", last_enqueued_at__isnull=False)
-    if queued_before is not None:
-        waiting = waiting.filter(last_enqueued_at__lt=queued_before)
-    return list(waiting.values_list("pk", flat=True))
+    if queued_seconds_ago is not None:
+        waiting = waiting.filter(last_enqueued_at__lt=database_now_plus(-queued_seconds_ago))
+    return list(waiting.values_list("pk", "step_ticket"))
+
+
+# -- committing as the holder (fencing) ------------------------------------------------------------
+
+
+def retrying_database(what: str, action: Callable[[], T], give_up_after: float | None = None) -> T:
+    """Run `action` (its own transaction), retrying while the database connection is broken.
+
+    A restarted or unreachable database must not lose a step that is done: the holder keeps asking
+    until the database answers (then the fence decides) or `give_up_after` seconds have passed.
+    """
+    deadline = time.monotonic() + (settings.STEP_COMMIT_RETRY_SECONDS if give_up_after is None else give_up_after)
+    pause = 0.2
+    while True:
+        try:
+            return action()
+        except CONNECTION_ERRORS as error:
+            connection.close()  # the next try opens a fresh connection
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("%s: the database did not answer (%s); retrying in %.1f s",
+                           what, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+                           pause)
+            time.sleep(pause)  # back-off between reconnection attempts
+            pause = min(pause * 2, 5.0)
+
+
+def commit_as_holder(run_id: int, owner: str, ticket: int, write: Callable[[], T], what: str,
+                     late_result: Callable[[], dict[str, Any]]) -> T:
+    """Commit `write()` in one transaction that locks the run row and finds this holder's owner and
+    lease ticket still there. If another worker took the step over, nothing is written, the refused
+    result is kept on this holder's interrupted attempt, and Fenced is raised."""
+
+    def attempt() -> tuple[bool, T | None]:
+        with transaction.atomic():
+            holding = Run.all_objects.select_for_update().filter(pk=run_id, lease_owner=owner, lease_ticket=ticket)
+            if not holding.exists():
+                return False, None
+            return True, write()
+
+    committed, result = retrying_database(f"run {run_id}: recording {what}", attempt)
+    if not committed:
+        retrying_database(f"run {run_id}: recording the refused {what}",
+                          lambda: record_fenced(run_id, owner, ticket, {"what": what, **late_result()}))
+        raise Fenced(f"{what} was refused: the lease (ticket {ticket}) was taken over by another worker")
+    return result  # type: ignore[return-value]
+
+
+def record_fenced(run_id: int, owner: str, ticket: int, result: dict[str, Any]) -> None:
+    """Keep a refused late result on the attempt that was taken over (or on a new one, if the lease
+    was freed without a takeover record, e.g. by a cancel)."""
+    attempt = InterruptedAttempt.objects.filter(run_id=run_id, holder=owner, fenced_at__isnull=True).last()
+    if attempt is None:
+        attempt = InterruptedAttempt(run_id=run_id, index=result.get("index", 0), holder=owner,
+                                     host=socket.gethostname()[:255], pid=os.getpid(), ticket=ticket,
+                                     reason="its lease was no longer its own when it tried to commit")
+    attempt.fenced_at = Now()
+    attempt.fenced_result = result
+    attempt.save()
+    logger.warning("run %s: refused the late %s of %s (ticket %s): the step was taken over",
+                   run_id, result.get("what"), owner, ticket)
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews the step's lease (and its heartbeat) every few seconds while the step runs here."""
+    """Renews the step's lease (and its heartbeat) every few seconds while the step runs here.
 
-    def __init__(self, run_id: int, owner: str) -> None:
+    A broken database connection is not a lost lease: the keeper reconnects at its next beat. Only
+    the database saying the lease is no longer this holder's (taken over) sets `lost`.
+    """
+
+    def __init__(self, run_id: int, owner: str, ticket: int | None = None) -> None:
         super().__init__(daemon=True, name=f"lease-{run_id}")
         self.run_id = run_id
         self.owner = owner
+        self.ticket = current_ticket(run_id, owner) if ticket is None else ticket
         self.stopped = threading.Event()
         self.lost = threading.Event()
 
     def run(self) -> None:
         try:
             while not self.stopped.wait(heartbeat_seconds()):
-                if not renew_lease(self.run_id, self.owner):
+                try:
+                    renewed = renew_lease(self.run_id, self.owner, self.ticket)
+                except CONNECTION_ERRORS as error:
+                    logger.warning("run %s: could not renew the lease (%s); retrying", self.run_id, error)
+                    connection.close()
+                    continue
+                if not renewed:
                     self.lost.set()
                     return
         finally:

@@ -14,6 +14,18 @@ from trainer.outcomes import TrainingSummary
 
 from ..models import Experiment, Objective
 
+PACE_REPORT_SECONDS = 0.25
+
+
+def _pace(seconds: float, on_progress: Callable[[dict[str, Any]], None]) -> None:
+    """Tests only (SURROGATE_PACE_SECONDS): take `seconds` of real time, reporting progress as a training does."""
+    started = time.monotonic()
+    step = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        step += 1
+        on_progress({"step": step, "budget_fraction": min(1.0, elapsed / seconds), "elapsed": elapsed})
+        time.sleep(PACE_REPORT_SECONDS)  # standing in for training time
+
 
 def evaluate(
     config: dict[str, Any],
@@ -30,6 +42,8 @@ def evaluate(
         summary = surrogate_evaluate(
             config, budget_kind=experiment.budget_kind, budget_value=experiment.budget_value, seed=seed
         )
+        if settings.SURROGATE_PACE_SECONDS:
+            _pace(settings.SURROGATE_PACE_SECONDS, on_progress)
         # The iteration's timing columns are real seconds; the fitted model's training time is kept apart.
         summary.extra["simulated_seconds"] = summary.training_seconds + summary.eval_seconds
         summary.training_seconds = time.monotonic() - started

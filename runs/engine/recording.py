@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.utils import timezone
 
 from mechanisms.lifecycle import retire_run_mechanisms
@@ -14,7 +15,9 @@ from trainer.outcomes import TrainingSummary
 from ..models import IterationKind, IterationStatus, Run, RunStatus
 from ..serializers import iteration_to_dict
 from . import replay
+from .devices import this_device
 from .events import publish_run_event
+from .lease import commit_as_holder
 from .mechanism_bridge import RuntimeHandle, record_runtime_outcome
 from .proposals import Proposed
 from .step_context import StepAborted, StepContext
@@ -67,22 +70,28 @@ def record_iteration(
         "tokens": summary.tokens if summary else 0,
         "curve": summary.extra.get("curve", []) if summary else [],
         "rejected_attempts": proposed.rejected,
+        "host": socket.gethostname()[:255],
+        "device": this_device().label[:200],
     }
     updates = dict(run_updates or {})
     if kind == IterationKind.PROPOSAL:
         updates["proposals_done"] = ctx.state.proposals_done + 1
         if status == IterationStatus.KEEP:
             updates.update(best_val_bpb=value, best_iteration=index)
-    with transaction.atomic():
-        if not Run.all_objects.select_for_update().filter(pk=ctx.run_id, lease_owner=ctx.owner).exists():
-            raise StepAborted("the lease was lost before the iteration could be recorded")
+
+    def write() -> Any:
         if runtime is not None:
             fields.update(record_runtime_outcome(ctx.run, runtime, index))
         try:
-            iteration = ctx.run.iteration_set.create(**fields)
+            created = ctx.run.iteration_set.create(**fields)
         except IntegrityError as error:
             raise StepAborted(f"iteration {index} was already recorded") from error
         Run.all_objects.filter(pk=ctx.run_id).update(live_progress={}, **updates)
+        return created
+
+    late = {"index": index, "kind": kind, "status": status, "val_bpb": value, "changes": proposed.changes,
+            "config": config, "host": fields["host"], "device": fields["device"]}
+    iteration = commit_as_holder(ctx.run_id, ctx.owner, ctx.ticket, write, f"iteration {index}", lambda: late)
     ctx.state.iterations.append(iteration)
     publish_run_event(
         ctx.run_id, {"type": "iteration", "run": ctx.run_id, "iteration": iteration_to_dict(iteration)}

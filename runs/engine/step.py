@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from trainer.outcomes import TrainingSummary
@@ -25,7 +25,7 @@ from trainer.outcomes import TrainingSummary
 from ..models import IterationKind, IterationStatus, Run, RunStatus
 from . import acceptance, confirmation, replay
 from .events import publish_run_event
-from .lease import LeaseKeeper, claim_step, release_lease_and_continue
+from .lease import CONNECTION_ERRORS, Fenced, LeaseKeeper, claim_step, release_lease_and_continue, retrying_database
 from .mechanism_bridge import RuntimeHandle, activate_approved_mechanisms, attach_library_mechanisms, open_runtime
 from .objective import evaluate
 from .outer_cycle import outer_cycle_boundary
@@ -39,23 +39,35 @@ logger = logging.getLogger(__name__)
 REEVALUATION_SEED_OFFSET = 7919
 BASELINE_REPEAT_SEED_OFFSET = 1000
 LIVE_PROGRESS_EVERY_SECONDS = 1.0
+DATABASE_QUIET_SECONDS = 5.0
 
 
 def execute_step(run_id: int, ticket: int, worker: str = "worker") -> str:
     """Claim and run one step of a run. Returns what happened (for logs and tests)."""
     owner = f"{worker}:{uuid.uuid4().hex[:10]}"
-    if not claim_step(run_id, ticket, owner):
+    held = claim_step(run_id, ticket, owner)
+    if held is None:
         return "not-claimed"
-    keeper = LeaseKeeper(run_id, owner)
+    keeper = LeaseKeeper(run_id, owner, held)
     keeper.start()
     try:
         outcome = Step(run_id, owner, keeper).run()
+    except Fenced as refused:
+        # Cut off and taken over: the other worker's result stands; this one goes on with new work.
+        outcome = f"fenced: {refused}"
+        logger.warning("run %s: %s", run_id, refused)
     except StepAborted as aborted:
         outcome = f"aborted: {aborted}"
         logger.info("run %s step aborted: %s", run_id, aborted)
+    except CONNECTION_ERRORS as error:
+        # The database went away outside a commit (which retries by itself): not the run's fault.
+        # The step is released below and done again, or taken over once this lease expires.
+        outcome = "database-lost"
+        logger.warning("run %s: the database connection broke mid-step (%s); the step will be retried", run_id, error)
+        connection.close()
     except Exception as error:
         logger.exception("run %s step failed", run_id)
-        Run.all_objects.filter(pk=run_id, lease_owner=owner).update(
+        Run.all_objects.filter(pk=run_id, lease_owner=owner, lease_ticket=held).update(
             status=RunStatus.FAILED,
             status_detail=f"step failed: {type(error).__name__}: {error}",
             finished_at=timezone.now(),
@@ -64,7 +76,11 @@ def execute_step(run_id: int, ticket: int, worker: str = "worker") -> str:
         outcome = "failed"
     finally:
         keeper.stop()
-        release_lease_and_continue(run_id, owner)
+        try:
+            retrying_database(f"run {run_id}: releasing the lease", lambda: release_lease_and_continue(run_id, owner),
+                              give_up_after=settings.STEP_LEASE_SECONDS)
+        except CONNECTION_ERRORS:
+            logger.warning("run %s: could not release the lease; it expires and the step is taken over", run_id)
         close_old_connections()
     return outcome
 
@@ -81,6 +97,10 @@ class Step:
     @property
     def run_id(self) -> int:
         return self.ctx.run_id
+
+    @property
+    def ticket(self) -> int:
+        return self.ctx.ticket
 
     def _finish(self, status: str, detail: str) -> None:
         finish_run(self.run_id, status, detail)
@@ -216,6 +236,7 @@ class Step:
         last_write = [0.0]
         points: list[list[Any]] = []
         check_every = [time.monotonic()]
+        database_quiet_until = [0.0]
 
         def on_progress(line: dict[str, Any]) -> None:
             if self.ctx.keeper.lost.is_set():
@@ -224,22 +245,33 @@ class Step:
             event = {"type": "progress", "run": self.run_id, "iteration": index, **line}
             publish_run_event(self.run_id, event)
             now = time.monotonic()
-            if now - last_write[0] >= LIVE_PROGRESS_EVERY_SECONDS:
-                last_write[0] = now
-                Run.all_objects.filter(pk=self.run_id).update(
-                    live_progress={
-                        "iteration": index,
-                        "points": points,
-                        "step": line.get("step"),
-                        "budget_fraction": line.get("budget_fraction"),
-                        "elapsed": line.get("elapsed"),
-                    }
-                )
-            if now - check_every[0] >= 2.0:
-                check_every[0] = now
-                status = Run.all_objects.values_list("status", flat=True).get(pk=self.run_id)
-                if status == RunStatus.CANCELLED:
-                    raise StepAborted("the run was cancelled")
+            if now < database_quiet_until[0]:
+                return
+            try:
+                if now - last_write[0] >= LIVE_PROGRESS_EVERY_SECONDS:
+                    last_write[0] = now
+                    # Only while the lease is ours: a cut-off holder must not overwrite its successor's.
+                    Run.all_objects.filter(pk=self.run_id, lease_owner=self.owner).update(
+                        live_progress={
+                            "iteration": index,
+                            "points": points,
+                            "step": line.get("step"),
+                            "budget_fraction": line.get("budget_fraction"),
+                            "elapsed": line.get("elapsed"),
+                        }
+                    )
+                if now - check_every[0] >= 2.0:
+                    check_every[0] = now
+                    status = Run.all_objects.values_list("status", flat=True).get(pk=self.run_id)
+                    if status == RunStatus.CANCELLED:
+                        raise StepAborted("the run was cancelled")
+            except CONNECTION_ERRORS as error:
+                # Live progress is a convenience: training goes on (without waiting on the database for
+                # a while), and the commit retries by itself.
+                logger.warning("run %s: live progress not written, the database did not answer (%s)",
+                               self.run_id, error)
+                connection.close()
+                database_quiet_until[0] = time.monotonic() + DATABASE_QUIET_SECONDS
 
         workdir = Path(settings.TRAINER_WORKDIR) / f"run-{self.run_id}" / f"iteration-{index}-seed-{seed}"
         summary = evaluate(config, experiment=self.experiment, seed=seed, workdir=workdir, on_progress=on_progress)

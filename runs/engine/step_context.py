@@ -29,3 +29,9 @@ class StepContext:
     @property
     def run_id(self) -> int:
         return int(self.run.pk)
+
+    @property
+    def ticket(self) -> int:
+        """The lease ticket this step holds: every commit of its result carries it (fencing)."""
+        assert self.keeper.ticket is not None, "a step runs only under a claimed lease"
+        return self.keeper.ticket

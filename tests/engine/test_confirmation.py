@@ -15,7 +15,7 @@ from runs.engine.confirmation import CONFIRMATION_SEED_OFFSET, confirm_or_finish
 from runs.engine.experiment_form import ExperimentForm
 from runs.engine.step import LeaseKeeper, Step, claim_step, execute_step
 from runs.engine.step_errors import StepAborted
-from runs.models import Confirmation, Run, RunStatus
+from runs.models import Confirmation, InterruptedAttempt, Run, RunStatus
 from runs.tasks import reap_expired_leases
 from trainer.outcomes import TrainingSummary
 from trainer.surrogate import surrogate_evaluate
@@ -80,8 +80,10 @@ def test_a_dead_workers_confirmation_is_done_again_once_and_its_late_commit_is_r
     # A worker claims the next confirmation and stalls mid-training (killed, or frozen and then woken).
     assert claim_step(run.pk, run.step_ticket, "stalled:1")
     stalled = _StalledStep(run.pk, "stalled:1", LeaseKeeper(run.pk, "stalled:1"))
-    with pytest.raises(StepAborted, match="lease was lost"):
+    with pytest.raises(StepAborted, match=r"was refused: the lease .* was taken over"):
         confirm_or_finish(stalled)
+    refused = InterruptedAttempt.objects.get(run=run, holder="stalled:1")  # fenced, and kept
+    assert refused.fenced_at is not None and refused.fenced_result["what"].startswith("confirmation ")
     # Meanwhile its lease expired, the reaper re-queued the step, and another worker did every training left.
     assert stalled.survivor[-1] == "completed" and stalled.survivor.count("confirmation") == 3
     assert Confirmation.objects.filter(run=run).count() == 4

@@ -28,8 +28,9 @@ REAPER = """
 import time, django
 django.setup()
 import runs.tasks as tasks
+from django.conf import settings
 from runs.models import Run
-tasks.LOST_TASK_GRACE_SECONDS = 1
+settings.LOST_TASK_GRACE_SECONDS = 1
 deadline = time.monotonic() + 180
 while time.monotonic() < deadline and not Run.objects.get(pk={run_id}).is_finished:
     revived = tasks.reap_expired_leases()
