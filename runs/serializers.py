@@ -33,6 +33,8 @@ def iteration_to_dict(iteration: Iteration) -> dict[str, Any]:
         "hook_calls": iteration.hook_calls,
         "rejected_attempts": iteration.rejected_attempts,
         "error": iteration.error,
+        "host": iteration.host,
+        "device": iteration.device,
         "created_at": iteration.created_at.isoformat() if iteration.created_at else None,
     }
 

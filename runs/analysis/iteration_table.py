@@ -57,6 +57,8 @@ CSV_COLUMNS = [
     "proposal_source",
     "decision_reason",
     "error",
+    "host",
+    "device",
 ]
 
 
@@ -134,6 +136,8 @@ def _csv_row(iteration: Iteration) -> list[Any]:
         _spreadsheet_safe(iteration.proposal_source),
         _spreadsheet_safe(iteration.decision_reason),
         _spreadsheet_safe(iteration.error),
+        _spreadsheet_safe(iteration.host),
+        _spreadsheet_safe(iteration.device),
     ]
 
 

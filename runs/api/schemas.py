@@ -189,6 +189,8 @@ class IterationOut(Schema):
     hook_calls: dict[str, Any]
     rejected_attempts: list[Any]
     error: str
+    host: str = Field(description="The machine whose worker trained it.")
+    device: str = Field(description="That worker's device: 'cpu: …' or 'cuda: name, memory'.")
     created_at: str | None
 
 

@@ -35,6 +35,7 @@ from ..analysis.iteration_table import EXPORT_FORMATS, export_chunks, filtered_i
 from ..analysis.parallel_coordinates import measured_iterations, parallel_coordinates
 from ..analysis.slice_plots import slice_plots
 from ..engine import control, replay
+from ..engine.devices import why_no_worker_can_take
 from ..engine.experiment_form import GROUP_HELP, ExperimentForm
 from ..engine.level2_progress import latest_panel
 from ..mechanism_spans import mechanism_spans, removal_sets, replays_of
@@ -361,6 +362,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     context["pending_reviews"] = run.mechanism_attachments.filter(status="pending").select_related("mechanism")
     context["confirmed"] = confirmed_deltas([run])[run.pk]
     context.update(credit_context(run))
+    context["no_worker"] = why_no_worker_can_take(run)
     context["page_config"] = {
         "run": run.pk,
         "snapshotUrl": reverse("run_snapshot", args=[run.pk]),
