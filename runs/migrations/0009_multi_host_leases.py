@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('runs', '0007_llm_call_timeout'),
+        ('runs', '0008_replays'),
     ]
 
     operations = [
