@@ -4,7 +4,9 @@ are built directly in the database with known values, so every number can be che
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from typing import Any
 
 import pytest
@@ -166,3 +168,24 @@ def test_replays_are_offered_only_to_those_who_control_the_run(client: Client, u
     refused = client.post(f"/api/runs/{run.pk}/replays/")
     assert refused.status_code == 403 and "creator or staff" in refused.json()["error"]
     assert not [m for m in redis_client.lrange("default", 0, -1) if b"offer_replays" in m]
+
+
+def test_the_comparison_page_and_its_exports_show_credit_per_group(
+        client: Client, users: Any, two_mechanism_run: tuple[Run, dict[str, float]]) -> None:
+    run, expected = two_mechanism_run
+    client.force_login(users.plain)
+    summary = client.get(f"/experiments/{run.experiment_id}/summary.json").json()
+    [group] = summary["groups"]
+    assert group["credit"]["all_mechanisms"]["credit"]["mean"] == pytest.approx(expected["both"])
+    assert group["credit"]["all_mechanisms"]["credit"]["n"] == 1
+    assert group["credit"]["by_kind"]["tabu"]["credit"]["mean"] == pytest.approx(expected["tabu"])
+    [row] = summary["runs"]
+    assert row["mechanism_credit"] == pytest.approx(expected["both"])
+    csv_text = client.get(f"/experiments/{run.experiment_id}/summary.csv").content.decode()
+    [csv_row] = list(csv.DictReader(io.StringIO(csv_text)))
+    assert float(csv_row["mechanism_credit"]) == pytest.approx(expected["both"])
+    page = client.get(f"/experiments/{run.experiment_id}/compare/").content.decode()
+    table = page.split('id="credit-table"')[1].split("</table>")[0]
+    assert "+0.10000 (n=1)" in table and "tabu: +0.05000 (n=1)" in table and "parameter_bandit: -0.02000" in table
+    report = client.get(f"/experiments/{run.experiment_id}/report.html").content.decode()
+    assert 'id="credit-table"' in report
