@@ -14,7 +14,7 @@ from typing import Any
 
 from mechanisms.models import AttachmentStatus, MechanismAttachment, MechanismEvent
 
-from .models import IterationKind, Run, RunKind
+from .models import IterationKind, Run, RunKind, RunStatus
 
 _EVER_ACTIVE = (AttachmentStatus.ACTIVE, AttachmentStatus.DEACTIVATED, AttachmentStatus.RETIRED)
 
@@ -100,6 +100,11 @@ def removal_sets(spans: list[MechanismSpan]) -> list[tuple[int, ...]]:
 
 def replays_of(source: Run) -> list[Run]:
     return list(Run.all_objects.filter(replay_of=source, kind=RunKind.REPLAY).order_by("pk"))
+
+
+def live_replays_of(source: Run) -> list[Run]:
+    """The replays that finished or may still finish: a failed or cancelled one is made again when offered."""
+    return [r for r in replays_of(source) if r.status not in (RunStatus.FAILED, RunStatus.CANCELLED)]
 
 
 def removed_key(replay: Run) -> tuple[int, ...]:

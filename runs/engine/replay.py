@@ -32,10 +32,10 @@ from django.db import transaction
 from trainer.outcomes import TrainingSummary
 
 from ..mechanism_spans import (
+    live_replays_of,
     mechanism_spans,
     removal_sets,
     removed_key,
-    replays_of,
     runtime_name,
 )
 from ..models import Confirmation, Iteration, IterationKind, Objective, OuterCycle, Run, RunKind, RunStatus
@@ -54,7 +54,7 @@ def replay_needs_trainings(source: Run) -> bool:
 def planned_trainings(source: Run) -> int:
     """At most how many trainings the missing replays of a run cost (fewer where they follow the source)."""
     spans = mechanism_spans(source)
-    done = {removed_key(r) for r in replays_of(source)}
+    done = {removed_key(r) for r in live_replays_of(source)}
     total_iterations = source.experiment.iterations
     proposals_before = {span.attachment: _proposals_before(source, span.first) for span in spans}
     total = 0
@@ -140,7 +140,7 @@ def offer_replays(source_id: int) -> list[int]:
         source = Run.objects.select_for_update().select_related("experiment").get(pk=source_id)
         if source.status != RunStatus.COMPLETED:
             return []
-        have = {removed_key(r) for r in replays_of(source)}
+        have = {removed_key(r) for r in live_replays_of(source)}
         for removed in removal_sets(mechanism_spans(source)):
             if tuple(sorted(removed)) in have:
                 continue

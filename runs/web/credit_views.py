@@ -110,19 +110,22 @@ def credit_context(run: Run) -> dict[str, Any]:
     outcomes = [m.outcome for m in credits.mechanisms if m.outcome is not None]
     if credits.without_all is not None and len(spans) > 1:
         outcomes.append(credits.without_all)
-    missing = len(removal_sets(spans)) - len({o.removed for o in outcomes})
+    failed = [o.replay_id for o in outcomes if o.status in (RunStatus.FAILED, RunStatus.CANCELLED)]
+    missing = len(removal_sets(spans)) - len({o.removed for o in outcomes}) + len(failed)
     context: dict[str, Any] = {
         "credits": credits,
         "credit_rows": [_outcome_row(o) for o in outcomes],
         "credit_missing": missing,
+        "credit_failed": failed,
         "credit_waterfall": waterfall_svg(credits.waterfall()) if credits.complete else None,
         "credit_interaction": credits.interaction,
         "credit_adds_up": credits.interaction is not None and abs(credits.interaction) <= ADDS_UP,
         "credit_json": credits.as_dict(),
     }
-    if missing and run.status == RunStatus.COMPLETED and replay_needs_trainings(run):
-        trainings = planned_trainings(run)
-        context["replay_offer"] = {"trainings": trainings, "seconds": _seconds_per_training(run)}
+    if missing and run.status == RunStatus.COMPLETED and (failed or replay_needs_trainings(run)):
+        # On the surrogate the replays were made without asking: offered again only where one failed.
+        context["replay_offer"] = {"trainings": planned_trainings(run), "seconds": _seconds_per_training(run),
+                                   "costs_trainings": replay_needs_trainings(run)}
     return context
 
 

@@ -38,7 +38,7 @@ from ..engine import control, replay
 from ..engine.devices import why_no_worker_can_take
 from ..engine.experiment_form import GROUP_HELP, ExperimentForm
 from ..engine.level2_progress import latest_panel
-from ..mechanism_spans import mechanism_spans, removal_sets, replays_of
+from ..mechanism_spans import live_replays_of, mechanism_spans, removal_sets
 from ..models import AgentBackend, Experiment, Group, Iteration, Run, RunKind, RunStatus
 from ..serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 from .credit_views import credit_context
@@ -402,7 +402,7 @@ def run_replays_offer(request: HttpRequest, run_id: int) -> HttpResponse:
     spans = mechanism_spans(run)
     if run.status != RunStatus.COMPLETED or not spans:
         messages.error(request, "Only a completed run in which a mechanism was active can be replayed.")
-    elif len(replays_of(run)) >= len(removal_sets(spans)):
+    elif len(live_replays_of(run)) >= len(removal_sets(spans)):
         messages.info(request, "Every replay of this run exists already.")
     else:
         current_app.send_task(replay.OFFER_TASK, args=[run.pk])

@@ -189,3 +189,26 @@ def test_the_comparison_page_and_its_exports_show_credit_per_group(
     assert "+0.10000 (n=1)" in table and "tabu: +0.05000 (n=1)" in table and "parameter_bandit: -0.02000" in table
     report = client.get(f"/experiments/{run.experiment_id}/report.html").content.decode()
     assert 'id="credit-table"' in report
+
+
+def test_a_failed_replay_is_said_and_made_again_when_offered(
+        client: Client, users: Any, two_mechanism_run: tuple[Run, dict[str, float]], redis_client: Any) -> None:
+    run, _ = two_mechanism_run
+    Experiment.objects.filter(pk=run.experiment_id).update(created_by=users.plain)
+    failed = Run.all_objects.filter(replay_of=run).order_by("pk").first()
+    assert failed is not None
+    Run.all_objects.filter(pk=failed.pk).update(status=RunStatus.FAILED, status_detail="step failed: boom")
+    client.force_login(users.plain)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'id="credit-waterfall"' not in page and 'id="replays-failed"' in page and f"/runs/{failed.pk}/" in page
+    assert "Make the missing replays again" in page
+    assert client.post(f"/runs/{run.pk}/replays/").status_code == 302
+
+    from runs.engine.replay import offer_replays
+
+    [again] = offer_replays(run.pk)  # only the failed one is made again
+    remade = Run.all_objects.get(pk=again)
+    assert remade.replay_removed == failed.replay_removed
+    Run.all_objects.filter(pk=again).update(status=RunStatus.COMPLETED, best_val_bpb=2.85)
+    assert 'id="credit-waterfall"' in client.get(f"/runs/{run.pk}/").content.decode()
+    assert Run.all_objects.filter(pk=failed.pk).exists()  # the failed one stays on record
