@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 STRICT = "strict"
 NOISE_AWARE = "noise_aware"
+# The re-evaluation trains the candidate again on the run's seed plus this (a paired replay looks it up).
+REEVALUATION_SEED_OFFSET = 7919
 
 
 @dataclass

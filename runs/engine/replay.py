@@ -39,12 +39,11 @@ from ..mechanism_spans import (
     runtime_name,
 )
 from ..models import Confirmation, Iteration, IterationKind, Objective, OuterCycle, Run, RunKind, RunStatus
+from .acceptance import REEVALUATION_SEED_OFFSET
 from .state import RunState, config_key
 
 logger = logging.getLogger(__name__)
 
-# Search seeds the engine uses (engine.REEVALUATION_SEED_OFFSET): the second evaluation of a candidate best.
-_REEVALUATION_SEED_OFFSET = 7919
 
 
 def replay_needs_trainings(source: Run) -> bool:
@@ -178,7 +177,7 @@ def recorded_measurements(source: Run) -> dict[tuple[str, int], float]:
     found: dict[tuple[str, int], float] = {}
     for iteration in source.iteration_set.filter(kind=IterationKind.PROPOSAL).exclude(config={}):
         key = config_key(iteration.config)
-        seeds = (source.seed, source.seed + _REEVALUATION_SEED_OFFSET)
+        seeds = (source.seed, source.seed + REEVALUATION_SEED_OFFSET)
         for seed, value in zip(seeds, iteration.evaluations or [], strict=False):
             if isinstance(value, int | float):
                 found[(key, seed)] = float(value)

@@ -36,7 +36,6 @@ from .step_context import StepAborted, StepContext
 
 logger = logging.getLogger(__name__)
 
-REEVALUATION_SEED_OFFSET = 7919
 BASELINE_REPEAT_SEED_OFFSET = 1000
 LIVE_PROGRESS_EVERY_SECONDS = 1.0
 DATABASE_QUIET_SECONDS = 5.0
@@ -200,7 +199,7 @@ class Step:
         )
         evaluations = [summary.val_bpb]
         if verdict.needs_reevaluation:
-            again = self._evaluate(proposed.config, self.run_obj.seed + REEVALUATION_SEED_OFFSET)
+            again = self._evaluate(proposed.config, self.run_obj.seed + acceptance.REEVALUATION_SEED_OFFSET)
             if again.ok and again.val_bpb is not None:
                 evaluations.append(again.val_bpb)
                 summary.training_seconds += again.training_seconds
