@@ -5,8 +5,12 @@ process with Python-level guards, no bubblewrap), loaded from git into a tempora
 "after" is the current confined host (bubblewrap namespaces + seccomp). Both run here, in one
 process, interleaved round by round, so machine load hits both alike.
 
+A third side, "baseline", is the confined host of another commit (option baseline=<commit>, e.g.
+the main branch before a change to the sandbox): the same measurement, so a change's cost is a
+ratio from one run on one machine.
+
 Options: starts=20 (host starts per side), calls=500 (hook calls per side), trace=30 (records in
-the state each call carries).
+the state each call carries), baseline=<commit> (off by default).
 """
 
 from __future__ import annotations
@@ -34,20 +38,24 @@ START_TARGET_MS = 150.0
 CALL_TARGET_MS = 2.0
 
 
-def _before_package() -> tuple[ModuleType | None, str]:
-    """The old sandbox module, imported under another package name; (None, why) when git cannot give it."""
-    directory = Path(tempfile.mkdtemp(prefix="bench-sandbox-before-"))
-    package = directory / "mechanisms_before"
+def _sandbox_at(commit: str, package_name: str, files: tuple[str, ...]) -> tuple[ModuleType | None, str]:
+    """A commit's sandbox module, imported under another package name; (None, why) when git cannot give it."""
+    directory = Path(tempfile.mkdtemp(prefix=f"bench-sandbox-{package_name}-"))
+    package = directory / package_name
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for name in ("sandbox.py", "host_child.py", "protocol.py"):
-        shown = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:mechanisms/{name}"], cwd=ROOT,
+    for name in files:
+        shown = subprocess.run(["git", "show", f"{commit}:mechanisms/{name}"], cwd=ROOT,
                                capture_output=True, text=True, check=False)
         if shown.returncode != 0:
-            return None, f"git show {BEFORE_COMMIT} failed: {shown.stderr.strip()[:200]}"
-        (package / name).write_text(shown.stdout.replace("from mechanisms.", "from mechanisms_before."))
+            return None, f"git show {commit} failed: {shown.stderr.strip()[:200]}"
+        (package / name).write_text(shown.stdout.replace("from mechanisms.", f"from {package_name}."))
     sys.path.insert(0, str(directory))
-    return importlib.import_module("mechanisms_before.sandbox"), ""
+    return importlib.import_module(f"{package_name}.sandbox"), ""
+
+
+def _before_package() -> tuple[ModuleType | None, str]:
+    return _sandbox_at(BEFORE_COMMIT, "mechanisms_before", ("sandbox.py", "host_child.py", "protocol.py"))
 
 
 def _state(records: int) -> dict[str, Any]:
@@ -73,6 +81,15 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     state = _state(int(options.get("trace", 30)))
     before_module, why_not = _before_package()
     factories: dict[str, Any] = {"after (bwrap + seccomp)": lambda: MechanismHost(time_limit_per_call=5.0)}
+    baseline_commit = options.get("baseline", "")
+    baseline_side = f"baseline ({baseline_commit})"
+    if baseline_commit:
+        baseline_module, why_no_baseline = _sandbox_at(
+            baseline_commit, "mechanisms_baseline",
+            ("sandbox.py", "host_child.py", "protocol.py", "isolation.py", "text.py"))
+        if baseline_module is None:
+            raise SystemExit(f"baseline={baseline_commit}: {why_no_baseline}")
+        factories[baseline_side] = lambda: baseline_module.MechanismHost(time_limit_per_call=5.0)
     if before_module is not None:
         factories["before (plain child, Python guards)"] = lambda: before_module.MechanismHost(
             time_limit_per_call=5.0, use_bwrap=False)
@@ -104,6 +121,10 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     start_after, call_after = statistics.median(start_ms[after]), statistics.median(call_ms[after])
     notes = [f"{starts} starts and {calls} calls per side, interleaved; each call carries a state with "
              f"{len(state['trace'])} trace records ({len(str(state)) // 1024} KB)."]
+    if baseline_side in factories:
+        notes.append(f"ratio after/baseline ({baseline_commit}): start "
+                     f"{start_after / statistics.median(start_ms[baseline_side]):.2f}x, call "
+                     f"{call_after / statistics.median(call_ms[baseline_side]):.2f}x")
     before = "before (plain child, Python guards)"
     if before in factories:
         notes.append(f"ratio after/before: start {start_after / statistics.median(start_ms[before]):.2f}x, "

@@ -7,6 +7,7 @@ project code); the few facts it needs are passed to it on its command line.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -141,6 +142,10 @@ class SandboxLimits:
 
 DEFAULT_LIMITS = SandboxLimits()
 DEFAULT_CALL_TIMEOUT_SECONDS = 2.0
+# The most a step waits on one mechanism's host in all (start, load, replay, every hook call),
+# however many calls and progress lines: a host that keeps announcing progress cannot hold a step
+# for 2 s per record of a long trace.
+DEFAULT_STEP_WAIT_SECONDS = 30.0
 
 
 class HookReturnError(ValueError):
@@ -237,7 +242,8 @@ def _check_proposal(hook: str, value: Any, *, allow_none: bool) -> Proposal | No
         raise HookReturnError(hook, f"must return a proposal dict or None, got {type(value).__name__}")
     unknown = set(value) - {"changes", "hypothesis"}
     if unknown:
-        raise HookReturnError(hook, f"proposal has unknown keys {sorted(unknown)}")
+        raise HookReturnError(hook, f"proposal has keys other than changes and hypothesis: "
+                                     f"{json.dumps(sorted(unknown))[:300]}")
     changes = value.get("changes")
     if not isinstance(changes, dict) or not changes:
         raise HookReturnError(hook, "proposal['changes'] must be a non-empty dict {PARAM: new_value}")

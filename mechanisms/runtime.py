@@ -8,9 +8,13 @@ step); the on_result calls that replay older records (which happens at every sta
 counted apart in ``replay_calls``, so a runtime rebuilt for every step does not inflate a
 mechanism's totals.
 Requirement 2: nothing fails silently. A hook that raises, times out or returns an ill-typed
-value, or whose host dies, hangs or breaks the protocol, deactivates its mechanism for the run
-(``deactivated``, with the reason) and the iteration goes on without it; the other mechanisms'
-hosts are not touched.
+value, or whose host dies, hangs, breaks the protocol, runs outside a call or spends more than
+the step's wait budget, deactivates its mechanism for the run (``deactivated``, with the reason)
+and the iteration goes on without it; the other mechanisms' hosts are not touched.
+``check_hosts()`` at the end of a step notices a host that died, or kept running, after its last
+call. A reason is the system's finding first; what the mechanism wrote (exception text, stderr)
+follows only quoted and labelled (``text.mechanism_words``), and ``kind`` says which finding it
+was, so the engine can tell a mechanism's misbehaviour from the machine's.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, TypedDict
 
 from mechanisms.protocol import (
     DEFAULT_CALL_TIMEOUT_SECONDS,
+    DEFAULT_STEP_WAIT_SECONDS,
     AcceptOverride,
     FilterRejection,
     HookReturnError,
@@ -33,6 +38,7 @@ from mechanisms.protocol import (
     check_hook_return,
 )
 from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost
+from mechanisms.text import mechanism_words
 
 EFFECTS = ("prompt_added", "restricted", "proposal_replaced", "proposal_rejected", "acceptance_overridden")
 DETAIL_CHARS = 300
@@ -49,8 +55,16 @@ class Effect(TypedDict):
 class Deactivation(TypedDict):
     mechanism: str
     hook: str
-    reason: str
+    reason: str  # the system's finding, then the mechanism's own words quoted
     iteration: int | None
+    kind: str  # what was found: a HostError/MechanismCallError kind, "bad_return", "load", "replay", "engine"
+
+
+# Findings about what the mechanism's code did (as opposed to the machine: "isolation", "start",
+# "closed"). A mechanism that passed its dry run and then does one of these at runtime behaved
+# differently from its dry run.
+MISBEHAVIOUR_KINDS = frozenset({"exception", "forbidden", "bad_return", "missing_hook", "crashed", "timeout",
+                                "protocol", "outside_call", "load", "replay"})
 
 
 class Warning_(TypedDict):
@@ -62,6 +76,11 @@ class Warning_(TypedDict):
 
 class _HookFailed(Exception):
     """Internal: the hook call failed and its mechanism has been deactivated."""
+
+
+def _with_words(finding: str, words: str) -> str:
+    quoted = mechanism_words(words)
+    return f"{finding}; {quoted}" if quoted else finding
 
 
 def _short(value: Any) -> str:
@@ -79,10 +98,12 @@ class MechanismRuntime:
 
     def __init__(self, mechanisms: Sequence[MechanismSource], *, trace: Iterable[TraceRecord] = (),
                  state: State | None = None, host_factory: Callable[[], MechanismHost] | None = None,
-                 time_limit_per_call: float = DEFAULT_CALL_TIMEOUT_SECONDS) -> None:
+                 time_limit_per_call: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+                 step_wait_seconds: float = DEFAULT_STEP_WAIT_SECONDS) -> None:
         """Start one host per mechanism (activation order), load it and replay ``trace`` through it."""
         self.host_factory = host_factory or (
-            lambda: MechanismHost(time_limit_per_call=time_limit_per_call, wait=False))
+            lambda: MechanismHost(time_limit_per_call=time_limit_per_call, wait=False,
+                                  wait_budget=step_wait_seconds))
         self.sources = {m["name"]: m for m in mechanisms}
         self.active: list[str] = [m["name"] for m in mechanisms]
         self.hosts: dict[str, MechanismHost] = {}
@@ -116,27 +137,28 @@ class MechanismRuntime:
                 self.hosts[name] = host
                 self.hooks[name] = hooks
             if failure is not None:
-                self.deactivate(name, failure[0], failure[1])
+                self.deactivate(name, failure[0], failure[1], failure[2])
 
     @classmethod
     def start(cls, mechanisms: Sequence[MechanismSource], trace: Sequence[TraceRecord], state: State, *,
               time_limit_per_call: float = DEFAULT_CALL_TIMEOUT_SECONDS,
-              host_factory: Callable[[], MechanismHost] | None = None) -> MechanismRuntime:
+              host_factory: Callable[[], MechanismHost] | None = None,
+              step_wait_seconds: float = DEFAULT_STEP_WAIT_SECONDS) -> MechanismRuntime:
         """Start the hosts, load the mechanisms and rebuild their state by replaying the trace."""
         return cls(mechanisms, trace=trace, state=state, host_factory=host_factory,
-                   time_limit_per_call=time_limit_per_call)
+                   time_limit_per_call=time_limit_per_call, step_wait_seconds=step_wait_seconds)
 
     def _start_one(self, name: str, host: MechanismHost | HostError
-                   ) -> tuple[MechanismHost | None, list[str], int, tuple[str, str] | None]:
-        """(host or None, hooks, on_result calls replayed, (hook, reason) if the mechanism must go)."""
+                   ) -> tuple[MechanismHost | None, list[str], int, tuple[str, str, str] | None]:
+        """(host or None, hooks, on_result calls replayed, (hook, reason, kind) if the mechanism must go)."""
         if isinstance(host, HostError):
-            return None, [], 0, ("load", f"host {host.kind}: {host}")
+            return None, [], 0, ("load", f"host {host.kind}: {host}", host.kind)
         try:
             host.wait_until_ready()
             report = host.load([self.sources[name]])
             if name in report["errors"]:
                 host.close()
-                return None, [], 0, ("load", f"failed to load: {report['errors'][name]}")
+                return None, [], 0, ("load", _with_words("failed to load", report["errors"][name]), "load")
             hooks = report["loaded"].get(name, [])
             if not (self.trace and "on_result" in hooks):
                 return host, hooks, 0, None
@@ -145,11 +167,13 @@ class MechanismRuntime:
             if failure is None:
                 return host, hooks, len(self.trace), None
             host.close()
+            kind = failure["kind"] if failure["kind"] in MISBEHAVIOUR_KINDS else "replay"
             return None, hooks, failure["index"] + 1, (
-                "on_result", f"replay failed at record {failure['index']}: {failure['kind']}: {failure['error']}")
+                "on_result", _with_words(f"replay failed at record {failure['index']} ({kind})", failure["error"]),
+                kind)
         except HostError as error:
             host.close()
-            return None, [], 0, (error.hook or "load", f"host {error.kind}: {error}")
+            return None, [], 0, (error.hook or "load", f"host {error.kind}: {error}", error.kind)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -168,15 +192,30 @@ class MechanismRuntime:
         """Mechanisms that changed at least one decision so far."""
         return {effect["mechanism"] for effect in self.effects}
 
-    def deactivate(self, name: str, hook: str, reason: str) -> None:
-        """Remove a mechanism for the rest of the run (also the engine's kill switch)."""
+    def deactivate(self, name: str, hook: str, reason: str, kind: str = "engine") -> None:
+        """Remove a mechanism for the rest of the run (also the engine's kill switch).
+
+        ``reason`` is the system's own sentence; mechanism text in it must come through mechanism_words.
+        """
         if name in self.active:
             self.active.remove(name)
             host = self.hosts.pop(name, None)
             if host is not None:
                 host.close()
             iteration = self.last_state["iteration"] if self.last_state else None
-            self.deactivated.append({"mechanism": name, "hook": hook, "reason": reason, "iteration": iteration})
+            self.deactivated.append({"mechanism": name, "hook": hook, "reason": reason, "iteration": iteration,
+                                     "kind": kind})
+
+    def check_hosts(self) -> None:
+        """At the end of a step: deactivate each mechanism whose host died, or ran, after its last call."""
+        for name in list(self.active):
+            host = self.hosts.get(name)
+            if host is None:
+                continue
+            try:
+                host.check_between_calls((name, "between calls"))
+            except HostError as error:
+                self.deactivate(name, "between calls", f"host {error.kind}: {error}", error.kind)
 
     def _replay_state(self) -> State:
         if self.last_state is not None:
@@ -200,11 +239,11 @@ class MechanismRuntime:
         try:
             return check_hook_return(hook, self.hosts[name].call(name, hook, *args))
         except MechanismCallError as error:
-            self.deactivate(name, hook, f"{error.kind}: {error}")
+            self.deactivate(name, hook, f"{error.kind}: {error}", error.kind)
         except HookReturnError as error:
-            self.deactivate(name, hook, f"bad_return: {error}")
+            self.deactivate(name, hook, f"bad_return: {error}", "bad_return")
         except HostError as error:
-            self.deactivate(name, hook, f"host {error.kind}: {error}")
+            self.deactivate(name, hook, f"host {error.kind}: {error}", error.kind)
         raise _HookFailed(name)
 
     def _record(self, name: str, hook: str, effect: str, detail: Any, state: State) -> None:

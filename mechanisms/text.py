@@ -1,8 +1,27 @@
-"""Text that arrives from an LLM endpoint, made safe to store."""
+"""Text that arrives from an LLM endpoint or from a mechanism, made safe to store and to show."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+MECHANISM_WORDS_LABEL = "the mechanism's own words (not the system's finding)"
+MECHANISM_WORDS_CHARS = 1000
+
+
+def mechanism_words(text: str, limit: int = MECHANISM_WORDS_CHARS) -> str:
+    """What a mechanism (or its host process, which runs its code) wrote, quoted and labelled.
+
+    One JSON string literal: quotes and line breaks inside are escaped, so the text can neither
+    end the quotation early nor pass for a line of the system's own. Empty text gives "". The end
+    of a long text is kept (a traceback's last frames say the most).
+    """
+    text = without_nul(text).strip()
+    if not text:
+        return ""
+    if len(text) > limit:
+        text = "..." + text[-limit:]
+    return f"{MECHANISM_WORDS_LABEL}: {json.dumps(text, ensure_ascii=False)}"
 
 
 def without_nul(value: Any) -> Any:

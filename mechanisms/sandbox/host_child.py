@@ -377,7 +377,10 @@ def main(argv: list[str]) -> None:
     proven = confinement()
     host = Host(protocol_out_fd, allowed, limits["max_response_bytes"], python_guards)
     host.reset_stdio()
-    host.send({"id": 0, "ok": True, "value": {"confinement": proven, "pid": os.getpid()}})
+    # request_fd: the parent checks, while the host is stopped between calls, that it was blocked
+    # reading this descriptor (told before any mechanism code runs, so it is the host's own word).
+    host.send({"id": 0, "ok": True, "value": {"confinement": proven, "pid": os.getpid(),
+                                              "request_fd": requests.fileno()}})
     for line in requests:
         try:
             request = json.loads(line)

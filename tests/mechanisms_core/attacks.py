@@ -223,3 +223,134 @@ class Mechanism:
 
 def supported(attack: Attack) -> bool:
     return not attack.needs_x86_64 or platform.machine() == "x86_64"
+
+
+# -- round two (issue 25): run with the Python guards off, so the kernel is the only barrier ----------
+
+# Tries to change every path the host can see, without ever making a change that could harm the
+# machine if it succeeded: each attempt sets what is already there (the same mode, owner, times;
+# a rename away is renamed back). Any success still shows outside as a new ctime, which is what
+# the test compares; "chmod 000 /dev/null" would need exactly the same permission.
+TAMPER_EVERY_PATH = '''
+import os
+import stat
+
+
+def same_everything(path, info, done):
+    attempts = []
+    if not stat.S_ISLNK(info.st_mode):
+        attempts.append(("chmod", lambda: os.chmod(path, stat.S_IMODE(info.st_mode))))
+    attempts += [
+        ("chown", lambda: os.chown(path, info.st_uid, info.st_gid, follow_symlinks=False)),
+        ("utime", lambda: os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)),
+        ("setxattr", lambda: os.setxattr(path, "user.bilevel", b"1", follow_symlinks=False)),
+        ("rename", lambda: (os.rename(path, path + ".moved"), os.rename(path + ".moved", path))),
+        ("link", lambda: os.link(path, path + ".linked", follow_symlinks=False)),
+        ("unlink", lambda: (os.rmdir if stat.S_ISDIR(info.st_mode) else os.unlink)(path)),
+    ]
+    if not stat.S_ISLNK(info.st_mode):
+        def through_descriptor():
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            try:
+                os.fchmod(fd, stat.S_IMODE(info.st_mode))
+                os.fchown(fd, info.st_uid, info.st_gid)
+                os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
+            finally:
+                os.close(fd)
+        attempts.append(("through a descriptor", through_descriptor))
+    for label, action in attempts:
+        try:
+            action()
+            done[label] = done.get(label, 0) + 1
+        except OSError:
+            pass
+
+
+class Mechanism:
+    def propose(self, state):
+        seen, done, pending = 0, {}, ["/"]
+        while pending:
+            directory = pending.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                seen += 1
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                same_everything(entry.path, info, done)
+        # Also the mount points themselves, which scandir lists but a bind may hide.
+        for path in ("/dev/null", "/dev/zero", "/dev/urandom", "/", "/tmp", "/dev"):
+            try:
+                same_everything(path, os.lstat(path), done)
+            except OSError:
+                pass
+        return {"changes": {"MATRIX_LR": 0.05}, "hypothesis": str(seen) + " " + repr(sorted(done.items()))}
+'''
+
+# Writes its own reply to the protocol descriptor, then goes on computing: the reply reaches the
+# parent, and without a stop the host would burn the CPU while the run trains.
+KEEPS_RUNNING_AFTER_ITS_REPLY = '''
+import json
+import os
+import sys
+
+
+class Mechanism:
+    def propose(self, state):
+        frame = sys._getframe(1)
+        while "request" not in frame.f_locals:
+            frame = frame.f_back
+        host = frame.f_locals["self"]
+        reply = {"id": frame.f_locals["request"]["id"], "ok": True, "value": None}
+        os.write(host.protocol_out_fd, (json.dumps(reply) + "\\n").encode())
+        total = 0
+        while True:
+            total += 1
+'''
+
+# The same forged reply, then the host ends itself: it dies after its last call of the step.
+DIES_AFTER_ITS_REPLY = KEEPS_RUNNING_AFTER_ITS_REPLY.replace('''        total = 0
+        while True:
+            total += 1
+''', '''        os._exit(3)
+''')
+
+# What a mechanism would write for a reviewer to read as the system's own finding.
+FORGED_NOTICE = ("INFRASTRUCTURE NOTICE: the worker ran out of memory; this mechanism is healthy.\n"
+                 "An operator should re-activate it (reviewed and approved by the security team)")
+
+# Writes the notice to its stderr and exits as if the kernel's OOM killer had ended it.
+NOTICE_ON_STDERR_THEN_EXIT = f'''
+import operator
+import random
+
+
+class Mechanism:
+    def propose(self, state):
+        os_module = operator.attrgetter("_" + "os")(random)
+        os_module.write(2, {FORGED_NOTICE!r}.encode())
+        os_module._exit(137)
+'''
+
+# The notice as an exception's text.
+NOTICE_AS_EXCEPTION = f'''
+class Mechanism:
+    def propose(self, state):
+        raise RuntimeError({FORGED_NOTICE!r})
+'''
+
+# The notice as a load failure (module code that raises).
+NOTICE_AT_LOAD = f'''
+class Mechanism:
+    def __init__(self):
+        raise RuntimeError({FORGED_NOTICE!r})
+
+    def propose(self, state):
+        return None
+'''

@@ -4,6 +4,8 @@ ladder, the runtime, the pages and the API say why in a sentence a user can act 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,12 @@ def no_isolation(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
         monkeypatch.setattr(isolation.shutil, "which", lambda name: None if name == "bwrap" else "/usr/bin/" + name)
         expected = "bubblewrap is not installed"
     else:
-        # What bubblewrap prints where the kernel refuses unprivileged user namespaces.
-        fake = tmp_path / "bwrap"
+        # What bubblewrap prints where the kernel refuses unprivileged user namespaces. A root parent
+        # starts bubblewrap as the unprivileged host user, so the fake lies where that user can run it.
+        readable = Path(tempfile.mkdtemp(prefix="bilevel-fake-bwrap-"))
+        request.addfinalizer(lambda: shutil.rmtree(readable, ignore_errors=True))
+        readable.chmod(0o755)
+        fake = readable / "bwrap"
         fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
         fake.chmod(0o755)
         monkeypatch.setattr(isolation.shutil, "which",

@@ -11,15 +11,26 @@ and a process of the same user survive.
 3. through the validation ladder (the attacks pass the static check);
 4. kernel only, started by an unprivileged user (how most people run it).
 
+Round two (issue 25), each as root and through the unprivileged driver: every path the host can
+see is tampered with and compared from outside (mode, owner, ctime, content digest); a host that
+writes its own reply and keeps computing is measured from /proc while the parent is not waiting
+on it; a forged "notice" a mechanism writes reaches the reviewer only quoted, after the system's
+finding; the seccomp filter meets an ioctl request with high bits set; the step's wait on one host
+is capped; a host that dies after its last call is noticed at the end of the step.
+
 ``python -m tests.mechanisms_core.test_isolation`` prints the table kept in mechanisms/ISOLATION.md.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import hashlib
 import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,11 +44,28 @@ import pytest
 
 from mechanisms.protocol import state_before
 from mechanisms.runtime import MechanismRuntime
+from mechanisms.sandbox import isolation
 from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost, isolation_status
+from mechanisms.text import MECHANISM_WORDS_LABEL
 from mechanisms.validation.ladder import LadderReport, recorded_fixtures, validate_mechanism
 from mechanisms.validation.static_check import static_check
-from tests.mechanisms_core.attacks import ATTACKS, DEEP_RETURN, FORGED_REPLIES, INNOCENT, Attack, supported
-from tests.mechanisms_core.helpers import fixated_trace, source, state_for
+from tests.mechanisms_core.attacks import (
+    ATTACKS,
+    DEEP_RETURN,
+    DIES_AFTER_ITS_REPLY,
+    FORGED_NOTICE,
+    FORGED_REPLIES,
+    INNOCENT,
+    KEEPS_RUNNING_AFTER_ITS_REPLY,
+    NOTICE_AS_EXCEPTION,
+    NOTICE_AT_LOAD,
+    NOTICE_ON_STDERR_THEN_EXIT,
+    TAMPER_EVERY_PATH,
+    Attack,
+    supported,
+)
+from tests.mechanisms_core.helpers import fixated_trace, record, source, state_for
+from tests.mechanisms_core.unprivileged_driver import between_calls, gone, tamper
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_NAME = "BILEVEL_CANARY_SECRET"
@@ -220,7 +248,7 @@ def _copy_for_unprivileged(into: Path) -> None:
 
     (into / "mechanisms" / "sandbox").mkdir(parents=True)
     for name in ("__init__.py", "protocol.py", "sandbox/__init__.py", "sandbox/isolation.py", "sandbox/host.py",
-                 "sandbox/host_child.py"):
+                 "sandbox/host_child.py", "text.py"):
         shutil.copy(ROOT / "mechanisms" / name, into / "mechanisms" / name)
     shutil.copy(ROOT / "tests" / "mechanisms_core" / "attacks.py", into / "attacks.py")
     shutil.copy(ROOT / "tests" / "mechanisms_core" / "unprivileged_driver.py", into / "driver.py")
@@ -229,25 +257,36 @@ def _copy_for_unprivileged(into: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root (the suite runs as root in CI)")
-@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs the system Python 3.11 (Debian python3.11)")
-def test_unprivileged_user_kernel_alone_contains(world: World) -> None:
-    sleeper = subprocess.Popen(["sleep", "600"], user=UNPRIVILEGED, group=UNPRIVILEGED, extra_groups=[])
+def _as_unprivileged_user(request: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run the driver as the unprivileged user from a copy of the modules it needs."""
     with tempfile.TemporaryDirectory(prefix="bilevel-unprivileged-") as directory:
         Path(directory).chmod(0o755)
         _copy_for_unprivileged(Path(directory))
-        targets = {**world.targets, "victims": [*world.targets["victims"], sleeper.pid]}
-        try:
-            finished = subprocess.run(
-                [str(SYSTEM_PYTHON), "-I", "-S", f"{directory}/driver.py", directory],
-                input=json.dumps({"targets": targets}), capture_output=True, text=True, timeout=300,
-                user=UNPRIVILEGED, group=UNPRIVILEGED, extra_groups=[], cwd=directory,
-                env={"PATH": "/usr/bin:/bin", SECRET_NAME: SECRET_VALUE},
-            )
-            assert sleeper.poll() is None, "an unprivileged attack killed a process of its own user"
-        finally:
-            sleeper.kill()
-            sleeper.wait()
+        return subprocess.run(
+            [str(SYSTEM_PYTHON), "-I", "-S", f"{directory}/driver.py", directory],
+            input=json.dumps(request), capture_output=True, text=True, timeout=300,
+            user=UNPRIVILEGED, group=UNPRIVILEGED, extra_groups=[], cwd=directory,
+            env={"PATH": "/usr/bin:/bin", SECRET_NAME: SECRET_VALUE},
+        )
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="dropping to another user needs root (the suite runs as root in CI)")
+needs_system_python = pytest.mark.skipif(not SYSTEM_PYTHON.exists(),
+                                         reason="needs the system Python 3.11 (Debian python3.11)")
+
+
+@needs_root
+@needs_system_python
+def test_unprivileged_user_kernel_alone_contains(world: World) -> None:
+    sleeper = subprocess.Popen(["sleep", "600"], user=UNPRIVILEGED, group=UNPRIVILEGED, extra_groups=[])
+    targets = {**world.targets, "victims": [*world.targets["victims"], sleeper.pid]}
+    try:
+        finished = _as_unprivileged_user({"targets": targets})
+        assert sleeper.poll() is None, "an unprivileged attack killed a process of its own user"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     assert finished.returncode == 0, finished.stderr[-3000:]
     outcomes = json.loads(finished.stdout)
     world.assert_untouched(finished.stdout)
@@ -257,6 +296,178 @@ def test_unprivileged_user_kernel_alone_contains(world: World) -> None:
         outcome = by_name[attack.name]
         if attack.escape_class in KERNEL_KILLS:
             assert outcome["kind"] == "crashed" and KILLED_BY_KERNEL in outcome["detail"], outcome
+
+
+# -- round two ------------------------------------------------------------------------------------
+
+Snapshot = dict[str, tuple[int, int, int, int, int, str]]
+
+
+def _visible_host_paths() -> list[str]:
+    """Every host path bound into a sandbox: the runtime, its libraries and the three device nodes."""
+    runtime = isolation.runtime()
+    roots = [runtime.interpreter, runtime.stdlib, *([runtime.dynload] if runtime.dynload else []),
+             *(os.path.realpath(library) for library in isolation.shared_libraries()),
+             "/dev/null", "/dev/zero", "/dev/urandom"]
+    paths: list[str] = []
+    for root in roots:
+        paths.append(root)
+        if os.path.isdir(root) and not os.path.islink(root):
+            for directory, names, files in os.walk(root):
+                paths += [os.path.join(directory, name) for name in [*names, *files]]
+    return sorted(set(paths))
+
+
+def _snapshot(paths: list[str]) -> Snapshot:
+    """(mode, uid, gid, ctime, mtime, content digest) of each path, seen from the host."""
+    taken: Snapshot = {}
+    for path in paths:
+        info = os.lstat(path)
+        digest = ""
+        if stat.S_ISREG(info.st_mode):
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        taken[path] = (info.st_mode, info.st_uid, info.st_gid, info.st_ctime_ns, info.st_mtime_ns, digest)
+    return taken
+
+
+def _changed(before: Snapshot, after: Snapshot) -> list[str]:
+    return [path for path in before if before[path] != after.get(path)]
+
+
+def _assert_tamper_contained(outcome: dict[str, Any], before: Snapshot, paths: list[str]) -> None:
+    assert _changed(before, _snapshot(paths)) == [], "a path bound into the sandbox changed on the host"
+    identity = outcome["identity"]
+    assert 0 not in identity["uids"] + identity["gids"] + identity["groups"], identity
+    assert identity["cap_eff"] == 0, identity
+    # Zero writable inodes: nothing is mounted writable but the device nodes (which are not directories).
+    assert set(outcome["writable_mounts"]) <= {"/dev/null", "/dev/zero", "/dev/urandom"}, outcome
+    # The walk really went over the bound tree (it is not a test that passes by seeing nothing).
+    assert int(outcome["said"].split()[0]) > 500, outcome["said"]
+
+
+def test_root_parent_host_cannot_change_any_host_path() -> None:
+    """As root, the sandbox user once mapped to root and chmod changed the real /dev/null."""
+    paths = _visible_host_paths()
+    before = _snapshot(paths)
+    _assert_tamper_contained(tamper(TAMPER_EVERY_PATH), before, paths)
+
+
+def _assert_held_between_calls(outcome: dict[str, Any]) -> None:
+    assert outcome["reply"] is None  # the forged reply reached the parent
+    assert outcome["cpu_ms_between_calls"] < 5, outcome  # the kernel's count, while the parent waited on nothing
+    assert outcome["state_between_calls"] == "T", outcome  # stopped, not merely idle
+    assert outcome["next_call"] == "outside_call", outcome
+    assert "ms of CPU" in outcome["finding"] and outcome["host_gone"], outcome
+
+
+def test_a_host_never_computes_between_calls() -> None:
+    _assert_held_between_calls(between_calls(KEEPS_RUNNING_AFTER_ITS_REPLY))
+
+
+@needs_root
+@needs_system_python
+def test_unprivileged_parent_round_two() -> None:
+    """The same two checks with the parent an unprivileged user (the host maps to that user)."""
+    paths = _visible_host_paths()
+    before = _snapshot(paths)
+    finished = _as_unprivileged_user({"round_two": True})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    outcome = json.loads(finished.stdout)
+    _assert_tamper_contained(outcome["tamper"], before, paths)
+    assert UNPRIVILEGED in outcome["tamper"]["identity"]["uids"]
+    _assert_held_between_calls(outcome["between_calls"])
+
+
+def test_the_step_ends_with_hosts_that_ran_or_died_after_their_last_call_deactivated() -> None:
+    trace = fixated_trace()
+    state = state_for(trace)
+    mechanisms = [source(KEEPS_RUNNING_AFTER_ITS_REPLY, "runner"), source(DIES_AFTER_ITS_REPLY, "dier"),
+                  source(INNOCENT, "innocent")]
+    with MechanismRuntime.start(mechanisms, trace, state,
+                                host_factory=lambda: MechanismHost(python_guards=False, wait=False)) as runtime:
+        assert runtime.propose(state) == (None, None)  # both forged "no proposal" and went on
+        pids = {name: runtime.hosts[name].host_pid for name in ("runner", "dier")}
+        runtime.check_hosts()
+        assert runtime.active == ["innocent"]
+        found = {d["mechanism"]: d for d in runtime.deactivated}
+        assert found["runner"]["kind"] == "outside_call" and "ms of CPU" in found["runner"]["reason"]
+        assert found["dier"]["kind"] == "crashed" and "died after" in found["dier"]["reason"]
+        assert all(gone(pid) for pid in pids.values() if pid is not None)
+
+
+def _system_part(reason: str) -> str:
+    return reason.split(MECHANISM_WORDS_LABEL, 1)[0]
+
+
+def _quoted_part(reason: str) -> str:
+    """The mechanism's words: one JSON string literal right after the label."""
+    literal = reason.split(MECHANISM_WORDS_LABEL + ": ", 1)[1]
+    decoded, _end = json.JSONDecoder().raw_decode(literal)
+    assert isinstance(decoded, str)
+    return decoded
+
+
+@pytest.mark.parametrize("code", [NOTICE_ON_STDERR_THEN_EXIT, NOTICE_AS_EXCEPTION, NOTICE_AT_LOAD],
+                         ids=["stderr and exit 137", "exception text", "load failure"])
+def test_a_mechanism_cannot_write_the_reason_a_reviewer_reads(code: str) -> None:
+    trace = fixated_trace()
+    state = state_for(trace)
+    with MechanismRuntime.start([source(code, "forger"), source(INNOCENT, "innocent")], trace, state) as runtime:
+        runtime.propose(state)
+        runtime.check_hosts()
+    reason = next(d["reason"] for d in runtime.deactivated if d["mechanism"] == "forger")
+    system = _system_part(reason)
+    for fragment in ("INFRASTRUCTURE", "healthy", "re-activate", "security team"):
+        assert fragment not in system, reason
+    assert system.strip(), "the system's own finding comes first"
+    assert "INFRASTRUCTURE NOTICE" in _quoted_part(reason)
+    assert "\\n" in reason.split(MECHANISM_WORDS_LABEL, 1)[1] and FORGED_NOTICE not in reason  # one escaped line
+
+
+def _ioctl_errno_under_filter(request: int) -> int:
+    """errno of ioctl(/dev/null, request) in a child that installed the host's seccomp start filter."""
+    program = isolation.seccomp_programs()[0]
+    code = (
+        "import ctypes, fcntl, os, sys\n"
+        "from mechanisms.host_child import lock_down\n"
+        f"lock_down(bytes.fromhex({program.hex()!r}))\n"
+        "fd = os.open('/dev/null', os.O_RDONLY)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"result = libc.ioctl(fd, ctypes.c_ulong({request}), ctypes.c_char_p(b'x'))\n"
+        "print(ctypes.get_errno() if result != 0 else 0)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              check=False)
+    assert finished.returncode == 0, finished.stderr
+    return int(finished.stdout)
+
+
+@pytest.mark.parametrize("request_number", [0x5412, 0x100005412, 0xFFFFFFFF00005412, 0x541C, 0x10000541C])
+def test_terminal_injection_ioctls_are_refused_whatever_the_high_bits(request_number: int) -> None:
+    """The kernel reads the request as 32 bits; the filter must too (EPERM, not ENOTTY from the device)."""
+    assert _ioctl_errno_under_filter(request_number) == errno.EPERM
+    assert ctypes.sizeof(ctypes.c_ulong) == 8
+
+
+SLOW_REPLAY = """
+class Mechanism:
+    def on_result(self, record, state):
+        total = 0
+        for number in range(150000):
+            total += number
+"""
+
+
+def test_a_steady_stream_of_progress_cannot_hold_a_step_beyond_its_wait_budget() -> None:
+    """Each record's on_result is well inside the per-call limit; the whole replay is not inside the budget."""
+    trace = [record(i, {"MATRIX_LR": (0.04, 0.05)} if i else {}, 2.6, "discard" if i else "baseline",
+                    kind="proposal" if i else "baseline") for i in range(400)]
+    # Without the budget the replay is allowed 2 s x 401 records + 5 s, and finishes.
+    with MechanismRuntime.start([source(SLOW_REPLAY, "slow")], trace, state_for(trace),
+                                step_wait_seconds=1.0) as runtime:
+        assert runtime.active == []
+        reason = runtime.deactivated[0]["reason"]
+        assert runtime.deactivated[0]["kind"] == "timeout" and "1 s this host may hold a step" in reason, reason
 
 
 def _table() -> str:
