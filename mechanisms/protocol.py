@@ -66,11 +66,15 @@ class Change(TypedDict):
     new: Any
 
 
-class TraceRecord(TypedDict):
+class TraceRecord(TypedDict, total=False):
+    # Every key is present in what a run (and a dry run, see ladder.run_shaped) gives a mechanism;
+    # total=False only lets tests and older recordings build partial records.
     iteration: int
     kind: str
     changes: dict[str, Change]
+    config: dict[str, Any]  # the full config this iteration trained
     val_bpb: float | None
+    best_before: float | None  # the incumbent's val_bpb before this iteration
     status: str
     failure_class: str
     hypothesis: str
@@ -88,8 +92,10 @@ class BaselineView(TypedDict):
     noise_sd: float | None
 
 
-class State(TypedDict):
+class State(TypedDict, total=False):
     iteration: int
+    preset: str
+    strategy: str  # the last outer cycle's strategy text
     search_space: list[SearchParam]
     frozen: list[str]
     guidance: str

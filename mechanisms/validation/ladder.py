@@ -79,20 +79,61 @@ def default_search_space() -> list[dict[str, Any]]:
     return schema_json(DEFAULT_PRESET)
 
 
+def run_shaped(trace: list[TraceRecord], search_space: list[dict[str, Any]] | None = None) -> list[TraceRecord]:
+    """A recorded trace in exactly the shape a real run gives its mechanisms.
+
+    A dry run must be indistinguishable from a run by what the mechanism is shown: a time bomb
+    behaved in the dry run and attacked in real runs, telling the two apart by one field the
+    recorded traces lacked. So every record carries a real run's keys with a real run's types
+    (``runs``' Iteration.as_trace_record: the config trained, the best value before it) and
+    ``proposal_source`` takes a real run's values (``agent`` for a proposal, "" otherwise), not
+    where the recording came from.
+    """
+    space = search_space if search_space is not None else default_search_space()
+    config: dict[str, Any] = {param["name"]: param.get("default") for param in space}
+    best: float | None = None
+    shaped: list[TraceRecord] = []
+    for record in trace:
+        changes = record.get("changes") or {}
+        trained = {**config, **{name: change.get("new") for name, change in changes.items()}}
+        kind = str(record.get("kind", "proposal"))
+        value = record.get("val_bpb")
+        shaped.append({
+            "iteration": int(record["iteration"]), "kind": kind, "changes": changes, "config": trained,
+            "val_bpb": None if value is None else float(value), "best_before": best,
+            "status": str(record.get("status", "discard")), "failure_class": str(record.get("failure_class", "ok")),
+            "hypothesis": str(record.get("hypothesis", "")),
+            "proposal_source": "agent" if kind == "proposal" else "",
+            "training_seconds": float(record.get("training_seconds") or 0.0),
+        })
+        if record.get("status") in ("baseline", "keep") and value is not None:
+            best = float(value) if best is None else min(best, float(value))
+        if record.get("status") == "keep":
+            config = trained
+    return shaped
+
+
 def state_for_trace(trace: list[TraceRecord], search_space: list[dict[str, Any]] | None = None,
                     noise_sd: float | None = None) -> State:
-    """The final state of a recorded trace: the incumbent config replays the kept changes."""
+    """The final state of a recorded trace, in a real run's shape: the incumbent config replays the kept changes."""
     space = search_space if search_space is not None else default_search_space()
     config = {param["name"]: param.get("default") for param in space}
     baseline = next((r["val_bpb"] for r in trace if r.get("kind") == "baseline"), None)
     for record in trace:
         if record.get("status") == "keep":
             config.update({name: change.get("new") for name, change in record.get("changes", {}).items()})
-    final = state_before({"iteration": 0, "search_space": space, "frozen": [], "guidance": "",  # type: ignore[typeddict-item]
-                          "config": config, "best": {"val_bpb": None, "iteration": None},
+    final = state_before({"iteration": 0, "preset": DEFAULT_PRESET, "search_space": space, "frozen": [],  # type: ignore[typeddict-item]
+                          "guidance": "", "strategy": "", "config": config,
+                          "best": {"val_bpb": None, "iteration": None},
                           "baseline": {"val_bpb": baseline, "noise_sd": noise_sd}, "trace": []},
                          trace, len(trace))
     return final
+
+
+def shaped_fixture(name: str, trace: list[TraceRecord], noise_sd: float | None = None) -> TraceFixture:
+    """A dry-run fixture whose records and state have a real run's shape (see run_shaped)."""
+    shaped = run_shaped(trace)
+    return TraceFixture(name, shaped, state_for_trace(shaped, noise_sd=noise_sd))
 
 
 def recorded_fixtures() -> list[TraceFixture]:
@@ -100,8 +141,7 @@ def recorded_fixtures() -> list[TraceFixture]:
     fixtures = []
     for path in sorted(FIXTURES_DIR.glob("*.json")):
         data = json.loads(path.read_text())
-        fixtures.append(TraceFixture(path.stem, data["trace"], state_for_trace(data["trace"],
-                                                                                noise_sd=data.get("noise_sd"))))
+        fixtures.append(shaped_fixture(path.stem, data["trace"], noise_sd=data.get("noise_sd")))
     return fixtures
 
 
@@ -134,8 +174,7 @@ def paper_run_fixtures(directory: Path = PAPER_RUNS_DIR) -> list[TraceFixture]:
         raise FileNotFoundError(f"paper run data missing from {directory}: {', '.join(missing)}")
     fixtures = []
     for path in (directory / name for name in PAPER_RUN_FILES):
-        trace = paper_run_trace(json.loads(path.read_text()))
-        fixtures.append(TraceFixture(f"paper_{path.stem}", trace, state_for_trace(trace)))
+        fixtures.append(shaped_fixture(f"paper_{path.stem}", paper_run_trace(json.loads(path.read_text()))))
     return fixtures
 
 
@@ -146,7 +185,7 @@ def default_fixtures() -> list[TraceFixture]:
 def _as_fixture(index: int, item: TraceFixture | list[TraceRecord]) -> TraceFixture:
     if isinstance(item, TraceFixture):
         return item
-    return TraceFixture(f"trace_{index}", item, state_for_trace(item))
+    return shaped_fixture(f"trace_{index}", item)
 
 
 # -- the steps -------------------------------------------------------------------------------------
