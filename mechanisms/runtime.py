@@ -20,6 +20,7 @@ was, so the engine can tell a mechanism's misbehaviour from the machine's.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict
@@ -283,11 +284,13 @@ class MechanismRuntime:
             unknown = sorted(set(names) - allowed)
             kept = allowed & set(names)
             if not kept:
-                self._warn(name, "restrict", f"restriction {sorted(names)} leaves no parameter to change "
-                                             f"(allowed now: {sorted(allowed)}); ignored", state)
+                named = json.dumps(sorted(names))[:300]  # the mechanism's strings, quoted
+                self._warn(name, "restrict", f"restriction to the mechanism's names {named} leaves no parameter "
+                                             f"to change (allowed now: {sorted(allowed)}); ignored", state)
                 continue
             if unknown:
-                self._warn(name, "restrict", f"names not changeable now were ignored: {unknown}", state)
+                self._warn(name, "restrict", f"the mechanism's names not changeable now were ignored: "
+                                             f"{json.dumps(unknown)[:300]}", state)
             if kept != allowed:
                 narrowed = True
                 self._record(name, "restrict", "restricted", sorted(kept), state)

@@ -34,3 +34,23 @@ def without_nul(value: Any) -> Any:
     if isinstance(value, list):
         return [without_nul(item) for item in value]
     return value
+
+
+def words_unquoted(text: str) -> str:
+    """The quoted words decoded back to their lines, for the code's author (a repair prompt), never a reviewer.
+
+    A repair round shows the model its own traceback to fix; the quoting that keeps a reviewer from
+    mistaking the text for the system's would only hide the line numbers and names it needs.
+    """
+    marker = MECHANISM_WORDS_LABEL + ": "
+    decoder = json.JSONDecoder()
+    parts: list[str] = []
+    rest = text
+    while (at := rest.find(marker)) >= 0:
+        try:
+            decoded, end = decoder.raw_decode(rest, at + len(marker))
+        except ValueError:
+            break
+        parts.append(rest[:at] + "the code's own output:\n" + str(decoded))
+        rest = rest[end:]
+    return "".join(parts) + rest

@@ -27,6 +27,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer, PythonLexer
 
 from . import lifecycle
+from .behaviour_watch import MISBEHAVED_AFTER_APPROVAL, WHAT_A_DRY_RUN_CANNOT_PROVE
 from .context_processors import BLOCKED_RUN_STATUS
 from .models import AttachmentStatus, MechanismAttachment
 from .signals import review_context
@@ -121,6 +122,7 @@ QUEUE_FILTERS = {
     "open": "Open: the run waits for (or will use) the decision",
     "stale": "Stale: the run ended before a decision",
     "decided": "Decided",
+    "misbehaved": "Misbehaved after approval: deactivated at runtime for acting unlike its dry run",
 }
 DECIDED_STATUSES = (AttachmentStatus.APPROVED, AttachmentStatus.REJECTED, AttachmentStatus.REVIEW_TIMED_OUT,
                     AttachmentStatus.ACTIVE, AttachmentStatus.DEACTIVATED, AttachmentStatus.RETIRED)
@@ -138,6 +140,9 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         "stale": pending.filter(run__finished_at__isnull=False).order_by("-created_at"),
         "decided": base.filter(Q(reviewed_at__isnull=False) | Q(status=AttachmentStatus.REVIEW_TIMED_OUT))
         .filter(status__in=DECIDED_STATUSES).order_by("-reviewed_at", "-created_at"),
+        # The engine writes this finding first in the reason (mechanism text only ever follows, quoted).
+        "misbehaved": base.filter(status=AttachmentStatus.DEACTIVATED,
+                                  status_detail__startswith=MISBEHAVED_AFTER_APPROVAL).order_by("-created_at"),
     }
     attachments = list(queries[show][:200])
     now = timezone.now()
@@ -198,6 +203,9 @@ def _detail_context(request: HttpRequest, attachment: MechanismAttachment, error
         "ladder": attachment.ladder,
         "ladder_text": ladder_summary(attachment.ladder),
         "dry_run": report,
+        "dry_run_limits": WHAT_A_DRY_RUN_CANNOT_PROVE,
+        "misbehaved": attachment.status == AttachmentStatus.DEACTIVATED
+        and attachment.status_detail.startswith(MISBEHAVED_AFTER_APPROVAL),
         "dry_run_traces": report.get("traces", []) if isinstance(report, dict) else [],
         "dry_run_json": pretty_json(report),
         "events": attachment.events.select_related("actor").order_by("created_at"),

@@ -39,6 +39,7 @@ from mechanisms.protocol import (
     State,
     TraceRecord,
 )
+from mechanisms.text import words_unquoted
 
 ROUNDS = ("explore", "critique", "specify", "generate")
 
@@ -525,6 +526,7 @@ def dry_run_hints(error: str) -> list[str]:
     Shown only the traceback, a small model sent its code back unchanged: `result` used inside filter, a
     helper method called but never written, state["best"]["val_bpb"] compared while None.
     """
+    error = words_unquoted(error)
     hints: list[str] = []
     raised_in = _RAISED_IN.findall(error)
     hook = raised_in[0] if raised_in else None
@@ -644,6 +646,7 @@ def repair_prompt(round_name: str, original_prompt: str, reply: str, error: str,
     The original request comes first so that a local server reuses what it already computed for it (llama.cpp
     keeps the longest common prefix of consecutive prompts), and the defect comes last, nearest the reply.
     """
+    error = words_unquoted(error)
     hints = dry_run_hints(error) if round_name == "generate" else []
     error = _cut(error, 1500)
     if hints:

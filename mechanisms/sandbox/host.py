@@ -300,7 +300,12 @@ class MechanismHost:
         when the stop caught it on its way there, it gets SETTLE_SECONDS to arrive.
         """
         after = self._paused_after
-        if after is None or not self.alive:
+        if after is None:
+            if self.alive and self._process.poll() is not None:  # could not even be stopped: it was gone
+                raise self._fail("crashed", f"the host died outside any call (status {self._process.returncode})",
+                                 context, self.stderr_tail())
+            return
+        if not self.alive:
             return
         started = time.monotonic()
         try:

@@ -7,6 +7,10 @@ The active attachments' code runs in a MechanismRuntime (a sandboxed host proces
 mechanisms/sandbox/host.py) rebuilt for every step by replaying the run's trace. After the step,
 the hook counts and the decisions each mechanism changed are stored on the iteration and
 added to the attachment's totals; a mechanism whose hook failed is deactivated with the reason.
+Before that, every host is checked once more (``check_hosts``): a host that died, or ran, after its
+last call of the step is noticed now, not at the next step. A deactivation for what the code did,
+or a hook that suddenly changes every decision unlike its dry run, is recorded as "misbehaved
+after approval" (see mechanisms/behaviour_watch.py), which the review queue lists.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Protocol
 from django.db.models import F
 from django.utils import timezone
 
+from mechanisms.behaviour_watch import SUDDEN_WINDOW, WATCH_KIND, misbehaviour, sudden_change
 from mechanisms.lifecycle import transition
 from mechanisms.models import AttachmentStatus, Mechanism, MechanismAttachment
 from mechanisms.protocol import MechanismSource
@@ -108,6 +113,7 @@ def record_runtime_outcome(run: Run, runtime: Any, iteration_index: int) -> dict
     """Store attribution on the attachments; return the iteration's mechanism fields."""
     if isinstance(runtime, NoMechanisms):
         return {"mechanism_effects": [], "hook_calls": {}}
+    runtime.check_hosts()
     effects = [e for e in runtime.effects if e.get("iteration") in (None, iteration_index)]
     if run.is_replay:  # no attachments of its own: its schedule says what acts, and until when
         ended = {failure["mechanism"] for failure in runtime.deactivated}
@@ -115,6 +121,7 @@ def record_runtime_outcome(run: Run, runtime: Any, iteration_index: int) -> dict
             replay.end_in_replay(run, ended, iteration_index)
         return {"mechanism_effects": effects, "hook_calls": runtime.hook_calls}
     by_name = {runtime_name(a): a for a in active_attachments(run)}
+    _watch_for_sudden_change(run, runtime, by_name, effects)
     for name, attachment in by_name.items():
         calls = runtime.hook_calls.get(name, {})
         totals = dict(attachment.hook_calls)
@@ -127,7 +134,8 @@ def record_runtime_outcome(run: Run, runtime: Any, iteration_index: int) -> dict
     for failure in runtime.deactivated:
         failed = by_name.get(failure["mechanism"])
         if failed is not None:
-            reason = f"hook {failure['hook']} failed at runtime: {failure['reason']}"
+            reason = misbehaviour(failure.get("kind", "engine"), failure["hook"], failure["reason"]) or (
+                f"hook {failure['hook']} failed at runtime: {failure['reason']}")
             transition(
                 failed,
                 (AttachmentStatus.ACTIVE,),
@@ -138,6 +146,19 @@ def record_runtime_outcome(run: Run, runtime: Any, iteration_index: int) -> dict
                 status_detail=reason,
             )
     return {"mechanism_effects": effects, "hook_calls": runtime.hook_calls}
+
+
+def _watch_for_sudden_change(run: Run, runtime: Any, by_name: dict[str, MechanismAttachment],
+                             effects: list[dict[str, Any]]) -> None:
+    """Deactivate a mechanism whose hook changed every decision of its latest calls, unlike its dry run."""
+    earlier = list(run.iteration_set.order_by("-index").values_list("hook_calls", "mechanism_effects")[:SUDDEN_WINDOW])
+    recent = [*reversed(earlier), (runtime.hook_calls, effects)]
+    for name, attachment in by_name.items():
+        if name not in runtime.active:
+            continue
+        finding = sudden_change(name, attachment.dry_run_report or {}, recent)
+        if finding is not None:
+            runtime.deactivate(name, "behaviour watch", finding, WATCH_KIND)
 
 
 def attach_library_mechanisms(run: Run) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mechanisms.text import mechanism_words
 from trainer.schema import ConfigError, apply_changes, config_to_json
 
 from ..models import IterationKind, IterationStatus
@@ -95,7 +96,8 @@ def propose(ctx: StepContext, runtime: RuntimeHandle) -> Proposed:
                 proposed.hypothesis = hypothesis
                 proposed.source = source
                 break
-            problem, rejected_by = f"rejected by mechanism {by_filter}: {reason}", by_filter
+            # The reason is the filter's own string: shown quoted, never as the system's words.
+            problem, rejected_by = f"rejected by mechanism {by_filter}; {mechanism_words(reason or '')}", by_filter
         rejection = problem
         attempt_record = {"attempt": attempt, "source": source, "changes": jsonable(changes), "reason": problem}
         if rejected_by is not None:

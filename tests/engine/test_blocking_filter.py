@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from mechanisms.models import AttachmentStatus, Mechanism, MechanismAttachment
+from mechanisms.text import MECHANISM_WORDS_LABEL
 from runs.engine.proposals import MAX_PROPOSAL_ATTEMPTS
 from runs.models import IterationKind, IterationStatus, Run
 from tests.engine.helpers import drive, make_experiment
@@ -45,7 +46,7 @@ def test_a_filter_rejecting_every_ask_of_two_iterations_is_deactivated_and_the_r
     assert [p.status for p in proposals[:2]] == [IterationStatus.INVALID_PROPOSAL] * 2
     for blocked in proposals[:2]:
         assert len(blocked.rejected_attempts) == MAX_PROPOSAL_ATTEMPTS
-        assert all(a["reason"] == f"rejected by mechanism gate#{attachment.pk}: closed"
+        assert all(a["reason"] == f"rejected by mechanism gate#{attachment.pk}; {MECHANISM_WORDS_LABEL}: \"closed\""
                    for a in blocked.rejected_attempts)
     attachment.refresh_from_db()
     assert attachment.status == AttachmentStatus.DEACTIVATED

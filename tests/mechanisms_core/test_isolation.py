@@ -429,7 +429,7 @@ def _ioctl_errno_under_filter(request: int) -> int:
     program = isolation.seccomp_programs()[0]
     code = (
         "import ctypes, fcntl, os, sys\n"
-        "from mechanisms.host_child import lock_down\n"
+        "from mechanisms.sandbox.host_child import lock_down\n"
         f"lock_down(bytes.fromhex({program.hex()!r}))\n"
         "fd = os.open('/dev/null', os.O_RDONLY)\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
