@@ -81,6 +81,14 @@ def test_a_time_bomb_that_passed_its_dry_run_is_deactivated_as_misbehaved_after_
     page = client.get(f"/mechanisms/{attachment.pk}/").content.decode()
     assert 'id="misbehaved"' in page and "What a dry run cannot prove" in page
     assert "time bomb" in page
+    banner = page.split('id="misbehaved"', 1)[1].split("</p>", 1)[0]
+    assert "healthy" not in banner.split("the mechanism&#x27;s own words", 1)[0], banner
+
+    # The run page's data: the same reason, the notice only inside the quotation.
+    run_page = client.get(f"/runs/{run.pk}/").content.decode()
+    snapshot = json.loads(run_page.split('id="run-snapshot" type="application/json">', 1)[1].split("</script>", 1)[0])
+    shown = next(a["status_detail"] for a in snapshot["attachments"] if a["id"] == attachment.pk)
+    assert shown == detail and "healthy" not in shown.partition(MECHANISM_WORDS_LABEL)[0]
 
 
 def sudden_changer_run(changed_in_dry_run: int) -> tuple[Run, MechanismAttachment]:

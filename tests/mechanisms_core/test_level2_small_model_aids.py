@@ -349,8 +349,8 @@ def test_a_key_error_for_a_value_the_mechanism_keeps_itself_points_to_self() -> 
     assert failed is not None and "KeyError: 'seen'" in failed["detail"], failed
     hints = dry_run_hints(f"validation ladder failed at step 'dry_run': {failed['detail']}")
     assert ("'seen' is not a key of state, record, proposal or result (state has only iteration, preset, strategy, "
-            "search_space, frozen, guidance, config, best, baseline, trace): keep what the mechanism remembers on self, e.g. "
-            "self.seen, set in __init__ and on_result.") in hints
+            "search_space, frozen, guidance, config, best, baseline, trace): keep what the mechanism remembers on "
+            "self, e.g. self.seen, set in __init__ and on_result.") in hints
     for key in ("noise_sd", "MATRIX_LR"):  # a protocol key or a parameter a record did not change: read with .get
         assert dry_run_hints(f"KeyError: '{key}'")[0].startswith(f"a dict has no key '{key}': read it with .get(")
 
