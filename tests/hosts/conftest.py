@@ -10,6 +10,7 @@ flight long enough to be cut off.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sys
 import tempfile
@@ -44,6 +45,7 @@ MEASUREMENTS = "multihost-measurements.jsonl"
 class Site:
     env: dict[str, str]
     second: SecondHost
+    beat_dir: str
     services: list[ServiceProcess] = field(default_factory=list)
 
     @property
@@ -97,11 +99,10 @@ def make_site(transactional_db: None, redis_client: Any) -> Iterator[Callable[..
         database = _service_address(env["DATABASE_URL"], 5432)
         redis = _service_address(env["REDIS_URL"], 6379)
         second = SecondHost(env, database=database, redis=redis, clock_offset_seconds=second_clock_offset)
-        site = Site(env=env, second=second)
+        site = Site(env=env, second=second, beat_dir=tempfile.mkdtemp(prefix="beat-"))
         sites.append(site)
-        beat_dir = tempfile.mkdtemp(prefix="beat-")
         site.services.append(ServiceProcess("beat", [sys.executable, "-m", "celery", "-A", "bilevel_site", "beat",
-                                                     "-s", f"{beat_dir}/schedule", "-l", "INFO"], env))
+                                                     "-s", f"{site.beat_dir}/schedule", "-l", "INFO"], env))
         site.services.append(start_celery_worker(queues="research,default", name="site", env=env))
         site.services.append(start_celery_worker(queues="train", name=f"train-{site.first_hostname}", env=env))
         second.start_worker()
@@ -118,3 +119,4 @@ def make_site(transactional_db: None, redis_client: Any) -> Iterator[Callable[..
                 assert code == 0, f"bootstrap.py worker exited with {code} on Ctrl-C:\n{site.second.output()}"
         finally:
             site.second.close()
+            shutil.rmtree(site.beat_dir, ignore_errors=True)

@@ -188,6 +188,7 @@ class SecondHost:
         subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
         subprocess.run(["ip", "link", "del", self.outer_link], capture_output=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)  # its content is in any failure message (Site.logs)
 
 
 def _rehost(url: str, host: str, port: int) -> str:
