@@ -121,6 +121,10 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     start_after, call_after = statistics.median(start_ms[after]), statistics.median(call_ms[after])
     notes = [f"{starts} starts and {calls} calls per side, interleaved; each call carries a state with "
              f"{len(state['trace'])} trace records ({len(str(state)) // 1024} KB)."]
+    from mechanisms.sandbox.isolation import runtime
+
+    notes.append(f"the host runs {runtime().interpreter} (an interpreter the sandbox's unprivileged user can read; "
+                 f"a side loaded from an older commit runs the parent's own, here {sys.executable})")
     if baseline_side in factories:
         notes.append(f"ratio after/baseline ({baseline_commit}): start "
                      f"{start_after / statistics.median(start_ms[baseline_side]):.2f}x, call "
@@ -134,7 +138,8 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     return Report(
         name="sandbox",
         title="sandbox: mechanism host start-up and hook-call latency",
-        command=f"python3 bootstrap.py bench sandbox starts={starts} calls={calls}",
+        command=f"python3 bootstrap.py bench sandbox starts={starts} calls={calls}"
+                + (f" baseline={baseline_commit}" if baseline_commit else ""),
         setup="One host per mechanism. Start = spawn until the first ping answers (confinement proven).",
         headers=["host", "start median ms", "start p90 ms", "call median ms", "call p90 ms"],
         rows=rows,
