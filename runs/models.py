@@ -86,6 +86,14 @@ class Experiment(models.Model):
     confirmation_repeats = models.PositiveIntegerField(
         default=0, help_text="Confirmation: the best and the baseline config re-trained on this many fresh seeds."
     )
+    # Surrogate experiments only: the best and the baseline config re-trained on the REAL trainer on this
+    # many seeds when a run ends (real Δ). 0 = none; the form defaults to 2 on the surrogate.
+    real_confirmation_repeats = models.PositiveIntegerField(
+        default=0, help_text="Real confirmation: best and baseline re-trained on the real trainer on this many seeds."
+    )
+    # The tuned start the runs began from (trainer/tuned_start.py's record when the experiment was created, so
+    # a later change of the data file does not rewrite history); empty = the schema's default config.
+    tuned_start = models.JSONField(default=dict, blank=True)
     review_gate = models.BooleanField(default=True)
     # Review policy with the gate on: None = wait for a reviewer (default); N = continue without
     # the mechanism after N minutes, recorded as "review timed out" (never as a person's rejection).
@@ -98,6 +106,11 @@ class Experiment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def real_confirmation_seeds(self) -> int:
+        """Seeds of the real-trainer confirmation asked for: only a surrogate experiment's results need one."""
+        return self.real_confirmation_repeats if self.objective == Objective.SURROGATE else 0
 
 
 class RunStatus(models.TextChoices):
@@ -260,6 +273,11 @@ class Iteration(models.Model):
     )
     steps = models.PositiveIntegerField(default=0)
     tokens = models.BigIntegerField(default=0)
+    # Surrogate objective only (from the summary's extra): the config lies outside the measured support, so
+    # its value is no better than the measured configs nearest to it; how far, and what those gave.
+    extrapolated = models.BooleanField(default=False)
+    support_distance = models.FloatField(null=True, blank=True)
+    nearest_measured_val_bpb = models.FloatField(null=True, blank=True)
     curve = models.JSONField(default=list, blank=True, help_text="[[step, train_loss], ...]")
     host = models.CharField(max_length=255, blank=True, help_text="The machine whose worker trained it.")
     device = models.CharField(max_length=200, blank=True, help_text="That worker's device: cpu, or cuda: name.")
@@ -406,9 +424,11 @@ class ConfirmationRole(models.TextChoices):
 
 
 class Confirmation(models.Model):
-    """One re-training at the end of a run on a fresh seed: its baseline or its best config (confirmed Δ)."""
+    """One re-training at the end of a run on a fresh seed: its baseline or its best config (confirmed Δ), on the
+    experiment's objective or, for a surrogate experiment, on the real trainer (real Δ)."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="confirmations")
+    real = models.BooleanField(default=False, help_text="Trained on the real trainer (a surrogate run's real Δ).")
     role = models.CharField(max_length=8, choices=ConfirmationRole.choices)
     replicate = models.PositiveIntegerField(help_text="0 … r−1; baseline and best of one replicate share a seed.")
     seed = models.IntegerField()
@@ -416,17 +436,18 @@ class Confirmation(models.Model):
     val_bpb = models.FloatField(null=True, blank=True)
     failure_class = models.CharField(max_length=32, blank=True)
     training_seconds = models.FloatField(default=0.0)
+    budget_flops = models.FloatField(null=True, blank=True, help_text="Real trainings: the FLOP budget trained at.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["run_id", "replicate", "role"]
+        ordering = ["run_id", "real", "replicate", "role"]
         constraints = [
             # Exactly once: a step retried after a worker died cannot record the same training twice.
-            models.UniqueConstraint(fields=["run", "role", "replicate"], name="unique_confirmation_per_run"),
+            models.UniqueConstraint(fields=["run", "real", "role", "replicate"], name="unique_confirmation_per_run"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.run} · {self.role} #{self.replicate}"
+        return f"{self.run} · {'real ' if self.real else ''}{self.role} #{self.replicate}"
 
 
 class ApiToken(models.Model):

@@ -14,8 +14,14 @@ Definitions (shown on the page too):
 - confirmed Δ = the mean over r fresh seeds of (best config − baseline config), re-trained when
   the run ended (runs/engine/confirmation.py). Comparisons use it by default once the experiment has it,
   at the full budget T (a run was confirmed at its end, not at an earlier proposal).
+- real Δ (surrogate experiments with real confirmation) = the same, with best and baseline trained
+  on the real trainer: what the surrogate's search is worth in reality.
 - A run enters the summary only if it reached the budget (number of proposals); others are
   listed as excluded, so groups are compared at equal budget.
+- Headroom per group (runs/power.py): how many runs tie on one best value, the best value known on
+  the objective, and how far the group got towards it. Power per pair: the smallest difference the
+  test could detect at 80% power with the pair's spread and n, and the n per group needed to detect
+  the paper's C − A.
 """
 
 from __future__ import annotations
@@ -35,22 +41,24 @@ from mechanisms.models import MechanismAttachment
 from ..models import (
     GROUP_LEVELS,
     AgentBackend,
+    BudgetKind,
     Experiment,
     Group,
     Iteration,
     IterationKind,
     IterationStatus,
     LLMCall,
+    Objective,
     Run,
 )
-from . import stats
-from .confirmed import ConfirmedDelta, confirmed_deltas
+from . import power, stats
+from .confirmed import ConfirmedDelta, re_trained_deltas
 from .credit import RunCredits, credits_of_runs, group_credit
 
 ComparisonData = dict[str, Any]
 
 SIGNIFICANCE = 0.05
-DELTA_SOURCES = ("auto", "confirmed", "search")
+DELTA_SOURCES = ("auto", "confirmed", "search", "real")
 TEST_LABELS = {"permutation": "permutation test", "welch": "Welch's t-test"}
 BUILTIN_LABEL = "built-in heuristic (no LLM)"
 GROUP_ORDER = ["R", "A", "B", "C", "D"]
@@ -154,7 +162,7 @@ def build_comparison(
     delta_source: str = "auto",
 ) -> ComparisonData:
     """``test`` ("permutation" or "welch") decides which Holm-adjusted p-value highlights a pair;
-    ``delta_source`` ("confirmed", "search", or "auto": confirmed when available) which Δ is compared."""
+    ``delta_source`` ("confirmed", "search", "real", or "auto": confirmed when available) which Δ is compared."""
     if delta_source not in DELTA_SOURCES:
         raise ValueError(f"unknown delta source {delta_source!r} (expected one of {', '.join(DELTA_SOURCES)})")
     if test not in stats.TESTS:
@@ -175,11 +183,15 @@ def build_comparison(
     if budget is None:
         budget = min(e.iterations for e in experiments)
     budget = max(0, budget)
-    confirmed = confirmed_deltas(runs)
+    confirmed, real = re_trained_deltas(runs)
     at_full_budget = budget >= experiment.iterations
-    available = at_full_budget and any(
-        value is not None for run_id, value in confirmed.items() if traces[run_id].run.experiment_id == experiment.pk
-    )
+
+    def exists(deltas: dict[int, ConfirmedDelta | None]) -> bool:
+        return at_full_budget and any(
+            value is not None for run_id, value in deltas.items() if traces[run_id].run.experiment_id == experiment.pk
+        )
+
+    available, real_available = exists(confirmed), exists(real)
     # A run is confirmed at its end: at an earlier budget only the search Δ exists.
     source = "search" if not at_full_budget else (
         ("confirmed" if available else "search") if delta_source == "auto" else delta_source)
@@ -203,13 +215,18 @@ def build_comparison(
     groups = []
     deltas: dict[str, list[float]] = {}
     credits = credits_of_runs(runs)
+    best_known = _BestKnown()
     for key, members in series_runs.items():
-        groups.append(_group_block(series_meta[key], members, budget, confirmed, source))
-        groups[-1]["credit"] = _credit_block(groups[-1], [t.run for t in members], credits)
+        block = _group_block(series_meta[key], members, budget, {"confirmed": confirmed, "real": real}, source)
+        block["credit"] = _credit_block(block, [t.run for t in members], credits)
+        block["headroom"] = _headroom(block, best_known(members[0].run.experiment))
+        groups.append(block)
         deltas[key] = [r["delta"] for r in groups[-1]["runs"] if r["included"] and r["delta"] is not None]
 
     pairs = [_pair(first, second, deltas[first], deltas[second])
              for first, second in itertools.combinations([g["key"] for g in groups], 2)]
+    for pair in pairs:
+        pair["power"] = power.pair_power(deltas[pair["first"]], deltas[pair["second"]]).as_dict()
     for name in stats.TESTS:
         for pair, adjusted in zip(pairs, stats.holm_adjust([p[f"p_{name}"] for p in pairs]), strict=True):
             pair[f"p_{name}_holm"] = adjusted
@@ -222,6 +239,9 @@ def build_comparison(
         ("Δ compared here: confirmed — each run's best and baseline configs re-trained on fresh seeds when it "
          "ended (mean of the paired differences); runs without a confirmation are excluded."
          if source == "confirmed" else
+         "Δ compared here: real — each surrogate run's best and baseline configs trained on the real trainer when "
+         "it ended (mean of the paired differences per seed); runs without a real confirmation are excluded."
+         if source == "real" else
          "Δ compared here: search — the best of the run's noisy evaluations minus its baseline, biased low (a "
          "minimum over many draws)."
          + ("" if at_full_budget else " Confirmed Δ exists only at the full budget T.")),
@@ -236,6 +256,14 @@ def build_comparison(
         "Effect: the difference of mean Δ with Welch's 95% interval, and Hedges' g (difference in pooled sds, "
         "small-sample corrected) with its approximate 95% interval. With 3–5 repeats per group the tests have "
         "little power: an unhighlighted pair is not evidence of no difference.",
+        f"Power: per pair, the smallest difference of mean Δ that a two-sided t-test (α = {power.ALPHA}) detects with "
+        f"{power.TARGET_POWER:.0%} probability at the pair's n and pooled sd (noncentral t), and the runs per group "
+        f"needed to detect a difference the size of the paper's C − A ({power.PAPER_C_MINUS_A:+.4f}: the published "
+        "repeats C1 and A1) at that spread.",
+        "Headroom: runs tied = runs whose best equals another run's best in the group (to 1e-9: many ties suggest "
+        "a floor, not an optimum); best known = the lowest val_bpb recorded on the same objective, preset and "
+        "budget in any experiment (and the preset's tuned start where it was measured at that budget); "
+        "share = (mean baseline − mean best) / (mean baseline − best known).",
     ]
     if any(e.is_reference for e in experiments):
         notes.append(
@@ -264,11 +292,77 @@ def build_comparison(
         "test": test,
         "delta_source": source,
         "confirmed_available": available,
+        "real_available": real_available,
         "test_label": TEST_LABELS[test],
         "reference_group": "R" if "R" in series_runs else None,
         "parameters": _parameter_importance(traces.values()),
         "llm_usage": _llm_usage(experiments, runs, traces),
         "notes": notes,
+    }
+
+
+class _BestKnown:
+    """The best value known per objective setting (objective, preset, budget), one query per setting."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, str, str, float], dict[str, Any] | None] = {}
+
+    def __call__(self, experiment: Experiment) -> dict[str, Any] | None:
+        if experiment.is_reference:
+            return None  # published runs: another machine and data scale, nothing here to compare with
+        key = (experiment.objective, experiment.preset, experiment.budget_kind, experiment.budget_value)
+        if key not in self.cache:
+            self.cache[key] = best_known_value(experiment)
+        return self.cache[key]
+
+
+def best_known_value(experiment: Experiment) -> dict[str, Any] | None:
+    """The lowest val_bpb known for the experiment's objective at its preset and budget, and where it comes from.
+
+    Recorded values of every non-reference experiment on the same setting (predicted ones on the surrogate, measured
+    ones on the trainer); on the real trainer also the real mean of any tuned start measured at this FLOP budget
+    (experiments keep the record of the tuned start they began from).
+    """
+    same_setting = {
+        "objective": experiment.objective, "preset": experiment.preset, "budget_kind": experiment.budget_kind,
+        "budget_value": experiment.budget_value, "is_reference": False,
+    }
+    row = (
+        Iteration.objects.filter(
+            **{f"run__experiment__{key}": value for key, value in same_setting.items()}, val_bpb__isnull=False,
+            status__in=(IterationStatus.BASELINE, IterationStatus.KEEP, IterationStatus.DISCARD),
+        )
+        .order_by("val_bpb", "run_id", "index")
+        .values("val_bpb", "run_id", "index")
+        .first()
+    )
+    known: dict[str, Any] | None = None
+    if row is not None:
+        known = {"value": row["val_bpb"], "source": f"lowest val_bpb recorded on this setting (run #{row['run_id']} "
+                                                    f"iteration #{row['index']})"}
+    if experiment.objective == Objective.TRAINER and experiment.budget_kind == BudgetKind.FLOPS:
+        starts = Experiment.objects.filter(preset=experiment.preset).exclude(tuned_start={}).values_list(
+            "tuned_start", flat=True)
+        for start in starts:
+            value = start.get("mean_real_val_bpb")
+            if start.get("budget_flops") == experiment.budget_value and isinstance(value, float) and (
+                known is None or value < known["value"]
+            ):
+                known = {"value": value, "source": f"the {experiment.preset} tuned start's real mean over seeds "
+                                                   f"{start.get('seeds')}"}
+    return known
+
+
+def _headroom(block: dict[str, Any], known: dict[str, Any] | None) -> dict[str, Any]:
+    reached = [r for r in block["runs"] if r["best"] is not None]
+    included = [r for r in block["runs"] if r["included"]]
+    room = power.headroom([r["baseline"] for r in included], [r["best"] for r in included],
+                          known["value"] if known else None)
+    return {
+        "ties": power.ties([r["best"] for r in reached]).as_dict(),
+        "runs_at_budget": len(reached),
+        "best_known_source": known["source"] if known else "",
+        **room.as_dict(),
     }
 
 
@@ -287,16 +381,19 @@ def _experiment_dict(experiment: Experiment) -> dict[str, Any]:
 
 
 def _group_block(
-    meta: dict[str, Any], members: list[RunTrace], budget: int, confirmed: dict[int, ConfirmedDelta | None],
-    source: str,
+    meta: dict[str, Any], members: list[RunTrace], budget: int,
+    re_trained: dict[str, dict[int, ConfirmedDelta | None]], source: str,
 ) -> dict[str, Any]:
+    """``re_trained``: the runs' confirmed Δ ("confirmed") and real Δ ("real"); ``source`` picks the Δ compared."""
     run_rows: list[dict[str, Any]] = []
     for trace in members:
         reached = trace.baseline is not None and trace.proposals_done >= budget
         best = trace.running[budget] if reached else None
         search_delta = best - trace.baseline if best is not None and trace.baseline is not None else None
-        confirmation = confirmed.get(trace.run.pk)
-        delta = search_delta if source == "search" else (confirmation.delta if confirmation else None)
+        confirmation = re_trained["confirmed"].get(trace.run.pk)
+        real = re_trained["real"].get(trace.run.pk)
+        chosen = real if source == "real" else confirmation
+        delta = search_delta if source == "search" else (chosen.delta if chosen else None)
         run_rows.append({
             "id": trace.run.pk,
             "repeat": trace.run.repeat,
@@ -306,6 +403,7 @@ def _group_block(
             "delta": delta,
             "search_delta": search_delta,
             "confirmed": confirmation.as_dict() if confirmation else None,
+            "real": real.as_dict() if real else None,
             "proposals": trace.proposals_done,
             "keeps": sum(1 for p in trace.keeps_at if p <= budget),
             "crashes": sum(1 for p in trace.crashes_at if p <= budget),
@@ -332,12 +430,14 @@ def _group_block(
         "n_runs": len(run_rows),
         "excluded": [{"id": r["id"], "repeat": r["repeat"], "proposals": r["proposals"], "status": r["status"],
                       "reason": "budget not reached" if r["proposals"] < budget or r["baseline"] is None
-                      else "not confirmed"}
+                      else "not confirmed on the real trainer" if source == "real" else "not confirmed"}
                      for r in run_rows if not r["included"]],
         "baseline": stats.summarize([r["baseline"] for r in included]).as_dict(),
         "best": stats.summarize([r["best"] for r in included]).as_dict(),
         "delta": stats.summarize([r["delta"] for r in included]).as_dict(),
         "search_delta": stats.summarize([r["search_delta"] for r in included]).as_dict(),
+        "confirmed_delta": stats.summarize([r["confirmed"]["delta"] for r in included if r["confirmed"]]).as_dict(),
+        "real_delta": stats.summarize([r["real"]["delta"] for r in included if r["real"]]).as_dict(),
         "keeps": sum(r["keeps"] for r in included),
         "crashes": sum(r["crashes"] for r in included),
         "invalid": sum(r["invalid"] for r in included),

@@ -1,4 +1,4 @@
-"""A run's confirmed Δ, read from its Confirmation rows (engine/confirmation.py trains them).
+"""A run's confirmed Δ and real Δ, read from its Confirmation rows (engine/confirmation.py trains them).
 
 Replicate i trained the baseline config and the best config with the same fresh seed, so the
 confirmed Δ is the mean of the paired differences, with a t interval when there are two or more.
@@ -59,12 +59,32 @@ def confirmed_delta(rows: Sequence[tuple[str, int, float | None]], repeats: int)
     )
 
 
-def confirmed_deltas(runs: Iterable[Run]) -> dict[int, ConfirmedDelta | None]:
-    """Every run's confirmed Δ (None while incomplete or not wanted), in one query."""
+Deltas = dict[int, ConfirmedDelta | None]
+
+
+def re_trained_deltas(runs: Iterable[Run]) -> tuple[Deltas, Deltas]:
+    """Every run's confirmed Δ on its objective and its real Δ (a surrogate run's best and baseline trained on the
+    real trainer), None while incomplete or not asked for; in one query."""
     by_id = {run.pk: run for run in runs}
-    rows: dict[int, list[tuple[str, int, float | None]]] = {pk: [] for pk in by_id}
-    for run_id, role, replicate, value in Confirmation.objects.filter(run__in=list(by_id)).values_list(
-        "run_id", "role", "replicate", "val_bpb"
+    rows: dict[tuple[int, bool], list[tuple[str, int, float | None]]] = {
+        (pk, real): [] for pk in by_id for real in (False, True)
+    }
+    for run_id, real, role, replicate, value in Confirmation.objects.filter(run__in=list(by_id)).values_list(
+        "run_id", "real", "role", "replicate", "val_bpb"
     ):
-        rows[run_id].append((role, replicate, value))
-    return {pk: confirmed_delta(rows[pk], by_id[pk].experiment.confirmation_repeats) for pk in by_id}
+        rows[run_id, real].append((role, replicate, value))
+    confirmed = {pk: confirmed_delta(rows[pk, False], run.experiment.confirmation_repeats) for pk, run in by_id.items()}
+    on_trainer = {
+        pk: confirmed_delta(rows[pk, True], run.experiment.real_confirmation_seeds) for pk, run in by_id.items()
+    }
+    return confirmed, on_trainer
+
+
+def confirmed_deltas(runs: Iterable[Run]) -> Deltas:
+    """Every run's confirmed Δ on its objective (None while incomplete or not wanted)."""
+    return re_trained_deltas(runs)[0]
+
+
+def real_deltas(runs: Iterable[Run]) -> Deltas:
+    """Every surrogate run's real Δ (None while incomplete or not asked for)."""
+    return re_trained_deltas(runs)[1]

@@ -51,6 +51,9 @@ CSV_COLUMNS = [
     "overhead_seconds",
     "wall_seconds",
     "simulated_seconds",
+    "extrapolated",
+    "support_distance",
+    "nearest_measured_val_bpb",
     "steps",
     "tokens",
     "mechanisms",
@@ -103,6 +106,17 @@ def _is_surrogate(iteration: Iteration) -> bool:
     return iteration.run.experiment.objective == Objective.SURROGATE
 
 
+def _support_cells(iteration: Iteration) -> list[Any]:
+    """Surrogate rows say whether the config was outside the measured support; other rows leave it blank."""
+    if not _is_surrogate(iteration):
+        return ["", "", ""]
+    return [
+        "yes" if iteration.extrapolated else "no",
+        "" if iteration.support_distance is None else repr(iteration.support_distance),
+        "" if iteration.nearest_measured_val_bpb is None else repr(iteration.nearest_measured_val_bpb),
+    ]
+
+
 def _spreadsheet_safe(text: str) -> str:
     # An LLM-written hypothesis starting with "=" would run as a formula in a spreadsheet.
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -130,6 +144,7 @@ def _csv_row(iteration: Iteration) -> list[Any]:
         iteration.overhead_seconds,
         iteration.wall_seconds,
         iteration.simulated_seconds if _is_surrogate(iteration) else "",
+        *_support_cells(iteration),
         iteration.steps,
         iteration.tokens,
         _spreadsheet_safe("; ".join(mechanism_names(iteration))),

@@ -39,7 +39,7 @@ from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, Mechanism, MechanismAttachment
 
 from ..analysis.comparison import build_comparison
-from ..analysis.confirmed import confirmed_deltas
+from ..analysis.confirmed import confirmed_deltas, real_deltas
 from ..analysis.credit import FLAG_MIN_RUNS, credit_by_mechanism, run_credits
 from ..analysis.paper_import import DEFAULT_EXPERIMENT_NAME, PaperImportError, import_reports
 from ..engine import control, replay
@@ -273,6 +273,8 @@ def experiment_to_dict(experiment: Experiment, runs: list[Run] | None = None) ->
         "noise_k": experiment.noise_k,
         "baseline_repeats": experiment.baseline_repeats,
         "confirmation_repeats": experiment.confirmation_repeats,
+        "real_confirmation_repeats": experiment.real_confirmation_repeats,
+        "tuned_start": experiment.tuned_start or None,
         "review_gate": experiment.review_gate,
         "review_timeout_minutes": experiment.review_timeout_minutes,
     }
@@ -412,8 +414,9 @@ def experiment_comparison(
     budget: int | None = Query(None, ge=0, le=100_000, description="proposals; default the experiment's T"),
     with_: list[int] = Query([], alias="with", max_length=5, description="other experiment ids (at most 5)"),
     test: Literal["permutation", "welch"] = Query("permutation", description="which test highlights a pair"),
-    delta: Literal["auto", "search", "confirmed"] = Query(
-        "auto", description="search Δ, confirmed Δ (fresh seeds), or auto: confirmed once available"),
+    delta: Literal["auto", "search", "confirmed", "real"] = Query(
+        "auto", description="search Δ, confirmed Δ (fresh seeds), real Δ (surrogate runs re-trained on the real "
+                            "trainer), or auto: confirmed once available"),
 ) -> Any:
     experiment = get_or_404(Experiment.objects.all(), experiment_id)
     others = list(Experiment.objects.filter(pk__in=[pk for pk in with_ if 0 < pk <= MAX_ID]))
@@ -451,6 +454,8 @@ def run_detail(request: HttpRequest, run_id: int) -> Any:
                           run.mechanism_attachments.select_related("mechanism", "run", "reviewed_by")]
     confirmed = confirmed_deltas([run])[run.pk]
     data["confirmed"] = confirmed.as_dict() if confirmed else None  # None until every confirmation is trained
+    real = real_deltas([run])[run.pk]
+    data["real_confirmed"] = real.as_dict() if real else None
     return data
 
 

@@ -77,6 +77,10 @@ class ExperimentIn(Input):
     noise_k: StrictFloat | None = None
     baseline_repeats: StrictInt | None = None
     confirmation_repeats: StrictInt | None = None
+    real_confirmation_repeats: StrictInt | None = Field(
+        default=None, description="surrogate only: seeds of the real-trainer confirmation (default 2; 0 = none)")
+    start: Literal["default", "tuned"] | None = Field(
+        default=None, description="baseline of every run: the schema's defaults or the preset's tuned start")
     review_gate: StrictBool | None = None
     review_timeout_minutes: StrictInt | None = Field(
         default=None, description="with the gate on: continue without the mechanism after N minutes; none = wait")
@@ -139,6 +143,9 @@ class ExperimentOut(Schema):
     noise_k: float
     baseline_repeats: int
     confirmation_repeats: int
+    real_confirmation_repeats: int
+    tuned_start: dict[str, Any] | None = Field(
+        description="the tuned start the runs began from (config, real measurements, source); null = default")
     review_gate: bool
     review_timeout_minutes: int | None
 
@@ -183,6 +190,9 @@ class IterationOut(Schema):
     agent_seconds: float
     overhead_seconds: float
     simulated_seconds: float
+    extrapolated: bool = Field(description="surrogate only: the config lies outside the measured support")
+    support_distance: float | None = Field(description="surrogate only: distance to the measured support")
+    nearest_measured_val_bpb: float | None = Field(description="surrogate only: what the nearest measured configs gave")
     steps: int
     tokens: int
     mechanism_effects: list[Any]
@@ -230,6 +240,9 @@ class RunDetailOut(RunOut):
     mechanisms: list[AttachmentOut]
     confirmed: dict[str, Any] | None = Field(
         description="the confirmed Δ (best vs baseline re-trained on fresh seeds); null until all are trained")
+    real_confirmed: dict[str, Any] | None = Field(
+        default=None, description="surrogate runs: the real Δ (best vs baseline trained on the real trainer on the "
+                                  "same seeds); null until all are trained or when not asked for")
 
 
 class Page(Schema):

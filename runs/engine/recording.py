@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from trainer.outcomes import TrainingSummary
 from ..models import IterationKind, IterationStatus, Run, RunStatus
 from ..serializers import iteration_to_dict
 from . import replay
+from .confirmation import wants_confirmation
 from .devices import this_device
 from .events import publish_run_event
 from .lease import commit_as_holder
@@ -72,6 +74,7 @@ def record_iteration(
         "rejected_attempts": proposed.rejected,
         "host": socket.gethostname()[:255],
         "device": this_device().label[:200],
+        **support_fields(summary),
     }
     updates = dict(run_updates or {})
     if kind == IterationKind.PROPOSAL:
@@ -98,8 +101,28 @@ def record_iteration(
     )
     done = ctx.state.proposals_done >= ctx.experiment.iterations
     # With confirmation on, the run ends after its re-trainings (the next steps), not here.
-    if kind == IterationKind.PROPOSAL and done and not ctx.experiment.confirmation_repeats:
+    if kind == IterationKind.PROPOSAL and done and not wants_confirmation(ctx.experiment):
         finish_run(ctx.run_id, RunStatus.COMPLETED, f"all {ctx.experiment.iterations} proposals done")
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def support_fields(summary: TrainingSummary | None) -> dict[str, Any]:
+    """Where the surrogate stood for this config (its summary's extra): outside its measured support or not.
+
+    Absent (the real trainer, or a surrogate that does not report it) means not marked; only a literal true
+    marks a config as extrapolated.
+    """
+    extra = summary.extra if summary is not None else {}
+    return {
+        "extrapolated": extra.get("extrapolated") is True,
+        "support_distance": _finite(extra.get("support_distance")),
+        "nearest_measured_val_bpb": _finite(extra.get("nearest_measured_val_bpb")),
+    }
 
 
 def finish_run(run_id: int, status: str, detail: str) -> None:

@@ -172,27 +172,33 @@ def end_in_replay(replay: Run, runtime_names: set[str], index: int) -> None:
     Run.all_objects.filter(pk=replay.pk).update(replay_schedule=schedule)
 
 
-def recorded_measurements(source: Run) -> dict[tuple[str, int], float]:
-    """Every value the source measured, by (config, seed): a replay does not train these again."""
+def recorded_measurements(source: Run, real: bool = False) -> dict[tuple[str, int], float]:
+    """Every value the source measured, by (config, seed): a replay does not train these again.
+
+    ``real``: the source's real-trainer confirmations (a surrogate run's real Δ) instead of its values on the
+    objective; the two share seeds, so they are never mixed.
+    """
     found: dict[tuple[str, int], float] = {}
-    for iteration in source.iteration_set.filter(kind=IterationKind.PROPOSAL).exclude(config={}):
-        key = config_key(iteration.config)
-        seeds = (source.seed, source.seed + REEVALUATION_SEED_OFFSET)
-        for seed, value in zip(seeds, iteration.evaluations or [], strict=False):
-            if isinstance(value, int | float):
-                found[(key, seed)] = float(value)
-    for row in Confirmation.objects.filter(run=source, val_bpb__isnull=False):
+    if not real:
+        for iteration in source.iteration_set.filter(kind=IterationKind.PROPOSAL).exclude(config={}):
+            key = config_key(iteration.config)
+            seeds = (source.seed, source.seed + REEVALUATION_SEED_OFFSET)
+            for seed, value in zip(seeds, iteration.evaluations or [], strict=False):
+                if isinstance(value, int | float):
+                    found[(key, seed)] = float(value)
+    for row in Confirmation.objects.filter(run=source, real=real, val_bpb__isnull=False):
         found[(config_key(row.config), row.seed)] = float(row.val_bpb)  # type: ignore[arg-type]
     return found
 
 
-def recorded_summary(replay: Run, config: dict[str, Any], seed: int) -> TrainingSummary | None:
-    """The source's own measurement of this config on this seed, if it made one."""
+def recorded_summary(replay: Run, config: dict[str, Any], seed: int, real: bool = False) -> TrainingSummary | None:
+    """The source's own measurement of this config on this seed (on the real trainer: ``real``), if it made one."""
     if replay.replay_of_id is None:
         return None
     source = Run.all_objects.get(pk=replay.replay_of_id)
-    value = recorded_measurements(source).get((config_key(config), seed))
+    value = recorded_measurements(source, real).get((config_key(config), seed))
     if value is None:
         return None
-    return TrainingSummary(failure_class="ok", val_bpb=value, seed=seed, objective=source.experiment.objective,
+    objective = Objective.TRAINER if real else source.experiment.objective
+    return TrainingSummary(failure_class="ok", val_bpb=value, seed=seed, objective=objective,
                            extra={"reused_from_run": source.pk})

@@ -27,7 +27,7 @@ from . import acceptance, confirmation, replay
 from .events import publish_run_event
 from .lease import CONNECTION_ERRORS, Fenced, LeaseKeeper, claim_step, release_lease_and_continue, retrying_database
 from .mechanism_bridge import RuntimeHandle, activate_approved_mechanisms, attach_library_mechanisms, open_runtime
-from .objective import evaluate
+from .objective import evaluate, evaluate_real
 from .outer_cycle import outer_cycle_boundary
 from .proposals import Proposed, propose
 from .recording import finish_run, record_iteration
@@ -226,9 +226,10 @@ class Step:
 
     # -- training ---------------------------------------------------------------------------
 
-    def _evaluate(self, config: dict[str, Any], seed: int) -> TrainingSummary:
+    def _evaluate(self, config: dict[str, Any], seed: int, real: bool = False) -> TrainingSummary:
+        """Train ``config`` on the experiment's objective, or (``real``) on the real trainer whatever it is."""
         if self.run_obj.is_replay:
-            recorded = replay.recorded_summary(self.run_obj, config, seed)
+            recorded = replay.recorded_summary(self.run_obj, config, seed, real)
             if recorded is not None:
                 return recorded
         index = self.state.next_index
@@ -272,7 +273,10 @@ class Step:
                 connection.close()
                 database_quiet_until[0] = time.monotonic() + DATABASE_QUIET_SECONDS
 
-        workdir = Path(settings.TRAINER_WORKDIR) / f"run-{self.run_id}" / f"iteration-{index}-seed-{seed}"
-        summary = evaluate(config, experiment=self.experiment, seed=seed, workdir=workdir, on_progress=on_progress)
+        name = f"{'real-' if real else ''}iteration-{index}-seed-{seed}"
+        workdir = Path(settings.TRAINER_WORKDIR) / f"run-{self.run_id}" / name
+        summary = (evaluate_real if real else evaluate)(
+            config, experiment=self.experiment, seed=seed, workdir=workdir, on_progress=on_progress
+        )
         summary.extra["curve"] = points
         return summary

@@ -1,14 +1,38 @@
-"""The dashboard's iteration-table filter (the experiment form is engine/experiment_form.py: the API uses it too)."""
+"""The dashboard's iteration-table filter, and what the experiment form's page shows beside the form (the form
+itself is engine/experiment_form.py: the API uses it too)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
-from trainer.schema import KNOBS
+from trainer.schema import KNOBS, PRESET_SETTINGS, PRESETS
+from trainer.tuned_start import TunedStartError, tuned_start
 
-from ..models import Group, IterationKind, IterationStatus
+from ..engine.confirmation import default_real_repeats
+from ..engine.experiment_form import GROUP_HELP, ExperimentForm
+from ..engine.objective import REAL_TRAINING_SECONDS
+from ..models import Group, IterationKind, IterationStatus, Objective
+
+
+def form_page_context(form: ExperimentForm) -> dict[str, Any]:
+    """What the experiment form's page shows beside the form: tuned starts known, real confirmation's cost."""
+    try:
+        starts = {preset: start for preset in PRESETS if (start := tuned_start(preset)) is not None}
+    except TunedStartError:
+        starts = {}  # the form's own validation says why when a tuned start is chosen
+    return {
+        "form": form,
+        "group_help": GROUP_HELP,
+        "server_llm_key_set": bool(settings.LLM_API_KEY),
+        "tuned_starts": starts,
+        "real_training_seconds": REAL_TRAINING_SECONDS,
+        "default_real_repeats": default_real_repeats(Objective.SURROGATE),
+        "real_reference_flops": PRESET_SETTINGS[PRESETS[0]].default_flops_budget,
+    }
+
 
 PER_PAGE_CHOICES = (25, 50, 100, 200)
 DEFAULT_PER_PAGE = 50

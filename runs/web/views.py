@@ -30,19 +30,19 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from mechanisms.models import MechanismAttachment
 
-from ..analysis.confirmed import confirmed_deltas
+from ..analysis.confirmed import confirmed_deltas, real_deltas
 from ..analysis.iteration_table import EXPORT_FORMATS, export_chunks, filtered_iterations, iterate_rows
 from ..analysis.parallel_coordinates import measured_iterations, parallel_coordinates
 from ..analysis.slice_plots import slice_plots
 from ..engine import control, replay
 from ..engine.devices import why_no_worker_can_take
-from ..engine.experiment_form import GROUP_HELP, ExperimentForm
+from ..engine.experiment_form import ExperimentForm
 from ..engine.level2_progress import latest_panel
 from ..mechanism_spans import live_replays_of, mechanism_spans, removal_sets
 from ..models import AgentBackend, Experiment, Group, Iteration, Run, RunKind, RunStatus
 from ..serializers import iteration_to_dict, outer_cycle_to_dict, run_to_dict
 from .credit_views import credit_context
-from .forms import DEFAULT_PER_PAGE, IterationFilterForm
+from .forms import DEFAULT_PER_PAGE, IterationFilterForm, form_page_context
 
 TABLE_TARGET = "iteration-table"
 EXPERIMENTS_PER_PAGE = 25
@@ -286,8 +286,7 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
             return redirect("experiment_detail", experiment_id=experiment.pk)
     else:
         form = ExperimentForm()
-    context = {"form": form, "group_help": GROUP_HELP, "server_llm_key_set": bool(settings.LLM_API_KEY)}
-    return render(request, "runs/experiment_form.html", context)
+    return render(request, "runs/experiment_form.html", form_page_context(form))
 
 
 def _experiment_runs(experiment: Experiment) -> list[Run]:
@@ -363,6 +362,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     context["confirmed"] = confirmed_deltas([run])[run.pk]
     context.update(credit_context(run))
     context["no_worker"] = why_no_worker_can_take(run)
+    context["real_confirmed"] = real_deltas([run])[run.pk]
     context["page_config"] = {
         "run": run.pk,
         "snapshotUrl": reverse("run_snapshot", args=[run.pk]),

@@ -87,6 +87,32 @@ def _credit_text(summary: dict[str, Any]) -> str:
     return f"{fmt(summary['mean'], signed=True)}{interval} (n={summary['n']})"
 
 
+def _headroom_texts(headroom: dict[str, Any]) -> dict[str, str]:
+    ties = headroom["ties"]
+    tied = (f"{ties['runs_tied']} of {headroom['runs_at_budget']} (largest: {ties['largest']} at {fmt(ties['value'])})"
+            if ties["runs_tied"] else f"0 of {headroom['runs_at_budget']}")
+    share = headroom["share"]
+    return {
+        "ties_text": tied,
+        "best_known_text": fmt(headroom["best_known"]),
+        "group_best_text": fmt(headroom["group_best"]),
+        "mean_best_text": fmt(headroom["mean_best"]),
+        "best_known_source": headroom["best_known_source"],
+        "gap_text": fmt(headroom["gap"], signed=True),
+        "share_text": "—" if share is None else f"{share:.0%}",
+    }
+
+
+def _power_texts(pair_power: dict[str, Any]) -> dict[str, str]:
+    n = pair_power["n_for_reference"]
+    at = pair_power["power_at_reference"]
+    return {
+        "detectable_text": fmt(pair_power["detectable"]),
+        "n_reference_text": "—" if n is None else str(n),
+        "power_reference_text": "—" if at is None else f"{at:.0%}",
+    }
+
+
 def display_rows(data: ComparisonData) -> dict[str, Any]:
     """Pre-formatted strings for templates (the same for the page and the HTML report)."""
     labels = {g["key"]: g["label"] for g in data["groups"]}
@@ -112,13 +138,16 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
             "credit_confirmed": _credit_text(g["credit"]["all_mechanisms"]["confirmed_credit"]),
             "credit_by_kind": [(name, _credit_text(kind["credit"]), kind["flagged"])
                                for name, kind in g["credit"]["by_kind"].items()],
+            "confirmed_delta": fmt(g["confirmed_delta"]["mean"], signed=True),
+            "real_delta": fmt(g["real_delta"]["mean"], signed=True),
+            **_headroom_texts(g["headroom"]),
             "keeps": g["keeps"],
             "crashes": g["crashes"],
             "invalid": g["invalid"],
             "runs": [
                 {**r, "baseline_text": fmt(r["baseline"]), "best_text": fmt(r["best"]),
                  "delta_text": fmt(r["delta"], signed=True), "search_delta_text": fmt(r["search_delta"], signed=True),
-                 "confirmed_text": _confirmed_text(r["confirmed"])}
+                 "confirmed_text": _confirmed_text(r["confirmed"]), "real_text": _confirmed_text(r["real"])}
                 for r in g["runs"]
             ],
         })
@@ -139,6 +168,7 @@ def display_rows(data: ComparisonData) -> dict[str, Any]:
                         if pair["ci_low"] is not None else "—"),
             "g_text": (f"{fmt(pair['hedges_g'], 2, signed=True)} [{fmt(pair['g_ci_low'], 2, signed=True)}, "
                        f"{fmt(pair['g_ci_high'], 2, signed=True)}]" if pair["hedges_g"] is not None else "—"),
+            **_power_texts(pair["power"]),
         })
     parameters = [
         {**row, "gain_text": fmt(row["gain_from_keeps"]),
@@ -311,12 +341,46 @@ def summary_rows(data: ComparisonData) -> list[dict[str, Any]]:
                 "confirmed_delta": r["confirmed"]["delta"] if r["confirmed"] else None,
                 "confirmed_ci_low": r["confirmed"]["ci_low"] if r["confirmed"] else None,
                 "confirmed_ci_high": r["confirmed"]["ci_high"] if r["confirmed"] else None,
+                "real_delta": r["real"]["delta"] if r["real"] else None,
+                "real_ci_low": r["real"]["ci_low"] if r["real"] else None,
+                "real_ci_high": r["real"]["ci_high"] if r["real"] else None,
+                "group_runs_tied": g["headroom"]["ties"]["runs_tied"],
+                "group_best_known": g["headroom"]["best_known"],
+                "group_mean_best": g["headroom"]["mean_best"],
+                "group_gap_to_best_known": g["headroom"]["gap"],
+                "group_headroom_share": g["headroom"]["share"],
                 "objective": objective_label(g["objective"]),
                 "keeps": r["keeps"], "crashes": r["crashes"], "invalid": r["invalid"],
                 "mechanism_credit": r.get("mechanism_credit"),
                 "mechanism_credit_confirmed": r.get("mechanism_credit_confirmed"),
             })
     return rows
+
+
+SUMMARY_FIELDS = [
+    "experiment", "objective", "series", "group", "repeat", "run", "status", "included", "proposals",
+    "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "delta_source", "search_delta",
+    "confirmed_delta", "confirmed_ci_low", "confirmed_ci_high", "real_delta", "real_ci_low", "real_ci_high",
+    "keeps", "crashes", "invalid", "mechanism_credit", "mechanism_credit_confirmed", "group_runs_tied",
+    "group_best_known", "group_mean_best", "group_gap_to_best_known", "group_headroom_share",
+]
+PAIR_FIELDS = [
+    "first", "second", "n_first", "n_second", "delta_source", "difference", "ci_low", "ci_high", "p_welch",
+    "p_welch_holm", "p_permutation", "p_permutation_holm", "hedges_g", "pooled_sd", "detectable_difference_80",
+    "paper_c_minus_a", "n_per_group_for_paper_c_minus_a", "power_at_paper_c_minus_a",
+]
+
+
+def pair_rows(data: ComparisonData) -> list[dict[str, Any]]:
+    """One row per pair of series, with its test and its power (summary.csv?table=pairs)."""
+    return [
+        {**{k: pair[k] for k in PAIR_FIELDS if k in pair}, "delta_source": data["delta_source"],
+         "pooled_sd": pair["power"]["sd"], "detectable_difference_80": pair["power"]["detectable"],
+         "paper_c_minus_a": pair["power"]["reference_difference"],
+         "n_per_group_for_paper_c_minus_a": pair["power"]["n_for_reference"],
+         "power_at_paper_c_minus_a": pair["power"]["power_at_reference"]}
+        for pair in data["pairs"]
+    ]
 
 
 def summary_dict(data: ComparisonData) -> dict[str, Any]:
@@ -345,16 +409,17 @@ def summary_json(request: HttpRequest, experiment_id: int) -> HttpResponse:
 @require_GET
 def summary_csv(request: HttpRequest, experiment_id: int) -> HttpResponse:
     experiment = get_object_or_404(Experiment, pk=experiment_id)
-    rows = summary_rows(comparison_for_request(request, experiment))
+    data = comparison_for_request(request, experiment)
+    if request.GET.get("table") == "pairs":
+        rows, fields = pair_rows(data), PAIR_FIELDS
+    else:
+        rows, fields = summary_rows(data), SUMMARY_FIELDS
     out = io.StringIO()
-    fields = ["experiment", "objective", "series", "group", "repeat", "run", "status", "included", "proposals",
-              "baseline_val_bpb", "best_val_bpb_at_budget", "delta", "delta_source", "search_delta",
-              "confirmed_delta", "confirmed_ci_low", "confirmed_ci_high", "keeps", "crashes", "invalid",
-              "mechanism_credit", "mechanism_credit_confirmed"]
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row[k] is None else row[k]) for k in fields})
     response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="experiment-{experiment.pk}-summary.csv"'
+    name = "pairs" if fields is PAIR_FIELDS else "summary"
+    response["Content-Disposition"] = f'attachment; filename="experiment-{experiment.pk}-{name}.csv"'
     return response

@@ -43,3 +43,31 @@ document.addEventListener("change", function (event) {
   const kind = form.querySelector("input[name=budget_kind]:checked");
   if (preset && kind && (isDefault || input.value === "")) input.value = String(preset[kind.value]);
 });
+
+// Experiment form: what real confirmation will cost, from the groups, repeats, r and the budget chosen.
+// A training is about a minute on cpu-tiny at the default budget (measured; the server states the constant),
+// longer in proportion at a larger FLOP budget; a seconds budget maps to the surrogate's fitted FLOP budget.
+function showRealConfirmationCost(form) {
+  const note = form.querySelector("#real-confirmation-cost");
+  if (!note) return;
+  const groups = form.querySelectorAll("input[name=groups]:checked").length;
+  const repeats = parseInt(form.elements.repeats.value, 10) || 0;
+  const field = form.elements.real_confirmation_repeats;
+  const r = field.value === "" ? parseInt(note.dataset.defaultRepeats, 10) : parseInt(field.value, 10) || 0;
+  const kind = form.querySelector("input[name=budget_kind]:checked");
+  const budget = parseFloat(form.elements.budget_value.value);
+  const reference = parseFloat(note.dataset.referenceFlops);
+  const scale = kind && kind.value === "flops" && budget > 0 ? Math.max(budget / reference, 0.05) : 1;
+  const perTraining = parseFloat(note.dataset.secondsPerTraining) * scale / 60;
+  const trainings = groups * repeats * 2 * r;
+  note.textContent = r === 0 ? "No real confirmation: surrogate results stay unchecked against training."
+    : "Cost: " + groups * repeats + " runs × " + 2 * r + " real trainings = " + trainings + " trainings × about "
+      + perTraining.toFixed(perTraining < 10 ? 1 : 0) + " min ≈ " + Math.round(trainings * perTraining)
+      + " min of training-queue time (at most; a run that kept nothing trains its baseline only).";
+}
+document.addEventListener("input", function (event) { if (event.target.form) showRealConfirmationCost(event.target.form); });
+document.addEventListener("change", function (event) { if (event.target.form) showRealConfirmationCost(event.target.form); });
+document.addEventListener("DOMContentLoaded", function () {
+  const form = document.querySelector("form.experiment-form");
+  if (form) showRealConfirmationCost(form);
+});

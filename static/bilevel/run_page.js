@@ -4,8 +4,17 @@
 "use strict";
 
 (function () {
-  const COLORS = { keep: "#1f9d55", discard: "#9aa4b1", crash: "#d64545", baseline: "#2f6fd6", best: "#18202b", band: "rgba(47,111,214,0.12)" };
-  const DS = { keep: 0, discard: 1, baseline: 2, failed: 3, best: 4, baseLine: 5, bandHigh: 6, bandLow: 7 };
+  const COLORS = { keep: "#1f9d55", discard: "#9aa4b1", crash: "#d64545", baseline: "#2f6fd6", best: "#18202b", band: "rgba(47,111,214,0.12)", extrapolated: "#d97706" };
+  const DS = { keep: 0, discard: 1, baseline: 2, failed: 3, best: 4, baseLine: 5, bandHigh: 6, bandLow: 7, extrapolated: 8 };
+
+  // A surrogate value for a config outside the measured support: no better than the nearest measured configs.
+  function extrapolationText(it) {
+    if (!it.extrapolated) return "";
+    let text = "extrapolated: outside the surrogate's measured support";
+    if (it.nearest_measured_val_bpb !== null && it.nearest_measured_val_bpb !== undefined) text += " (nearest measured " + fmt(it.nearest_measured_val_bpb) + ")";
+    if (it.support_distance !== null && it.support_distance !== undefined) text += ", distance " + Number(it.support_distance).toPrecision(3);
+    return text;
+  }
   const CONTROL_WHEN = "[data-when]";
 
   function byId(id) { return document.getElementById(id); }
@@ -72,6 +81,8 @@
           { label: "baseline mean", data: [], borderColor: COLORS.baseline, borderDash: [6, 4], showLine: true, pointRadius: 0, borderWidth: 1 },
           { label: "baseline ± noise sd", data: [], borderColor: "transparent", backgroundColor: COLORS.band, showLine: true, pointRadius: 0, fill: false },
           { label: "baseline − noise sd", data: [], borderColor: "transparent", backgroundColor: COLORS.band, showLine: true, pointRadius: 0, fill: "-1" },
+          // A ring around every extrapolated point (drawn over its keep/discard/baseline marker).
+          { label: "extrapolated (outside the measured support)", data: [], borderColor: COLORS.extrapolated, backgroundColor: "transparent", pointStyle: "circle", baseStyle: "circle", pointRadius: 8, borderWidth: 2, showLine: false, clip: false },
         ],
       },
       options: {
@@ -93,7 +104,9 @@
                 const it = ctx.raw && ctx.raw.it;
                 if (!it) return ctx.dataset.label + ": " + fmt(ctx.parsed.y);
                 const head = "#" + it.index + " " + it.status + (it.val_bpb === null ? "" : " " + fmt(it.val_bpb));
-                return [head, truncate(it.hypothesis, 90)];
+                const lines = [head, truncate(it.hypothesis, 90)];
+                if (it.extrapolated) lines.push(extrapolationText(it));
+                return lines;
               },
             },
           },
@@ -282,7 +295,7 @@
 
   RunPage.prototype.renderChart = function () {
     const sets = this.chart.data.datasets;
-    [DS.keep, DS.discard, DS.baseline, DS.failed, DS.best, DS.baseLine, DS.bandHigh, DS.bandLow].forEach((i) => {
+    [DS.keep, DS.discard, DS.baseline, DS.failed, DS.best, DS.baseLine, DS.bandHigh, DS.bandLow, DS.extrapolated].forEach((i) => {
       sets[i].data = [];
       if (sets[i].baseStyle) sets[i].pointStyle = sets[i].baseStyle;
     });
@@ -301,6 +314,7 @@
       if (it.status === "keep") sets[DS.keep].data.push(p);
       else if (it.status === "baseline") { sets[DS.baseline].data.push(p); baselineValues.push(it.val_bpb); }
       else sets[DS.discard].data.push(p);
+      if (it.extrapolated) sets[DS.extrapolated].data.push(p);
       if ((it.status === "keep" || it.status === "baseline") && (best === null || it.val_bpb < best)) best = it.val_bpb;
       if (best !== null) sets[DS.best].data.push({ x: it.index, y: best });
     });
@@ -338,6 +352,8 @@
     const notes = [];
     if (above) notes.push(above + " value" + (above === 1 ? "" : "s") + " above the axis (▲ at the top; hover for the value)");
     if (failed) notes.push(failed + " crashed or invalid iteration" + (failed === 1 ? "" : "s") + " (× at the top; no val_bpb)");
+    const extrapolated = sets[DS.extrapolated].data.length;
+    if (extrapolated) notes.push(extrapolated + " extrapolated (ringed: outside the surrogate's measured support, no better than the nearest measured configs)");
     if (baseline !== null) notes.push("baseline " + fmt(baseline) + (this.run.noise_sd ? " ± " + fmt(this.run.noise_sd) + " (noise sd)" : " (noise sd not measured)"));
     if (best !== null) notes.push("best " + fmt(best));
     byId("chart-note").textContent = notes.join(" · ");
@@ -401,7 +417,7 @@
     const target = byId("latest-iteration");
     if (!all.length) { target.textContent = "–"; return; }
     const it = all[all.length - 1];
-    target.textContent = "#" + it.index + " " + it.status + (it.val_bpb === null ? "" : " · " + fmt(it.val_bpb)) + (it.hypothesis ? " · " + it.hypothesis : "");
+    target.textContent = "#" + it.index + " " + it.status + (it.val_bpb === null ? "" : " · " + fmt(it.val_bpb)) + (it.extrapolated ? " · extrapolated" : "") + (it.hypothesis ? " · " + it.hypothesis : "");
   };
 
   function chips(cell, names, className) {

@@ -88,7 +88,7 @@ def test_token_script_creates_starts_and_downloads_the_comparison(
 
     experiment = call(f"{api}/experiments/", token, "POST", {
         "name": "token script", "groups": ["A", "R"], "repeats": 1, "iterations": 3, "strategy_interval": 2,
-        "objective": "surrogate", "review_gate": False,
+        "objective": "surrogate", "review_gate": False, "real_confirmation_repeats": 0,
     })
     assert {r["status"] for r in experiment["runs"]} <= {"queued", "running"}  # created and started
     deadline = time.monotonic() + 120

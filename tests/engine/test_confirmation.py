@@ -96,11 +96,11 @@ class _StalledStep(Step):
 
     survivor: list[str]
 
-    def _evaluate(self, config: dict[str, Any], seed: int) -> TrainingSummary:
+    def _evaluate(self, config: dict[str, Any], seed: int, real: bool = False) -> TrainingSummary:
         Run.objects.filter(pk=self.run_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
         assert self.run_id in reap_expired_leases()
         self.survivor = drive(Run.objects.get(pk=self.run_id))
-        return super()._evaluate(config, seed)
+        return super()._evaluate(config, seed, real)
 
 
 @pytest.mark.parametrize(("objective", "expected"), [("surrogate", 3), ("trainer", 2)])
