@@ -50,6 +50,7 @@ from ..models import (
     LLMCall,
     Objective,
     Run,
+    RunKind,
 )
 from . import power, stats
 from .confirmed import ConfirmedDelta, re_trained_deltas
@@ -319,9 +320,9 @@ class _BestKnown:
 def best_known_value(experiment: Experiment) -> dict[str, Any] | None:
     """The lowest val_bpb known for the experiment's objective at its preset and budget, and where it comes from.
 
-    Recorded values of every non-reference experiment on the same setting (predicted ones on the surrogate, measured
-    ones on the trainer); on the real trainer also the real mean of any tuned start measured at this FLOP budget
-    (experiments keep the record of the tuned start they began from).
+    Recorded values of every search run (never a replay) of a non-reference experiment on the same setting
+    (predicted ones on the surrogate, measured ones on the trainer); on the real trainer also the real mean of any
+    tuned start measured at this FLOP budget (experiments keep the record of the tuned start they began from).
     """
     same_setting = {
         "objective": experiment.objective, "preset": experiment.preset, "budget_kind": experiment.budget_kind,
@@ -329,7 +330,8 @@ def best_known_value(experiment: Experiment) -> dict[str, Any] | None:
     }
     row = (
         Iteration.objects.filter(
-            **{f"run__experiment__{key}": value for key, value in same_setting.items()}, val_bpb__isnull=False,
+            **{f"run__experiment__{key}": value for key, value in same_setting.items()}, run__kind=RunKind.SEARCH,
+            val_bpb__isnull=False,
             status__in=(IterationStatus.BASELINE, IterationStatus.KEEP, IterationStatus.DISCARD),
         )
         .order_by("val_bpb", "run_id", "index")

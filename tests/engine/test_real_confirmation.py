@@ -17,7 +17,7 @@ from runs.analysis.comparison import build_comparison
 from runs.analysis.confirmed import real_deltas
 from runs.engine import control
 from runs.engine.confirmation import CONFIRMATION_SEED_OFFSET, planned_trainings
-from runs.engine.state import RunState
+from runs.engine.state import RunState, config_key
 from runs.engine.step import execute_step
 from runs.models import Confirmation, InterruptedAttempt, Run, RunStatus
 from tests.conftest import start_celery_worker, trainers_of
@@ -133,3 +133,20 @@ def test_a_worker_killed_mid_real_confirmation_loses_nothing_and_records_each_tr
     assert real_deltas([run])[run.pk] is not None
     # The killed attempt and its retry were both claims; the retry's training is the one recorded.
     assert run.steps_claimed >= 3 + len(planned) + 1
+
+
+def test_a_replay_reuses_real_and_objective_values_apart() -> None:
+    """Both kinds of confirmation share seeds: a replay takes each kind from the source's rows of that kind."""
+    from runs.engine.replay import recorded_measurements
+
+    experiment = make_experiment(iterations=1, confirmation_repeats=1, real_confirmation_repeats=1)
+    run = experiment.runs.get()
+    config = RunState.load(run).base_config
+    seed = run.seed + CONFIRMATION_SEED_OFFSET
+    Confirmation.objects.create(run=run, real=False, role="baseline", replicate=0, seed=seed, config=config,
+                                val_bpb=3.01)
+    Confirmation.objects.create(run=run, real=True, role="baseline", replicate=0, seed=seed, config=config,
+                                val_bpb=3.12, budget_flops=1.5e12)
+    key = (config_key(config), seed)
+    assert recorded_measurements(run)[key] == 3.01
+    assert recorded_measurements(run, real=True) == {key: 3.12}
