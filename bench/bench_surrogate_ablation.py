@@ -73,7 +73,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
                               pair["p_permutation"], pair["p_permutation_holm"], pair["p_welch"],
                               pair["p_welch_holm"], pair["power"]["detectable"], pair["power"]["n_for_reference"]])
     return Report(
-        name="surrogate_ablation",
+        name="surrogate_ablation" if start == "default" else f"surrogate_ablation-{start}",  # one section each
         title=(f"surrogate_ablation: 5 groups × {repeats} × {iterations}, {start} start, confirmation on {confirm} "
                f"seeds, real confirmation on {real}"),
         command=(f"python3 bootstrap.py bench surrogate_ablation repeats={repeats} iterations={iterations} "
