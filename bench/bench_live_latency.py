@@ -100,7 +100,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
 def publish_all(run_id: int, indexes: list[int], gap: float, sent: dict[int, float], costs: list[float]) -> None:
     from django.db import connection
 
-    from runs.engine.events import publish_run_event
+    from runs.engine.events import IterationEvent, publish_run_event
     from runs.models import Iteration
     from runs.serializers import iteration_to_dict
 
@@ -109,7 +109,7 @@ def publish_all(run_id: int, indexes: list[int], gap: float, sent: dict[int, flo
             row = Iteration.objects.create(run_id=run_id, index=index, kind="proposal", status="discard",
                                            val_bpb=3.0 + index * 1e-4, best_before=3.0, hypothesis=f"event {index}",
                                            changes={"MATRIX_LR": {"old": 0.01, "new": 0.01 + index * 1e-5}})
-            event = {"type": "iteration", "run": run_id, "iteration": iteration_to_dict(row)}
+            event: IterationEvent = {"type": "iteration", "run": run_id, "iteration": iteration_to_dict(row)}
             sent[index] = time.time() * 1000
             started = time.perf_counter()
             publish_run_event(run_id, event)

@@ -128,6 +128,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     from runs.engine import step as engine
     from runs.engine.agents.builtin import BuiltinAgent
     from runs.engine.control import create_runs
+    from runs.engine.events import RunEvent
     from runs.engine.state import RunState
     from runs.models import Experiment, Iteration
     from trainer.launch import prestart_warm_trainer
@@ -171,7 +172,7 @@ def run(env: BenchEnv, options: dict[str, str]) -> Report:
     clock.wrap(engine, "close_old_connections", "close DB connection")
     original_publish = engine.publish_run_event
 
-    def publish(run_id: int, event: dict[str, Any]) -> None:
+    def publish(run_id: int, event: RunEvent) -> None:
         if clock.stack and clock.stack[-1][0].startswith("trainer"):
             # A progress event, sent while the trainer runs: overlapped with training, so it is not part
             # of the step's serial time, but it does use the worker's CPU beside the trainer.

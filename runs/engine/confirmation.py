@@ -29,10 +29,12 @@ from django.db import IntegrityError, transaction
 from trainer.outcomes import TrainingSummary
 
 from ..models import Confirmation, ConfirmationRole, Experiment, Objective, Run, RunStatus
-from .events import publish_run_event
+from . import run_status
+from .completion import complete_run
 from .lease import commit_as_holder
 from .objective import REAL_CONFIRMATION_THREADS, real_budget_flops
-from .state import RunState, config_key
+from .state import config_key
+from .step_context import StepContext
 from .step_errors import StepAborted
 
 # Far from the search seeds (run seed, +1000·k for baseline repeats, +7919 for re-evaluations).
@@ -83,20 +85,11 @@ def planned_trainings(run: Run, base_config: dict[str, Any], best_config: dict[s
     ]
 
 
-class StepLike(Protocol):
-    """What a confirmation needs of the engine's step (its lease, its training, its way to end the run)."""
+class Train(Protocol):
+    """Trains one config on one seed within the step (its progress, its lease, its cancellation), on the
+    experiment's objective or (``real``) on the real trainer: Step._evaluate."""
 
-    run_obj: Run
-    state: RunState
-    experiment: Experiment
-    owner: str
-
-    @property
-    def ticket(self) -> int: ...
-
-    def _evaluate(self, config: dict[str, Any], seed: int, real: bool = False) -> TrainingSummary: ...
-
-    def _finish(self, status: str, detail: str) -> None: ...
+    def __call__(self, config: dict[str, Any], seed: int, real: bool = False) -> TrainingSummary: ...
 
 
 def _end_detail(run: Run) -> str:
@@ -109,20 +102,20 @@ def _end_detail(run: Run) -> str:
     return detail
 
 
-def confirm_or_finish(step: StepLike) -> str:
+def confirm_or_finish(ctx: StepContext, train: Train) -> str:
     """The step of a run whose proposals are done: the next confirmation training, or the end of the run."""
-    run = step.run_obj
-    planned = planned_trainings(run, step.state.base_config, step.state.best_config)
+    run = ctx.run
+    planned = planned_trainings(run, ctx.state.base_config, ctx.state.best_config)
     done = {
         (real, role, replicate)
         for real, role, replicate in Confirmation.objects.filter(run=run).values_list("real", "role", "replicate")
     }
     todo = [p for p in planned if p.key not in done]
     if not todo:
-        step._finish(RunStatus.COMPLETED, _end_detail(run))
+        complete_run(ctx.run_id, _end_detail(run))
         return "completed"
     training = todo[0]
-    summary = step._evaluate(training.config, training.seed, real=training.real)
+    summary = train(training.config, training.seed, real=training.real)
     if training.real:
         real_total = sum(1 for p in planned if p.real)
         real_done = real_total - sum(1 for p in todo if p.real) + 1
@@ -149,10 +142,9 @@ def confirm_or_finish(step: StepLike) -> str:
                 )
         except IntegrityError as error:
             raise StepAborted(f"{what} was already recorded") from error
-        Run.all_objects.filter(pk=run.pk).update(status_detail=detail, live_progress={})
+        run_status.set_detail(run.pk, RunStatus.RUNNING, detail, live_progress={})
 
     late = {"real": training.real, "role": training.role, "replicate": training.replicate,
             "val_bpb": summary.val_bpb}
-    commit_as_holder(run.pk, step.owner, step.ticket, write, what, lambda: late)
-    publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": RunStatus.RUNNING, "detail": detail})
+    commit_as_holder(run.pk, ctx.owner, ctx.ticket, write, what, lambda: late)
     return "real-confirmation" if training.real else "confirmation"

@@ -12,18 +12,13 @@ from celery import current_app
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
-from django.utils import timezone
 
-from mechanisms.lifecycle import retire_run_mechanisms
 from trainer.schema import config_to_json, default_config, validate_config
 
 from ..models import GROUP_LEVELS, WAITING_RUN_STATUSES, Experiment, Run, RunStatus
+from . import run_status
 from .devices import queue_for
-from .events import publish_run_event
-
-
-class TransitionError(Exception):
-    """The run is not in a state that allows this action."""
+from .run_status import TransitionError
 
 
 def can_control(user: Any, experiment: Experiment) -> bool:
@@ -86,12 +81,10 @@ def start_experiment(experiment: Experiment) -> None:
 
 
 def _transition(run: Run, allowed: tuple[str, ...], target: str, detail: str) -> None:
-    updated = Run.all_objects.filter(pk=run.pk, status__in=allowed).update(status=target, status_detail=detail)
-    if not updated:
+    if not run_status.change_status(run.pk, allowed, target, detail):
         run.refresh_from_db(fields=["status"])
         raise TransitionError(f"run {run.pk} is {run.status}; cannot go to {target}")
     run.refresh_from_db()
-    publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": target, "detail": detail})
 
 
 def pause_run(run: Run) -> None:
@@ -108,12 +101,11 @@ def resume_run(run: Run) -> None:
 
 def cancel_run(run: Run) -> None:
     """Stops the run; a training in flight is killed and its iteration is not recorded."""
-    _transition(
-        run, (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED, *WAITING_RUN_STATUSES), RunStatus.CANCELLED,
-        "cancelled by a user",
-    )
-    Run.all_objects.filter(pk=run.pk, finished_at__isnull=True).update(finished_at=timezone.now())
-    retire_run_mechanisms(run.pk)
+    allowed = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED, *WAITING_RUN_STATUSES)
+    if not run_status.end_run(run.pk, RunStatus.CANCELLED, "cancelled by a user", sources=allowed):
+        run.refresh_from_db(fields=["status"])
+        raise TransitionError(f"run {run.pk} is {run.status}; cannot go to {RunStatus.CANCELLED}")
+    run.refresh_from_db()
 
 
 def start_run(run: Run) -> None:

@@ -31,12 +31,12 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Max
+from django.db.models import DateTimeField, ExpressionWrapper, F, Max, QuerySet
 from django.db.models.functions import Now
 
 from ..models import ACTIVE_RUN_STATUSES, InterruptedAttempt, Run, RunStatus
+from . import run_status
 from .control import enqueue_step
-from .events import publish_run_event
 from .step_errors import StepAborted
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,11 @@ def _record_interrupted(run_id: int, lease: dict[str, Any], progress: dict[str, 
     logger.warning("run %s: step %s taken over from %s: %s", run_id, index, lease["lease_owner"], reason)
 
 
-def _take_from_dead_holder(candidates: Any, run_id: int, new_fields: dict[str, Any], **extra: Any) -> bool | None:
-    """Compare-and-swap the lease away from a gone holder (recording its attempt).
+def _take_from_dead_holder(
+    candidates: QuerySet[Run], run_id: int, write: Callable[[QuerySet[Run]], int]
+) -> bool | None:
+    """Compare-and-swap the lease away from a gone holder (recording its attempt); `write` updates the
+    rows still held by that holder (and clears the live progress of the step it lost).
 
     Returns True if taken, False if the holder may still be alive, None if there was no holder.
     The holder is judged on the database's clock, read in the same query as its lease.
@@ -163,8 +166,7 @@ def _take_from_dead_holder(candidates: Any, run_id: int, new_fields: dict[str, A
     reason = holder_gone_reason(row, row["db_now"])
     if reason is None:
         return False
-    taken = candidates.filter(lease_owner=row["lease_owner"], lease_ticket=row["lease_ticket"]).update(
-        live_progress={}, **new_fields, **extra)
+    taken = write(candidates.filter(lease_owner=row["lease_owner"], lease_ticket=row["lease_ticket"]))
     if taken:
         _record_interrupted(run_id, row, row["live_progress"] or {}, reason)
     return bool(taken)
@@ -177,14 +179,15 @@ def claim_step(run_id: int, ticket: int, owner: str) -> int | None:
     """
     new_fields = _holder_fields(owner)
     with transaction.atomic():
-        candidates = Run.all_objects.filter(pk=run_id, step_ticket=ticket, status__in=ACTIVE_RUN_STATUSES)
-        extra = {"status": RunStatus.RUNNING, "steps_claimed": F("steps_claimed") + 1}
-        taken = _take_from_dead_holder(candidates, run_id, new_fields, **extra)
+        candidates = Run.all_objects.filter(pk=run_id, step_ticket=ticket, status__in=run_status.CLAIMABLE)
+        claimed = {**new_fields, "steps_claimed": F("steps_claimed") + 1}
+        taken = _take_from_dead_holder(candidates, run_id,
+                                       lambda rows: run_status.claim(rows, live_progress={}, **claimed))
         if taken is None:
-            taken = bool(candidates.filter(lease_owner="").update(**new_fields, **extra))
+            taken = bool(run_status.claim(candidates.filter(lease_owner=""), **claimed))
         held = current_ticket(run_id, owner) if taken else None
     if taken and Run.all_objects.filter(pk=run_id, started_at__isnull=True).update(started_at=Now()):
-        publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.RUNNING, "detail": "started"})
+        run_status.announce_started(run_id)
     return held
 
 
@@ -214,9 +217,11 @@ def release_gone_holders(run_ids: list[int] | None = None) -> list[int]:
     if run_ids is not None:
         active = active.filter(pk__in=run_ids)
     freed = []
+    released = _released_fields()
     for run_id in active.values_list("pk", flat=True):
         with transaction.atomic():
-            if _take_from_dead_holder(Run.all_objects.filter(pk=run_id), run_id, _released_fields()):
+            if _take_from_dead_holder(Run.all_objects.filter(pk=run_id), run_id,
+                                      lambda rows: rows.update(live_progress={}, **released)):
                 freed.append(run_id)
     return freed
 

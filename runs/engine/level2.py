@@ -33,6 +33,7 @@ from mechanisms.research.session import CutOffReply, ResearchContext, SessionRes
 from mechanisms.research.storage import LIVE_STATUSES, store_session_result
 
 from ..models import WAITING_RUN_STATUSES, AgentBackend, Run, RunStatus
+from . import run_status
 from .agents.factory import build_llm_agent
 from .control import enqueue_step
 from .events import publish_run_event
@@ -76,9 +77,8 @@ def wait_for_level2(run: Run, owner: str, cycle_index: int) -> str | None:
 
 def _wait(run: Run, owner: str, status: str, detail: str) -> None:
     # waiting_since keeps the start of the whole wait (session, then review): the timeout counts from it.
-    if Run.objects.filter(pk=run.pk, lease_owner=owner, status=RunStatus.RUNNING).update(
-            status=status, status_detail=detail, waiting_since=Coalesce("waiting_since", Now())):
-        publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": status, "detail": detail})
+    run_status.change_status(run.pk, (RunStatus.RUNNING,), status, detail, where={"lease_owner": owner},
+                             waiting_since=Coalesce("waiting_since", Now()))
 
 
 def _pending(run: Run) -> list[MechanismAttachment]:
@@ -105,14 +105,11 @@ def _request_session(run: Run, cycle_index: int) -> None:
 def resume(run_id: int, detail: str) -> bool:
     """End a Level 2 wait and queue the next step at once; False if the run was not waiting."""
     with transaction.atomic():
-        resumed = Run.objects.filter(pk=run_id, status__in=WAITING_RUN_STATUSES).update(
-            status=RunStatus.RUNNING, status_detail=detail, waiting_since=None
-        )
+        resumed = run_status.change_status(run_id, WAITING_RUN_STATUSES, RunStatus.RUNNING, detail,
+                                           waiting_since=None)
         if resumed:
             enqueue_step(run_id)
-    if resumed:
-        publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.RUNNING, "detail": detail})
-    return bool(resumed)
+    return resumed
 
 
 def resume_if_unblocked(run_id: int) -> None:
@@ -210,10 +207,7 @@ def after_session(session: ResearchSession) -> None:
     pending = _pending(run)
     if pending:
         detail = _awaiting_detail(pending)
-        if Run.objects.filter(pk=run.pk, status=RunStatus.RESEARCHING).update(
-                status=RunStatus.AWAITING_REVIEW, status_detail=detail):
-            publish_run_event(run.pk, {"type": "status", "run": run.pk, "status": RunStatus.AWAITING_REVIEW,
-                                       "detail": detail})
+        run_status.change_status(run.pk, (RunStatus.RESEARCHING,), RunStatus.AWAITING_REVIEW, detail)
         return
     resume(run.pk, f"Level 2 session {session.outer_cycle_index}: {session.get_status_display().lower()}")
 

@@ -8,14 +8,12 @@ import time
 from typing import Any
 
 from django.db import IntegrityError
-from django.utils import timezone
 
-from mechanisms.lifecycle import retire_run_mechanisms
 from trainer.outcomes import TrainingSummary
 
-from ..models import IterationKind, IterationStatus, Run, RunStatus
+from ..models import IterationKind, IterationStatus, Run
 from ..serializers import iteration_to_dict
-from . import replay
+from .completion import complete_run
 from .confirmation import wants_confirmation
 from .devices import this_device
 from .events import publish_run_event
@@ -102,7 +100,7 @@ def record_iteration(
     done = ctx.state.proposals_done >= ctx.experiment.iterations
     # With confirmation on, the run ends after its re-trainings (the next steps), not here.
     if kind == IterationKind.PROPOSAL and done and not wants_confirmation(ctx.experiment):
-        finish_run(ctx.run_id, RunStatus.COMPLETED, f"all {ctx.experiment.iterations} proposals done")
+        complete_run(ctx.run_id, f"all {ctx.experiment.iterations} proposals done")
 
 
 def _finite(value: Any) -> float | None:
@@ -123,16 +121,3 @@ def support_fields(summary: TrainingSummary | None) -> dict[str, Any]:
         "support_distance": _finite(extra.get("support_distance")),
         "nearest_measured_val_bpb": _finite(extra.get("nearest_measured_val_bpb")),
     }
-
-
-def finish_run(run_id: int, status: str, detail: str) -> None:
-    """The run ends: completed or failed; its mechanisms retire with it."""
-    # A pause requested during the last step must not leave a finished (or failed) run "paused".
-    finished = Run.all_objects.filter(pk=run_id, status__in=(RunStatus.RUNNING, RunStatus.PAUSED)).update(
-        status=status, status_detail=detail, finished_at=timezone.now()
-    )
-    if finished:
-        retire_run_mechanisms(run_id)
-        publish_run_event(run_id, {"type": "status", "run": run_id, "status": status, "detail": detail})
-        if status == RunStatus.COMPLETED:
-            replay.offer_when_finished(run_id)

@@ -18,19 +18,18 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.utils import timezone
 
 from trainer.outcomes import TrainingSummary
 
 from ..models import IterationKind, IterationStatus, Run, RunStatus
-from . import acceptance, confirmation, replay
-from .events import publish_run_event
+from . import acceptance, confirmation, replay, run_status
+from .events import progress_event, publish_run_event
 from .lease import CONNECTION_ERRORS, Fenced, LeaseKeeper, claim_step, release_lease_and_continue, retrying_database
 from .mechanism_bridge import RuntimeHandle, activate_approved_mechanisms, attach_library_mechanisms, open_runtime
 from .objective import evaluate, evaluate_real
 from .outer_cycle import outer_cycle_boundary
 from .proposals import Proposed, propose
-from .recording import finish_run, record_iteration
+from .recording import record_iteration
 from .state import RunState
 from .step_context import StepAborted, StepContext
 
@@ -66,12 +65,8 @@ def execute_step(run_id: int, ticket: int, worker: str = "worker") -> str:
         connection.close()
     except Exception as error:
         logger.exception("run %s step failed", run_id)
-        Run.all_objects.filter(pk=run_id, lease_owner=owner, lease_ticket=held).update(
-            status=RunStatus.FAILED,
-            status_detail=f"step failed: {type(error).__name__}: {error}",
-            finished_at=timezone.now(),
-        )
-        publish_run_event(run_id, {"type": "status", "run": run_id, "status": RunStatus.FAILED, "detail": str(error)})
+        run_status.end_run(run_id, RunStatus.FAILED, f"step failed: {type(error).__name__}: {error}",
+                           where={"lease_owner": owner, "lease_ticket": held})
         outcome = "failed"
     finally:
         keeper.stop()
@@ -88,10 +83,6 @@ class Step:
     def __init__(self, run_id: int, owner: str, keeper: LeaseKeeper) -> None:
         run = Run.all_objects.select_related("experiment").get(pk=run_id)
         self.ctx = StepContext(run=run, state=RunState.load(run), owner=owner, keeper=keeper)
-        self.run_obj = run
-        self.state = self.ctx.state
-        self.experiment = run.experiment
-        self.owner = owner
 
     @property
     def run_id(self) -> int:
@@ -101,24 +92,20 @@ class Step:
     def ticket(self) -> int:
         return self.ctx.ticket
 
-    def _finish(self, status: str, detail: str) -> None:
-        finish_run(self.run_id, status, detail)
-
     def run(self) -> str:
-        if self.state.proposals_done >= self.experiment.iterations:
-            return confirmation.confirm_or_finish(self)
-        if not self.run_obj.random_control and not self.run_obj.is_replay:  # a replay's come from its schedule
-            attach_library_mechanisms(self.run_obj)
-            activate_approved_mechanisms(self.run_obj, self.state.next_index)
-        if self.state.baseline is None:
-            return self._train_baseline(IterationKind.BASELINE, self.run_obj.seed)
-        repeats_wanted = (
-            self.experiment.baseline_repeats if self.experiment.acceptance_policy == acceptance.NOISE_AWARE else 1
-        )
-        have = len(self.state.baseline_values)
-        if have < repeats_wanted and not self.state.proposals:
+        if self.ctx.state.proposals_done >= self.ctx.experiment.iterations:
+            return confirmation.confirm_or_finish(self.ctx, self._evaluate)
+        if not self.ctx.run.random_control and not self.ctx.run.is_replay:  # a replay's come from its schedule
+            attach_library_mechanisms(self.ctx.run)
+            activate_approved_mechanisms(self.ctx.run, self.ctx.state.next_index)
+        if self.ctx.state.baseline is None:
+            return self._train_baseline(IterationKind.BASELINE, self.ctx.run.seed)
+        experiment = self.ctx.experiment
+        repeats_wanted = experiment.baseline_repeats if experiment.acceptance_policy == acceptance.NOISE_AWARE else 1
+        have = len(self.ctx.state.baseline_values)
+        if have < repeats_wanted and not self.ctx.state.proposals:
             return self._train_baseline(
-                IterationKind.BASELINE_REPEAT, self.run_obj.seed + BASELINE_REPEAT_SEED_OFFSET * have
+                IterationKind.BASELINE_REPEAT, self.ctx.run.seed + BASELINE_REPEAT_SEED_OFFSET * have
             )
         waiting = outer_cycle_boundary(self.ctx)
         if waiting is not None:
@@ -128,17 +115,18 @@ class Step:
     # -- baseline ------------------------------------------------------------------------
 
     def _train_baseline(self, kind: str, seed: int) -> str:
-        config = self.state.base_config
+        config = self.ctx.state.base_config
         summary = self._evaluate(config, seed)
-        values = [*self.state.baseline_values]
+        values = [*self.ctx.state.baseline_values]
         status = IterationStatus.BASELINE if summary.ok else IterationStatus.CRASH
         if summary.ok and summary.val_bpb is not None:
             values.append(summary.val_bpb)
         elif kind == IterationKind.BASELINE:
             # Without a baseline nothing can be compared: say so and stop, never guess.
             record_iteration(self.ctx, kind=kind, config=config, summary=summary, status=status, proposed=Proposed())
-            finish_run(self.run_id, RunStatus.FAILED,
-                       f"the baseline training failed ({summary.failure_class}): {summary.error}")
+            run_status.end_run(self.run_id, RunStatus.FAILED,
+                               f"the baseline training failed ({summary.failure_class}): {summary.error}",
+                               sources=run_status.STEP_HOLDS)
             return "baseline-failed"
         noise_sd = acceptance.sample_sd(values)
         record_iteration(self.ctx,
@@ -159,7 +147,7 @@ class Step:
     # -- Level 1 ----------------------------------------------------------------------------
 
     def _proposal(self) -> str:
-        with open_runtime(self.run_obj, self.state) as runtime:
+        with open_runtime(self.ctx.run, self.ctx.state) as runtime:
             proposed = propose(self.ctx, runtime)
             if not proposed.config:
                 record_iteration(
@@ -172,7 +160,7 @@ class Step:
                     runtime=runtime,
                 )
                 return str(IterationStatus.INVALID_PROPOSAL)
-            summary = self._evaluate(proposed.config, self.run_obj.seed)
+            summary = self._evaluate(proposed.config, self.ctx.run.seed)
             status, reason, evaluations, summary = self._decide(proposed, summary, runtime)
             record_iteration(
                 self.ctx,
@@ -190,23 +178,25 @@ class Step:
     def _decide(
         self, proposed: Proposed, summary: TrainingSummary, runtime: RuntimeHandle
     ) -> tuple[str, str, list[float], TrainingSummary]:
-        best = self.state.best_value
+        best = self.ctx.state.best_value
         if not summary.ok or summary.val_bpb is None or best is None:
             return IterationStatus.CRASH, f"training {summary.failure_class}", [], summary
-        policy = self.experiment.acceptance_policy
+        policy = self.ctx.experiment.acceptance_policy
         verdict = acceptance.first_verdict(
-            policy, summary.val_bpb, best, self.run_obj.noise_sd, self.experiment.noise_k
+            policy, summary.val_bpb, best, self.ctx.run.noise_sd, self.ctx.experiment.noise_k
         )
         evaluations = [summary.val_bpb]
         if verdict.needs_reevaluation:
-            again = self._evaluate(proposed.config, self.run_obj.seed + acceptance.REEVALUATION_SEED_OFFSET)
+            again = self._evaluate(proposed.config, self.ctx.run.seed + acceptance.REEVALUATION_SEED_OFFSET)
             if again.ok and again.val_bpb is not None:
                 evaluations.append(again.val_bpb)
                 summary.training_seconds += again.training_seconds
                 summary.eval_seconds += again.eval_seconds
                 summary.wall_seconds += again.wall_seconds
-                assert self.run_obj.noise_sd is not None
-                verdict = acceptance.final_verdict(evaluations, best, self.run_obj.noise_sd, self.experiment.noise_k)
+                assert self.ctx.run.noise_sd is not None
+                verdict = acceptance.final_verdict(
+                    evaluations, best, self.ctx.run.noise_sd, self.ctx.experiment.noise_k
+                )
             else:
                 verdict = acceptance.Verdict(False, False, f"re-evaluation {again.failure_class}: not kept")
         value = sum(evaluations) / len(evaluations)
@@ -216,10 +206,10 @@ class Step:
                 "status": "keep" if verdict.keep else "discard",
                 "changes": proposed.changes,
                 "best_val_bpb": best,
-                "noise_sd": self.run_obj.noise_sd,
+                "noise_sd": self.ctx.run.noise_sd,
             },
             verdict.keep,
-            self.state.view(),
+            self.ctx.state.view(),
         )
         final_reason = verdict.reason if by is None else f"{verdict.reason}; overridden by {by}: {reason}"
         return (IterationStatus.KEEP if keep else IterationStatus.DISCARD), final_reason, evaluations, summary
@@ -228,11 +218,11 @@ class Step:
 
     def _evaluate(self, config: dict[str, Any], seed: int, real: bool = False) -> TrainingSummary:
         """Train ``config`` on the experiment's objective, or (``real``) on the real trainer whatever it is."""
-        if self.run_obj.is_replay:
-            recorded = replay.recorded_summary(self.run_obj, config, seed, real)
+        if self.ctx.run.is_replay:
+            recorded = replay.recorded_summary(self.ctx.run, config, seed, real)
             if recorded is not None:
                 return recorded
-        index = self.state.next_index
+        index = self.ctx.state.next_index
         last_write = [0.0]
         points: list[list[Any]] = []
         check_every = [time.monotonic()]
@@ -242,8 +232,7 @@ class Step:
             if self.ctx.keeper.lost.is_set():
                 raise StepAborted("the step's lease was lost to another worker")
             points.append([line.get("step", 0), line.get("train_loss")])
-            event = {"type": "progress", "run": self.run_id, "iteration": index, **line}
-            publish_run_event(self.run_id, event)
+            publish_run_event(self.run_id, progress_event(self.run_id, index, line))
             now = time.monotonic()
             if now < database_quiet_until[0]:
                 return
@@ -251,7 +240,7 @@ class Step:
                 if now - last_write[0] >= LIVE_PROGRESS_EVERY_SECONDS:
                     last_write[0] = now
                     # Only while the lease is ours: a cut-off holder must not overwrite its successor's.
-                    Run.all_objects.filter(pk=self.run_id, lease_owner=self.owner).update(
+                    Run.all_objects.filter(pk=self.run_id, lease_owner=self.ctx.owner).update(
                         live_progress={
                             "iteration": index,
                             "points": points,
@@ -276,7 +265,7 @@ class Step:
         name = f"{'real-' if real else ''}iteration-{index}-seed-{seed}"
         workdir = Path(settings.TRAINER_WORKDIR) / f"run-{self.run_id}" / name
         summary = (evaluate_real if real else evaluate)(
-            config, experiment=self.experiment, seed=seed, workdir=workdir, on_progress=on_progress
+            config, experiment=self.ctx.experiment, seed=seed, workdir=workdir, on_progress=on_progress
         )
         summary.extra["curve"] = points
         return summary

@@ -63,7 +63,7 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def publish_run_event(run_id: int, event: dict[str, Any]) -> None:
+def publish_run_event(run_id: int, event: events.RunEvent) -> None:
     """Publish as a worker does. Playwright's loop owns this thread, so send from another one."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(events.publish_run_event, run_id, event).result()

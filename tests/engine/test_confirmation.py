@@ -81,7 +81,7 @@ def test_a_dead_workers_confirmation_is_done_again_once_and_its_late_commit_is_r
     assert claim_step(run.pk, run.step_ticket, "stalled:1")
     stalled = _StalledStep(run.pk, "stalled:1", LeaseKeeper(run.pk, "stalled:1"))
     with pytest.raises(StepAborted, match=r"was refused: the lease .* was taken over"):
-        confirm_or_finish(stalled)
+        confirm_or_finish(stalled.ctx, stalled._evaluate)
     refused = InterruptedAttempt.objects.get(run=run, holder="stalled:1")  # fenced, and kept
     assert refused.fenced_at is not None and refused.fenced_result["what"].startswith("confirmation ")
     # Meanwhile its lease expired, the reaper re-queued the step, and another worker did every training left.
