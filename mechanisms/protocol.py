@@ -39,8 +39,6 @@ ALLOWED_IMPORTS: tuple[str, ...] = (
     "textwrap",
 )
 
-RECORD_KINDS = ("baseline", "baseline_repeat", "proposal", "reevaluation")
-RECORD_STATUSES = ("baseline", "keep", "discard", "crash", "invalid_proposal")
 
 # Bounds on what a hook may hand back, so one mechanism cannot flood the proposer's prompt.
 MAX_PROMPT_SECTIONS = 8

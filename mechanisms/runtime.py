@@ -41,7 +41,6 @@ from mechanisms.protocol import (
 from mechanisms.sandbox.host import HostError, MechanismCallError, MechanismHost
 from mechanisms.text import mechanism_words
 
-EFFECTS = ("prompt_added", "restricted", "proposal_replaced", "proposal_rejected", "acceptance_overridden")
 DETAIL_CHARS = 300
 
 

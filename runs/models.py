@@ -12,6 +12,8 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
+from mechanisms.labels import BUILTIN_LABEL
+
 
 class Group(models.TextChoices):
     A = "A", "A: Level 1"
@@ -42,7 +44,7 @@ class BudgetKind(models.TextChoices):
 
 
 class AgentBackend(models.TextChoices):
-    BUILTIN = "builtin", "built-in heuristic (no LLM)"
+    BUILTIN = "builtin", BUILTIN_LABEL
     LLM = "llm", "LLM (OpenAI-compatible)"
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 PRESETS = ("cpu-tiny", "gpu")
 DEFAULT_PRESET = "cpu-tiny"
-KNOB_TYPES = ("int", "float", "pow2", "enum", "tuple", "pattern")
 
 
 class ConfigError(ValueError):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from mechanisms.catalogue import CatalogueEntry, catalogue_entries
+from mechanisms.labels import BUILTIN_LABEL
 from mechanisms.protocol import State, TraceRecord, protocol_description
 from mechanisms.research import prompts as research_prompts
 from mechanisms.research.artifact_checks import critique_defect, explore_defect
@@ -36,7 +37,6 @@ from mechanisms.validation.ladder import (
     validate_mechanism,
 )
 
-BUILTIN_LABEL = "built-in heuristic (no LLM)"
 STAGNATION_WINDOW = 6
 FIXATION_WINDOW = 8
 

@@ -36,6 +36,7 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 
+from mechanisms.labels import BUILTIN_LABEL
 from mechanisms.models import MechanismAttachment
 
 from ..models import (
@@ -61,7 +62,6 @@ ComparisonData = dict[str, Any]
 SIGNIFICANCE = 0.05
 DELTA_SOURCES = ("auto", "confirmed", "search", "real")
 TEST_LABELS = {"permutation": "permutation test", "welch": "Welch's t-test"}
-BUILTIN_LABEL = "built-in heuristic (no LLM)"
 GROUP_ORDER = ["R", "A", "B", "C", "D"]
 
 

@@ -65,6 +65,7 @@ from .schemas import (
     OuterCyclesOut,
     PaperImportIn,
     PaperImportOut,
+    RejectIn,
     RunDetailOut,
     RunOut,
     RunPage,
@@ -595,7 +596,7 @@ def mechanism_detail(request: HttpRequest, attachment_id: int) -> Any:
     return attachment_to_dict(_attachment(attachment_id), detail=True)
 
 
-def _review(request: HttpRequest, attachment_id: int, payload: CommentIn | None, action: str) -> Any:
+def _review(request: HttpRequest, attachment_id: int, payload: CommentIn | RejectIn | None, action: str) -> Any:
     attachment = _attachment(attachment_id)
     comment = (payload.comment if payload else "").strip()
     if attachment.run.experiment.is_reference:
@@ -620,7 +621,7 @@ def mechanism_approve(request: HttpRequest, attachment_id: int, payload: Comment
 @api.post("/mechanisms/{int:attachment_id}/reject/", response=responses(AttachmentDetailOut, conflict=True),
           url_name="mechanism_reject", tags=["mechanisms"],
           summary="Reject (needs mechanisms.review_mechanism; comment required)")
-def mechanism_reject(request: HttpRequest, attachment_id: int, payload: CommentIn | None = None) -> Any:
+def mechanism_reject(request: HttpRequest, attachment_id: int, payload: RejectIn) -> Any:
     return _review(request, attachment_id, payload, "reject")
 
 

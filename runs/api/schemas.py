@@ -1,7 +1,9 @@
 """Pydantic schemas of the JSON API: one declaration drives input validation, output validation
 and the OpenAPI document (django-ninja). Inputs are strict about JSON types ("5" is not 5, 1 is not
-true) and refuse unknown fields, as the hand-written API did; range and cross-field rules stay in
-`ExperimentForm`, shared with the dashboard, so both refuse exactly the same experiments."""
+true) and refuse unknown fields, as the hand-written API did. The numeric bounds of an experiment are
+read from `ExperimentForm`'s own fields, so the OpenAPI document states the limits the server enforces;
+the form, shared with the dashboard, still checks them and the cross-field rules (K ≤ T, the budget's
+range for its kind), so the page and the API refuse exactly the same experiments."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-MAX_STRING_CHARS = 10_000
+from ..engine.experiment_form import MAX_FLOPS, MAX_SECONDS, MIN_FLOPS, MIN_SECONDS, ExperimentForm
+
 MAX_COMMENT_CHARS = 5_000
 MAX_IMPORT_FILES = 20
 MAX_PAGE_SIZE = 500
@@ -52,38 +55,57 @@ class IndexOut(Schema):
     level2_isolation: Level2IsolationOut
 
 
+def low(name: str) -> Any:
+    """The experiment form's lower bound of a numeric field."""
+    return ExperimentForm.base_fields[name].min_value  # type: ignore[attr-defined]
+
+
+def high(name: str) -> Any:
+    """The experiment form's upper bound of a numeric field."""
+    return ExperimentForm.base_fields[name].max_value  # type: ignore[attr-defined]
+
+
 class ExperimentIn(Input):
     """Omitted fields take the dashboard form's defaults."""
 
     name: StrictStr = Field(max_length=200, pattern=r"^[^\x00]*$")
     groups: list[GroupName] = Field(min_length=1, max_length=5)
     description: StrictStr | None = Field(default=None, max_length=5000, pattern=r"^[^\x00]*$")
-    repeats: StrictInt | None = None
-    iterations: StrictInt | None = None
-    strategy_interval: StrictInt | None = None
-    research_interval: StrictInt | None = None
+    repeats: StrictInt | None = Field(default=None, ge=low("repeats"), le=high("repeats"))
+    iterations: StrictInt | None = Field(default=None, description="T: proposals per run",
+                                         ge=low("iterations"), le=high("iterations"))
+    strategy_interval: StrictInt | None = Field(
+        default=None, description="K: iterations per outer cycle; at most `iterations` (K ≤ T)",
+        ge=low("strategy_interval"), le=high("strategy_interval"))
+    research_interval: StrictInt | None = Field(default=None, ge=low("research_interval"),
+                                                le=high("research_interval"))
     objective: Literal["trainer", "surrogate"] | None = None
     preset: Literal["cpu-tiny", "gpu"] | None = None
     budget_kind: Literal["flops", "seconds"] | None = None
-    budget_value: StrictFloat | None = None
-    seed_base: StrictInt | None = None
-    threads: StrictInt | None = None
+    budget_value: StrictFloat | None = Field(
+        default=None, description=f"FLOPs ({MIN_FLOPS:g}–{MAX_FLOPS:g}) or seconds ({MIN_SECONDS:g}–{MAX_SECONDS:g}), "
+                                  "as budget_kind says", ge=min(MIN_FLOPS, MIN_SECONDS), le=max(MAX_FLOPS, MAX_SECONDS))
+    seed_base: StrictInt | None = Field(default=None, ge=low("seed_base"), le=high("seed_base"))
+    threads: StrictInt | None = Field(default=None, ge=low("threads"), le=high("threads"))
     agent_backend: Literal["builtin", "llm"] | None = None
     llm_base_url: StrictStr | None = Field(default=None, max_length=500, pattern=r"^[^\x00]*$")
     llm_model: StrictStr | None = Field(default=None, max_length=200, pattern=r"^[^\x00]*$")
     llm_api_key: StrictStr | None = Field(default=None, max_length=500, pattern=r"^[^\x00]*$",
                                           description="write-only: never returned")
     acceptance_policy: Literal["strict", "noise_aware"] | None = None
-    noise_k: StrictFloat | None = None
-    baseline_repeats: StrictInt | None = None
-    confirmation_repeats: StrictInt | None = None
+    noise_k: StrictFloat | None = Field(default=None, ge=low("noise_k"), le=high("noise_k"))
+    baseline_repeats: StrictInt | None = Field(default=None, ge=low("baseline_repeats"), le=high("baseline_repeats"))
+    confirmation_repeats: StrictInt | None = Field(default=None, ge=low("confirmation_repeats"),
+                                                   le=high("confirmation_repeats"))
     real_confirmation_repeats: StrictInt | None = Field(
-        default=None, description="surrogate only: seeds of the real-trainer confirmation (default 2; 0 = none)")
+        default=None, description="surrogate only: seeds of the real-trainer confirmation (default 2; 0 = none)",
+        ge=low("real_confirmation_repeats"), le=high("real_confirmation_repeats"))
     start: Literal["default", "tuned"] | None = Field(
         default=None, description="baseline of every run: the schema's defaults or the preset's tuned start")
     review_gate: StrictBool | None = None
     review_timeout_minutes: StrictInt | None = Field(
-        default=None, description="with the gate on: continue without the mechanism after N minutes; none = wait")
+        default=None, description="with the gate on: continue without the mechanism after N minutes; none = wait",
+        ge=low("review_timeout_minutes"), le=high("review_timeout_minutes"))
 
 
 class RunOut(Schema):
@@ -270,6 +292,11 @@ class AttachmentPage(Page):
 
 class CommentIn(Input):
     comment: StrictStr = Field(default="", max_length=MAX_COMMENT_CHARS, pattern=r"^[^\x00]*$")
+
+
+class RejectIn(Input):
+    comment: StrictStr = Field(min_length=1, max_length=MAX_COMMENT_CHARS, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$",
+                               description="why: a rejection needs a comment")
 
 
 class NoFieldsIn(Input):

@@ -15,8 +15,6 @@ from trainer.schema import config_to_json, default_config, schema_json, validate
 
 from ..models import Experiment, Iteration, IterationKind, IterationStatus, OuterCycle, Run
 
-MEASURED_STATUSES = (IterationStatus.BASELINE, IterationStatus.KEEP, IterationStatus.DISCARD)
-
 
 def config_key(config: dict[str, Any]) -> str:
     """A canonical text form of a full config, for duplicate detection."""

@@ -126,6 +126,8 @@ def run_snapshot(run: Run) -> dict[str, Any]:
                 "status_display": session.get_status_display(),
                 "status_detail": session.status_detail,
                 "backend": session.backend,
+                "backend_label": AgentBackend(session.backend).label if session.backend in AgentBackend.values
+                else session.backend,
                 "repair_rounds": session.repair_rounds,
                 "picked": ", ".join(a.mechanism.name for a in session.attachments.all()),
                 "rounds": session_rounds(session.artifacts),

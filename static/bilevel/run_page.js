@@ -527,9 +527,9 @@
       const item = el("li");
       item.appendChild(el("span", "after outer cycle " + session.outer_cycle_index + " "));
       item.appendChild(el("span", session.status_display || session.status, "status status-" + session.status));
-      const extra = [session.backend === "builtin"
-        ? (session.picked ? "catalogue pick: " + session.picked + " (built-in, no LLM)" : "built-in heuristic (no LLM)")
-        : session.backend];
+      const extra = [session.backend === "builtin" && session.picked
+        ? "catalogue pick: " + session.picked + " (built-in, no LLM)"
+        : session.backend_label];
       if (session.repair_rounds) extra.push(session.repair_rounds + " repair round" + (session.repair_rounds === 1 ? "" : "s"));
       if (session.status_detail) extra.push(session.status_detail);
       item.appendChild(el("span", " " + extra.join(" · "), "muted"));

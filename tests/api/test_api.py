@@ -47,6 +47,24 @@ def test_anonymous_gets_401_json_not_a_redirect(client: Client, path: str) -> No
     assert "authentication required" in response.json()["error"]
 
 
+def test_the_schema_states_the_limits_the_server_enforces(client: Client) -> None:
+    """A body valid by the schema is not refused for a bound the schema does not state."""
+    schemas = client.get("/api/openapi.json").json()["components"]["schemas"]
+    experiment = schemas["ExperimentIn"]["properties"]
+
+    def bounds(name: str) -> tuple[Any, Any]:
+        (number,) = [option for option in experiment[name]["anyOf"] if option["type"] != "null"]
+        return number["minimum"], number["maximum"]
+
+    assert bounds("repeats") == (1, 50)
+    assert bounds("iterations") == (1, 1000) and bounds("strategy_interval") == (1, 1000)
+    assert "K ≤ T" in experiment["strategy_interval"]["description"]
+    assert bounds("threads")[0] == 1 and bounds("baseline_repeats") == (2, 20)
+    reject = schemas["RejectIn"]
+    assert reject["required"] == ["comment"] and reject["properties"]["comment"]["minLength"] == 1
+    assert not re.match(reject["properties"]["comment"]["pattern"], "   ")  # blank is no reason
+
+
 def test_openapi_lists_every_route_and_is_json(client: Client) -> None:
     response = client.get("/api/openapi.json")
     assert response.status_code == 200
@@ -140,7 +158,9 @@ def test_non_json_content_type(client: Client, users: Any, body: str, message: s
     ({"name": "x", "groups": "A"}, "groups: Input should be a valid list"),
     ({"name": "x", "groups": ["A"], "repeats": "3"}, "repeats: Input should be a valid integer"),
     ({"name": "x", "groups": ["A"], "repeats": True}, "repeats: Input should be a valid integer"),
-    ({"name": "x", "groups": ["A"], "repeats": -2}, "the experiment is not valid"),
+    ({"name": "x", "groups": ["A"], "repeats": -2}, "repeats: Input should be greater than or equal to 1"),
+    ({"name": "x", "groups": ["A"], "repeats": 51}, "repeats: Input should be less than or equal to 50"),
+    ({"name": "x", "groups": ["A"], "iterations": 3, "strategy_interval": 4}, "the experiment is not valid"),
     ({"name": "x", "groups": ["A"], "budget_value": "lots"}, "budget_value: Input should be a valid number"),
     ({"name": "x" * 20_000, "groups": ["A"]}, "name: String should have at most 200 characters"),
     ({"name": "x", "groups": ["Z"]}, "groups.0: Input should be 'A'"),

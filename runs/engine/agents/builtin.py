@@ -12,7 +12,7 @@ attempt, so a run is reproducible and a paired replay without a mechanism draws 
 4. Skip candidates whose resulting config was already evaluated (up to 40 draws).
 
 At Level 1.5 it writes guidance from the trace's per-parameter statistics. It is labelled
-"built-in heuristic (no LLM)" everywhere it appears.
+mechanisms.labels.BUILTIN_LABEL everywhere it appears.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import math
 import random
 from typing import Any
 
+from mechanisms.labels import BUILTIN_LABEL
 from trainer.schema import DEFAULT_PRESET, ConfigError, apply_changes
 
 from ..state import config_key
 from .base import AgentError, AgentReply, ProposalRequest, StrategyReply, StrategyRequest, keyed_rng, proposal_purpose
 
-BUILTIN_LABEL = "built-in heuristic (no LLM)"
 PATTERN_VARIANTS = ("SSSL", "SSLL", "SLSL", "SSSS", "LLLL", "SL", "L", "S", "SSL", "SLLL")
 BETA_VARIANTS = ((0.8, 0.95), (0.9, 0.95), (0.9, 0.99), (0.85, 0.98), (0.7, 0.95), (0.9, 0.999))
 EXTRA_CHANGE_PROBABILITY = 0.25
