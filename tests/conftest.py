@@ -7,6 +7,7 @@ the test database, and Debian Chromium driven by Playwright.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -295,3 +296,166 @@ def trainers_of(run_id: int) -> list[int]:
         if workdir in cmdline or cwd.startswith(workdir):
             found.append(pid)
     return found
+
+
+# -- nothing outlives its test module ----------------------------------------------------------
+# A worker, server or trainer that a module started and did not stop (a fixture that never got to its
+# teardown, a test killed by its timeout) would otherwise go on using the test database and the
+# broker under the next modules' tests, which then fail for no reason of their own. At the end of
+# every module, anything it left is reported as an error of that module, then killed, so the
+# modules after it start clean.
+
+LEFTOVER_GRACE_SECONDS = 10.0
+# This process's warm trainer zygote (trainer/warm.py) lives as long as this process, by design.
+LONG_LIVED_CHILDREN = ("-m trainer.warm",)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def descendants_of(pid: int) -> set[int]:
+    """Every living process below `pid` (by walking /proc parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return {p for p in found if not process_is_gone(p)}
+
+
+def _long_lived(pid: int) -> bool:
+    """A long-lived child by design, or a descendant of one (the zygote's forked trainings)."""
+    return any(needle in _cmdline(pid) for needle in LONG_LIVED_CHILDREN) or any(
+        needle in _cmdline(parent) for parent in _ancestors(pid) for needle in LONG_LIVED_CHILDREN)
+
+
+def _ancestors(pid: int) -> list[int]:
+    found = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        found.append(pid)
+    return found
+
+
+def _own_tcp_ports() -> set[int]:
+    """Local TCP ports of this process's sockets: a database session on one of them is this process's own."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _foreign_sessions(database: str) -> list[tuple[int, str, str]]:
+    """Sessions on the test database that are not this process's: (backend pid, application, last query)."""
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    with psycopg.connect(dbname="postgres", user=settings.get("USER") or "postgres",
+                         password=settings.get("PASSWORD") or None, host=settings.get("HOST") or "127.0.0.1",
+                         port=settings.get("PORT") or 5432, autocommit=True, connect_timeout=10) as admin:
+        rows = admin.execute(
+            "SELECT pid, client_port, application_name, left(query, 200) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)).fetchall()
+        own = _own_tcp_ports()
+        # client_port is -1 (or NULL) for a Unix socket: whose it is cannot be told, so it is not blamed.
+        return [(pid, app, query) for pid, port, app, query in rows if port is not None and port > 0
+                and port not in own]
+
+
+def _terminate_sessions(pids: list[int]) -> None:
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    with psycopg.connect(dbname="postgres", user=settings.get("USER") or "postgres",
+                         password=settings.get("PASSWORD") or None, host=settings.get("HOST") or "127.0.0.1",
+                         port=settings.get("PORT") or 5432, autocommit=True, connect_timeout=10) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def _test_database() -> str | None:
+    """The PostgreSQL test database this run uses, once pytest-django has created it."""
+    from django.db import connection
+
+    name = str(connection.settings_dict.get("NAME") or "")
+    if connection.vendor != "postgresql" or not name.startswith("test_"):
+        return None
+    return name
+
+
+def clean_up_after(before: set[int], grace: float = LEFTOVER_GRACE_SECONDS) -> list[str]:
+    """What was started since `before` (this process's children then) and is still running, or still connected
+    to the test database, after `grace` seconds: each is killed (or its session terminated) and named."""
+    import signal
+
+    from tests.polling import wait_until
+
+    def leftovers() -> dict[int, str]:
+        return {pid: _cmdline(pid) for pid in descendants_of(os.getpid()) - before if not _long_lived(pid)}
+
+    def sessions() -> list[tuple[int, str, str]]:
+        database = _test_database()
+        return _foreign_sessions(database) if database else []
+
+    # What is being stopped right now (a process group after SIGTERM) gets a moment to finish.
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not leftovers() and not sessions(), grace, "what this module started to end",
+                   interval=0.2)
+        return []
+    processes, connected = leftovers(), sessions()
+    for pid in processes:
+        with contextlib.suppress(ProcessLookupError):
+            group = os.getpgid(pid)
+            if group != os.getpgid(0):  # its own session (ServiceProcess): the whole group goes
+                os.killpg(group, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    if connected:
+        _terminate_sessions([pid for pid, _, _ in connected])
+    report = [f"process {pid} still running: {command[:200]}" for pid, command in processes.items()]
+    report += [f"database session {pid} ({app or 'no application name'}) still connected, last query: {query!r}"
+               for pid, app, query in connected]
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_outlives_the_module() -> Iterator[None]:
+    before = descendants_of(os.getpid())
+    yield
+    report = clean_up_after(before)
+    if report:
+        pytest.fail("this module left behind (now killed, so later modules start clean):\n" + "\n".join(report))

@@ -12,7 +12,8 @@ from django.test import Client
 from runs.engine import control
 from runs.models import IterationKind, Run, RunStatus
 from tests.conftest import start_celery_worker
-from tests.engine.helpers import make_experiment, wait_for
+from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 GROUPS = ["A", "B", "C", "D", "R"]
@@ -34,7 +35,7 @@ def test_full_surrogate_ablation_completes_and_its_comparison_renders(redis_clie
     started = time.monotonic()
     try:
         control.start_experiment(experiment)
-        wait_for(
+        wait_until(
             lambda: not experiment.runs.exclude(status=RunStatus.COMPLETED).exists(), 900, "all 50 runs to complete"
         )
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from django.test import Client
 
 from runs.models import ApiToken, Experiment
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -91,13 +91,9 @@ def test_token_script_creates_starts_and_downloads_the_comparison(
         "objective": "surrogate", "review_gate": False, "real_confirmation_repeats": 0,
     })
     assert {r["status"] for r in experiment["runs"]} <= {"queued", "running"}  # created and started
-    deadline = time.monotonic() + 120
-    while True:
-        runs = call(f"{api}/runs/?experiment={experiment['id']}", token)["results"]
-        if all(r["status"] == "completed" for r in runs):
-            break
-        assert time.monotonic() < deadline, runs
-        time.sleep(0.3)  # polling the worker's progress, as a script would
+    wait_until(lambda: all(r["status"] == "completed"
+                           for r in call(f"{api}/runs/?experiment={experiment['id']}", token)["results"]),
+               120, "the worker to complete every run", interval=0.3)
     comparison = call(f"{api}/experiments/{experiment['id']}/comparison/", token)
     assert {g["key"] for g in comparison["groups"]} == {"A", "R"}
     assert comparison["budget"] == 3

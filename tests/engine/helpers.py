@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from runs.engine.control import create_runs
@@ -57,13 +56,3 @@ def drive_with_research(run: Run, max_steps: int = 200) -> None:
         else:
             execute_step(run.pk, run.step_ticket, "test")
     raise AssertionError(f"run {run.pk} did not finish in {max_steps} steps")
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    """Poll a database condition until it holds (workers run in other processes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)  # polling another process's progress through the database
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

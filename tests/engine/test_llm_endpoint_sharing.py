@@ -25,8 +25,9 @@ from runs.engine.agents.prompts import PROPOSAL_REPLY_TOKENS, PROPOSER_SYSTEM
 from runs.engine.control import start_experiment
 from runs.models import IterationKind, IterationStatus, LLMCall, Run
 from tests.conftest import ROOT, ServiceProcess, child_env, start_celery_worker
-from tests.engine.helpers import make_experiment, wait_for
+from tests.engine.helpers import make_experiment
 from tests.openai_stub import ScriptedOpenAI
+from tests.polling import wait_until
 from trainer.schema import config_to_json, default_config
 
 MODEL = "slow-local-model"
@@ -92,7 +93,7 @@ def test_a_workers_first_call_is_sent_once_with_the_timeout_another_process_lear
                              config=config_to_json(default_config("cpu-tiny")), val_bpb=2.5, evaluations=[2.5])
     Run.objects.filter(pk=run.pk).update(baseline_val_bpb=2.5, best_val_bpb=2.5)
     start_experiment(experiment)
-    wait_for(lambda: run.iteration_set.filter(index=1).exists(), 120, "the worker's proposal")
+    wait_until(lambda: run.iteration_set.filter(index=1).exists(), 120, "the worker's proposal")
 
     assert len(slow_server.requests) == 2  # A's one call and B's one call: nothing asked twice
     call = LLMCall.objects.get(run=run)

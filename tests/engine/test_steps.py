@@ -50,7 +50,9 @@ def test_a_run_goes_from_baseline_to_completion_with_contiguous_iterations(redis
 def test_strict_acceptance_keeps_exactly_the_improvements(redis_client: Any) -> None:
     run = make_experiment(iterations=8).runs.get()
     drive(run)
-    for it in run.iteration_set.filter(kind=IterationKind.PROPOSAL).exclude(status=IterationStatus.CRASH):
+    judged = list(run.iteration_set.filter(kind=IterationKind.PROPOSAL).exclude(status=IterationStatus.CRASH))
+    assert {it.status for it in judged} == {IterationStatus.KEEP, IterationStatus.DISCARD}  # both were decided
+    for it in judged:
         assert it.val_bpb is not None and it.best_before is not None
         assert (it.status == IterationStatus.KEEP) == (it.val_bpb < it.best_before), it.decision_reason
 
@@ -62,9 +64,12 @@ def test_noise_aware_run_trains_r_baselines_and_reevaluates_candidates(redis_cli
     baselines = run.iteration_set.filter(kind__in=[IterationKind.BASELINE, IterationKind.BASELINE_REPEAT])
     assert baselines.count() == 3
     assert run.noise_sd is not None and run.noise_sd > 0
-    for it in run.iteration_set.filter(status=IterationStatus.KEEP):
+    kept = list(run.iteration_set.filter(kind=IterationKind.PROPOSAL, status=IterationStatus.KEEP))
+    discarded = list(run.iteration_set.filter(kind=IterationKind.PROPOSAL, status=IterationStatus.DISCARD))
+    assert kept and discarded  # both rules below are exercised
+    for it in kept:
         assert len(it.evaluations) == 2, "a new best is re-evaluated before it is kept"
-    for it in run.iteration_set.filter(kind=IterationKind.PROPOSAL, status=IterationStatus.DISCARD):
+    for it in discarded:
         assert "σ" in it.decision_reason
         assert ("re-evaluated" in it.decision_reason) == (len(it.evaluations) == 2)
 

@@ -11,7 +11,8 @@ import pytest
 from runs.engine import control
 from runs.models import InterruptedAttempt, IterationKind, Run, RunStatus
 from tests.conftest import ServiceProcess, start_celery_worker, trainers_of
-from tests.engine.helpers import make_experiment, wait_for
+from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -21,7 +22,7 @@ def test_full_short_run_goes_end_to_end_through_a_worker(celery_worker: ServiceP
     control.start_experiment(experiment)
     run = experiment.runs.get()
 
-    wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 120, "the run to finish")
+    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, 120, "the run to finish")
 
     run.refresh_from_db()
     assert run.status == RunStatus.COMPLETED, run.status_detail
@@ -38,7 +39,7 @@ def test_a_worker_killed_mid_training_loses_nothing_and_leaves_no_trainer_behind
     run = experiment.runs.get()
     first = start_celery_worker(name="doomed")
     control.start_experiment(experiment)
-    wait_for(
+    wait_until(
         lambda: Run.objects.get(pk=run.pk).live_progress.get("iteration") == 1,
         240,
         "the first proposal to be training",
@@ -48,16 +49,16 @@ def test_a_worker_killed_mid_training_loses_nothing_and_leaves_no_trainer_behind
     os.killpg(os.getpgid(first.process.pid), signal.SIGKILL)
     first.process.wait()
     first.stop()
-    wait_for(lambda: not trainers_of(run.pk), 10, "the orphaned trainer to die with its worker")
+    wait_until(lambda: not trainers_of(run.pk), 10, "the orphaned trainer to die with its worker")
 
     second = start_celery_worker(name="rescuer")
     try:
         # Starting on the machine where the holder died, it takes the step over at once (the
         # dead pid is proof enough), not after the lease expires.
-        wait_for(lambda: InterruptedAttempt.objects.filter(run=run).exists(), 30, "the rescuer to take over")
+        wait_until(lambda: InterruptedAttempt.objects.filter(run=run).exists(), 30, "the rescuer to take over")
         attempt = InterruptedAttempt.objects.get(run=run)
         assert attempt.index == 1 and "no longer running" in attempt.reason
-        wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 300, "the run to finish on the new worker")
+        wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, 300, "the run to finish on the new worker")
     finally:
         second.stop()
 

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,23 +29,13 @@ from tests.conftest import (  # noqa: F401  (re-exported for the fault tests)
     start_celery_worker,
     trainers_of,
 )
+from tests.polling import wait_until
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll a condition (another process's progress) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)  # polling another process's state, not synchronising on time
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class PrivateRedis:

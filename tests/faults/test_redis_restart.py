@@ -16,8 +16,9 @@ import pytest
 from runs.models import Iteration, Run, RunStatus
 from tests.conftest import ServiceProcess, log_in
 from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 
-from .conftest import PrivateRedis, env_with, manage, record_dialogs, start_asgi, start_worker, wait_until
+from .conftest import PrivateRedis, env_with, manage, record_dialogs, start_asgi, start_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -29,8 +29,9 @@ import pytest
 from runs.models import InterruptedAttempt, Run, RunStatus
 from tests.conftest import ServiceProcess
 from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 
-from .conftest import free_port, manage, processes_matching, seed_baseline, wait_until
+from .conftest import free_port, manage, processes_matching, seed_baseline
 
 # Real trainings (two whole, two cut short) and three recoveries: minutes on a loaded machine.
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(480), pytest.mark.django_db(transaction=True)]
@@ -81,9 +82,9 @@ def test_killed_workers_and_redis_are_restarted_and_the_run_completes() -> None:
 
     seen: set[int] = set()  # trainers already under a kill: the next kill waits for a new one
 
-    def trainer() -> int | None:
+    def trainer() -> int:
         found = [pid for pid in processes_matching("-m trainer") if pid not in seen and works_in(pid, trainings)]
-        return found[0] if found else None
+        return found[0] if found else 0  # 0: none yet (no process has pid 0)
 
     def steps_claimed() -> int:
         return Run.objects.get(pk=run.pk).steps_claimed

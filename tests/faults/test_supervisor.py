@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from runs.ops import supervisor
 from runs.ops.process_tools import kill_process_group
 from runs.ops.supervisor import Child, GiveUp, Supervisor
+from tests.polling import wait_until
 
 # Suicide by SIGKILL after a line of output: what `kill -9` or the OOM killer looks like.
 CRASHY = ["sh", "-c", 'echo "instance $$ working"; kill -9 $$']
@@ -32,11 +32,15 @@ def make(tmp_path: Path) -> tuple[Supervisor, list[str]]:
 
 
 def tick_until(sup: Supervisor, condition: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
+    """Tick the supervisor at the launcher's poll interval until `condition` holds."""
+
+    def ticked() -> bool:
+        if condition():
+            return True
         sup.tick()
-        time.sleep(0.02)  # supervision poll interval, as in the launcher
+        return False
+
+    wait_until(ticked, timeout, "the supervisor to get there", interval=0.02)
 
 
 def test_a_dead_child_is_restarted_and_reported_with_its_own_signal_and_log(

@@ -16,9 +16,10 @@ from django.conf import settings
 from runs.engine import control
 from runs.models import IterationKind, IterationStatus, Run, RunStatus
 from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 from trainer.__main__ import HANG_PID_FILE, TEST_HOOK_ENV
 
-from .conftest import env_with, process_is_gone, seed_baseline, start_worker, trainers_of, wait_until
+from .conftest import env_with, process_is_gone, seed_baseline, start_worker, trainers_of
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 TIMEOUT = 3

@@ -21,9 +21,10 @@ from runs.models import IterationKind, Run, RunStatus
 from runs.tasks import reap_expired_leases
 from tests.conftest import ServiceProcess
 from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 from trainer.__main__ import TEST_HOOK_ENV
 
-from .conftest import env_with, process_is_gone, seed_baseline, start_worker, trainers_of, wait_until
+from .conftest import env_with, process_is_gone, seed_baseline, start_worker, trainers_of
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 LEASE = 3

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.services
@@ -48,12 +50,10 @@ def alive(pid: int) -> bool:
 
 
 def wait_until_gone(pids: set[int], timeout: float) -> set[int]:
-    deadline = time.monotonic() + timeout
-    remaining = {p for p in pids if alive(p)}
-    while remaining and time.monotonic() < deadline:
-        time.sleep(0.1)  # polling the process table for a condition
-        remaining = {p for p in remaining if alive(p)}
-    return remaining
+    """The pids still alive after at most `timeout` seconds (empty as soon as every one is gone)."""
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not any(alive(p) for p in pids), timeout, "the processes to end")
+    return {p for p in pids if alive(p)}
 
 
 def output_until_up(process: subprocess.Popen[str]) -> str:

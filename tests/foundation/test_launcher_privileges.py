@@ -10,12 +10,13 @@ import pwd
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.polling import wait_until
 
 from .test_launcher import ROOT, descendants, output_until_up, wait_until_gone
 
@@ -52,14 +53,15 @@ def launch(data_dir: Path, port: int, **extra_env: str) -> subprocess.Popen[str]
 
 def wait_for_log_lines(log_dir: Path, wanted: dict[str, str], timeout: float = 180) -> bool:
     """Poll the children's logs until each holds its line (a worker is up once Celery says 'ready.')."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def all_there() -> bool:
         texts = {name: (log_dir / name).read_text(errors="replace") if (log_dir / name).exists() else ""
                  for name in wanted}
-        if all(line in texts[name] for name, line in wanted.items()):
-            return True
-        time.sleep(0.2)  # polling files for a condition, with a deadline
-    return False
+        return all(line in texts[name] for name, line in wanted.items())
+
+    try:
+        return wait_until(all_there, timeout, "the children's log lines", interval=0.2)
+    except AssertionError:
+        return False
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from runs.engine.step import execute_step
 from runs.models import Run, RunStatus
 from tests.conftest import LiveServer, ServiceProcess, log_in
 from tests.dashboard_runs.test_browser import expect
-from tests.engine.helpers import make_experiment, wait_for
+from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -56,7 +57,7 @@ def test_awaiting_review_holds_the_run_and_approval_on_the_page_resumes_it(
     attachment = MechanismAttachment.objects.filter(run=run).order_by("created_at").first()
     assert attachment is not None and attachment.reviewed_by == users.reviewer
 
-    wait_for(lambda: Run.objects.get(pk=run.pk).iteration_set.filter(index=held_at).exists(), 60,
+    wait_until(lambda: Run.objects.get(pk=run.pk).iteration_set.filter(index=held_at).exists(), 60,
              "the run to continue after the approval")
     attachment.refresh_from_db()
     assert attachment.status in (AttachmentStatus.ACTIVE, AttachmentStatus.RETIRED)
@@ -64,7 +65,7 @@ def test_awaiting_review_holds_the_run_and_approval_on_the_page_resumes_it(
 
     page.goto(f"{asgi_server.url}/runs/{run.pk}/")
     cell = page.locator(f"#iteration-table tr[data-index='{held_at}'] td.mechanisms")
-    cell.wait_for()
+    cell.wait_until()
     text = cell.inner_text()
     assert attachment.mechanism.name in text
     for hook in (attachment.mechanism.spec.get("hooks") or []):

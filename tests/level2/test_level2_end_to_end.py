@@ -13,7 +13,8 @@ from runs.engine.mechanism_bridge import runtime_name
 from runs.engine.step import execute_step
 from runs.models import Run, RunStatus
 from tests.conftest import ServiceProcess
-from tests.engine.helpers import make_experiment, wait_for
+from tests.engine.helpers import make_experiment
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -29,7 +30,7 @@ def test_review_gate_holds_a_validated_mechanism_until_approved_then_it_fires(
     run = experiment.runs.get()
     control.start_experiment(experiment)
 
-    wait_for(lambda: attachment_of(run) is not None, 120, "the first research session to attach a mechanism")
+    wait_until(lambda: attachment_of(run) is not None, 120, "the first research session to attach a mechanism")
     attachment = attachment_of(run)
     assert attachment is not None
     session = attachment.session
@@ -47,7 +48,7 @@ def test_review_gate_holds_a_validated_mechanism_until_approved_then_it_fires(
 
     # Level 2 is a step: the run waits for the review, holding no worker and no lease.
     name = runtime_name(attachment)
-    wait_for(lambda: Run.objects.get(pk=run.pk).status == RunStatus.AWAITING_REVIEW, 60, "the run to await review")
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == RunStatus.AWAITING_REVIEW, 60, "the run to await review")
     waiting = Run.objects.get(pk=run.pk)
     assert waiting.lease_owner == "" and waiting.proposals_done == 4
     assert execute_step(run.pk, waiting.step_ticket, "test") == "not-claimed"
@@ -58,7 +59,7 @@ def test_review_gate_holds_a_validated_mechanism_until_approved_then_it_fires(
     def fired() -> bool:
         return any(name in (it.hook_calls or {}) for it in run.iteration_set.filter(index__gte=paused_at))
 
-    wait_for(fired, 60, "the approved mechanism to be called")
+    wait_until(fired, 60, "the approved mechanism to be called")
     assert run.iteration_set.filter(index=paused_at).exists()
     control.cancel_run(Run.objects.get(pk=run.pk))
 
@@ -93,7 +94,7 @@ def test_a_plain_user_cannot_approve_and_the_kill_switch_stops_a_mechanism(
     )
     run = experiment.runs.get()
     control.start_experiment(experiment)
-    wait_for(
+    wait_until(
         lambda: MechanismAttachment.objects.filter(run=run, status=AttachmentStatus.ACTIVE).exists(),
         120,
         "a mechanism to activate without review (gate off)",
@@ -106,7 +107,7 @@ def test_a_plain_user_cannot_approve_and_the_kill_switch_stops_a_mechanism(
     attachment.refresh_from_db()
     killed_at = run.iteration_set.count()
     name = runtime_name(attachment)
-    wait_for(lambda: run.iteration_set.count() > killed_at + 2, 60, "more iterations after the kill")
+    wait_until(lambda: run.iteration_set.count() > killed_at + 2, 60, "more iterations after the kill")
     control.cancel_run(Run.objects.get(pk=run.pk))
     assert attachment.status == AttachmentStatus.DEACTIVATED
     after = run.iteration_set.filter(index__gt=killed_at)

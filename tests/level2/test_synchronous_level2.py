@@ -147,7 +147,9 @@ def test_a_stale_review_cannot_be_approved_and_the_command_decides(users: Any) -
 
     if not run.is_finished:
         cancel_run(run)  # ... and the run is cancelled before a decision
-    for attachment in MechanismAttachment.objects.filter(run=run, status=AttachmentStatus.PENDING):
+    stale = list(MechanismAttachment.objects.filter(run=run, status=AttachmentStatus.PENDING))
+    assert stale  # the loop below checks something
+    for attachment in stale:
         assert lifecycle.is_stale(attachment)
         with pytest.raises(lifecycle.ReviewError, match="add the mechanism to the library"):
             lifecycle.approve(attachment, users.reviewer, "")

@@ -7,12 +7,12 @@ import math
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.polling import wait_until
 from trainer.__main__ import HANG_PID_FILE, TEST_HOOK_ENV
 from trainer.launch import default_timeout, parse_line, prestart_warm_trainer, run_training
 from trainer.outcomes import EXIT_CODES, FAILURE_CLASSES, TrainingSummary
@@ -164,10 +164,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path, monkeypatch: pyte
     trainer_pid = summary.extra.get("pid")
     assert trainer_pid is not None and process_is_gone(trainer_pid)
     # SIGKILL to the group is delivered asynchronously: give the grandchild a moment to die.
-    deadline = time.monotonic() + 10
-    while not process_is_gone(grandchild_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling the process table for a condition
-    assert process_is_gone(grandchild_pid)
+    wait_until(lambda: process_is_gone(grandchild_pid), 10, "the hung grandchild to die", interval=0.05)
     assert summary.wall_seconds < 30
 
 
