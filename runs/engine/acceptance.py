@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-STRICT = "strict"
-NOISE_AWARE = "noise_aware"
+from ..models import AcceptancePolicy
+
 # The re-evaluation trains the candidate again on the run's seed plus this (a paired replay looks it up).
 REEVALUATION_SEED_OFFSET = 7919
 
@@ -26,9 +26,9 @@ class Verdict:
 
 def first_verdict(policy: str, value: float, best: float, noise_sd: float | None, k: float) -> Verdict:
     gain = best - value
-    if policy == STRICT or not noise_sd:
+    if policy == AcceptancePolicy.STRICT or not noise_sd:
         keep = value < best
-        note = "" if policy == STRICT else " (noise sd unknown: strict rule)"
+        note = "" if policy == AcceptancePolicy.STRICT else " (noise sd unknown: strict rule)"
         return Verdict(keep, False, f"{value:.4f} {'<' if keep else '≥'} best {best:.4f}{note}")
     threshold = k * noise_sd
     if gain > threshold:

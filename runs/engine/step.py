@@ -21,7 +21,7 @@ from django.db import close_old_connections, connection
 
 from trainer.outcomes import TrainingSummary
 
-from ..models import IterationKind, IterationStatus, Run, RunStatus
+from ..models import AcceptancePolicy, IterationKind, IterationStatus, Run, RunStatus
 from . import acceptance, confirmation, replay, run_status
 from .events import progress_event, publish_run_event
 from .lease import CONNECTION_ERRORS, Fenced, LeaseKeeper, claim_step, release_lease_and_continue, retrying_database
@@ -101,7 +101,8 @@ class Step:
         if self.ctx.state.baseline is None:
             return self._train_baseline(IterationKind.BASELINE, self.ctx.run.seed)
         experiment = self.ctx.experiment
-        repeats_wanted = experiment.baseline_repeats if experiment.acceptance_policy == acceptance.NOISE_AWARE else 1
+        noise_aware = experiment.acceptance_policy == AcceptancePolicy.NOISE_AWARE
+        repeats_wanted = experiment.baseline_repeats if noise_aware else 1
         have = len(self.ctx.state.baseline_values)
         if have < repeats_wanted and not self.ctx.state.proposals:
             return self._train_baseline(
