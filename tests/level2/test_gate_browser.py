@@ -65,7 +65,7 @@ def test_awaiting_review_holds_the_run_and_approval_on_the_page_resumes_it(
 
     page.goto(f"{asgi_server.url}/runs/{run.pk}/")
     cell = page.locator(f"#iteration-table tr[data-index='{held_at}'] td.mechanisms")
-    cell.wait_until()
+    cell.wait_for()
     text = cell.inner_text()
     assert attachment.mechanism.name in text
     for hook in (attachment.mechanism.spec.get("hooks") or []):

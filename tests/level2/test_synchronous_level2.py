@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from mechanisms import lifecycle
 from mechanisms.models import AttachmentStatus, MechanismAttachment, ResearchSession, SessionStatus
+from runs.engine.control import cancel_run
 from runs.engine.level2 import execute_research_session, expire_reviews
 from runs.engine.step import execute_step
 from runs.models import Iteration, Run, RunStatus
@@ -141,18 +142,19 @@ def test_a_stale_review_cannot_be_approved_and_the_command_decides(users: Any) -
     call_command("review_mechanism", str(pending.pk), "approve", "--as", users.reviewer.username)
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING
-    drive(run, decide=lambda a: None)  # the next session's mechanism stays pending ...
-    run.refresh_from_db()
-    from runs.engine.control import cancel_run
+    drive(run, decide=lambda a: None)  # its later sessions find nothing new to review: it completes
 
-    if not run.is_finished:
-        cancel_run(run)  # ... and the run is cancelled before a decision
-    stale = list(MechanismAttachment.objects.filter(run=run, status=AttachmentStatus.PENDING))
-    assert stale  # the loop below checks something
-    for attachment in stale:
-        assert lifecycle.is_stale(attachment)
-        with pytest.raises(lifecycle.ReviewError, match="add the mechanism to the library"):
-            lifecycle.approve(attachment, users.reviewer, "")
+    # Another run is cancelled while its mechanism waits for a review: that review is stale.
+    cancelled = make_experiment(groups=["C"], iterations=6, strategy_interval=3, research_interval=1).runs.get()
+    with pytest.raises(AssertionError, match="waits for a review"):
+        drive(cancelled)
+    cancel_run(cancelled)
+    (stale,) = MechanismAttachment.objects.filter(run=cancelled, status=AttachmentStatus.PENDING)
+    assert lifecycle.is_stale(stale)
+    with pytest.raises(lifecycle.ReviewError, match="add the mechanism to the library"):
+        lifecycle.approve(stale, users.reviewer, "")
+    stale.refresh_from_db()
+    assert stale.status == AttachmentStatus.PENDING
 
 
 def _twin_runs(groups: list[str], **fields: Any) -> list[Run]:
