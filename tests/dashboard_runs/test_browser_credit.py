@@ -13,7 +13,7 @@ from runs.engine.control import create_runs, start_experiment
 from runs.mechanism_spans import mechanism_spans, removal_sets
 from runs.models import Run, RunKind
 from tests.conftest import LiveServer, ServiceProcess, log_in
-from tests.engine.helpers import wait_for
+from tests.polling import wait_until
 
 from .conftest import make_experiment
 from .test_browser import expect, shot
@@ -29,7 +29,7 @@ def test_replays_run_by_themselves_after_a_surrogate_run_and_the_waterfall_rende
                                  budget_kind="flops", budget_value=1.5e12, seed_base=2)
     [run] = create_runs(experiment)
     start_experiment(experiment)
-    wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 240, "the run to finish")
+    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, 240, "the run to finish")
     run.refresh_from_db()
     assert run.status == "completed", run.status_detail
     spans = mechanism_spans(run)
@@ -40,7 +40,7 @@ def test_replays_run_by_themselves_after_a_surrogate_run_and_the_waterfall_rende
         replays = Run.all_objects.filter(replay_of=run, kind=RunKind.REPLAY)
         return replays.count() == wanted and all(r.is_finished for r in replays)
 
-    wait_for(replays_done, 240, f"{wanted} replays to finish")
+    wait_until(replays_done, 240, f"{wanted} replays to finish")
     assert all(r.status == "completed" for r in Run.all_objects.filter(replay_of=run))
     credits = run_credits(run)
     assert credits.complete

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServiceProcess, child_env, start_celery_worker
-from tests.faults.conftest import wait_until
+from tests.polling import wait_until
 
 from .netns import SecondHost, why_no_second_host
 
