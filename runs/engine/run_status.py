@@ -3,8 +3,8 @@
 Each change is one conditional UPDATE (so concurrent clicks, workers and the reaper cannot
 interleave into an impossible state), is checked against the allowed edges below, and is announced
 to live pages only after it commits. A run ends in exactly one place, ``end_run``: its status, its
-finish time and the retirement of its mechanisms change together (and a completed run is offered its
-counterfactual replays). Replays are runs too: every query here goes through ``Run.all_objects``.
+finish time and the retirement of its mechanisms change together. Replays are runs too: every query
+here goes through ``Run.all_objects``.
 
     queued           → running (a step claimed it) | paused | cancelled | failed
     running          → researching | awaiting review (Level 2 wait) | paused | cancelled | completed | failed
@@ -26,7 +26,6 @@ from django.utils import timezone
 from mechanisms.lifecycle import retire_run_mechanisms
 
 from ..models import Run, RunStatus
-from . import replay
 from .events import publish_run_event, status_event
 
 S = RunStatus
@@ -93,8 +92,6 @@ def end_run(run_id: int, target: str, detail: str, *, sources: Iterable[str] = U
         if ended:
             retire_run_mechanisms(run_id)
             publish_run_event(run_id, status_event(run_id, target, detail))
-    if ended and target == S.COMPLETED:
-        replay.offer_when_finished(run_id)
     return bool(ended)
 
 

@@ -36,12 +36,16 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[events.RunEvent]:
 
 class _FailingHookRuntime:
     """What a runtime reports after a mechanism's hook failed during the step: deactivate it (recording reads
-    only these three fields of a runtime)."""
+    these fields of a runtime, after its end-of-step check of the hosts)."""
 
     def __init__(self, attachment: MechanismAttachment) -> None:
         self.effects: list[dict[str, Any]] = []
         self.hook_calls: dict[str, dict[str, int]] = {}
         self.deactivated = [{"mechanism": runtime_name(attachment), "hook": "propose", "reason": "it raised"}]
+        self.active: set[str] = set()  # its one mechanism failed
+
+    def check_hosts(self) -> None:
+        """Its host is not checked again here: the failure is already reported."""
 
 
 def test_a_rolled_back_step_publishes_nothing(sent: list[events.RunEvent]) -> None:
