@@ -21,7 +21,8 @@ from runs.engine.state import RunState, config_key
 from runs.engine.step import execute_step
 from runs.models import Confirmation, InterruptedAttempt, Run, RunStatus
 from tests.conftest import start_celery_worker, trainers_of
-from tests.engine.helpers import drive, make_experiment, wait_for
+from tests.engine.helpers import drive, make_experiment
+from tests.polling import wait_until
 from trainer.launch import run_training
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("redis_client")]
@@ -108,18 +109,18 @@ def test_a_worker_killed_mid_real_confirmation_loses_nothing_and_records_each_tr
     doomed = start_celery_worker(name="doomed")
     control.start_experiment(experiment)
     # Only real trainings start trainer processes in a surrogate run: one running is the real confirmation.
-    wait_for(lambda: bool(trainers_of(run.pk)), 240, "the real confirmation to be training")
+    wait_until(lambda: bool(trainers_of(run.pk)), 240, "the real confirmation to be training")
     assert not Confirmation.objects.filter(run=run).exists(), "killed before its first real training was recorded"
     os.killpg(os.getpgid(doomed.process.pid), signal.SIGKILL)
     doomed.process.wait()
     doomed.stop()
-    wait_for(lambda: not trainers_of(run.pk), 10, "the orphaned trainer to die with its worker")
+    wait_until(lambda: not trainers_of(run.pk), 10, "the orphaned trainer to die with its worker")
 
     rescuer = start_celery_worker(name="rescuer")
     try:
         # On the machine where the holder died it takes the step over at once (the dead pid is proof enough).
-        wait_for(lambda: InterruptedAttempt.objects.filter(run=run).exists(), 30, "the rescuer to take over")
-        wait_for(lambda: Run.objects.get(pk=run.pk).is_finished, 300, "the run to finish on the rescuer")
+        wait_until(lambda: InterruptedAttempt.objects.filter(run=run).exists(), 30, "the rescuer to take over")
+        wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, 300, "the run to finish on the rescuer")
     finally:
         rescuer.stop()
 
