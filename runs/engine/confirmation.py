@@ -76,7 +76,10 @@ def planned_trainings(run: Run, base_config: dict[str, Any], best_config: dict[s
     roles = [(ConfirmationRole.BASELINE, base_config)]
     if config_key(best_config) != config_key(base_config):
         roles.append((ConfirmationRole.BEST, best_config))
-    repeats_by_kind = ((False, run.experiment.confirmation_repeats), (True, run.experiment.real_confirmation_seeds))
+    # A replay's credit compares confirmations on the objective; real trainings would make a surrogate
+    # replay (seconds) cost minutes, so a replay has none.
+    real_seeds = 0 if run.is_replay else run.experiment.real_confirmation_seeds
+    repeats_by_kind = ((False, run.experiment.confirmation_repeats), (True, real_seeds))
     return [
         Planned(str(role), replicate, run.seed + CONFIRMATION_SEED_OFFSET + replicate, config, real)
         for real, repeats in repeats_by_kind
