@@ -57,7 +57,9 @@ def assert_intact(experiment: Experiment) -> None:
         for iteration in kept:
             truth = surrogate_evaluate(iteration.config, budget_kind=experiment.budget_kind,
                                        budget_value=experiment.budget_value, seed=run.seed).val_bpb
-            assert iteration.val_bpb == pytest.approx(truth, abs=1e-12), f"run {run.pk} #{iteration.index}"
+            # The workers fit the surrogate in their own processes, where BLAS may sum in another order
+            # (1e-10 apart in a full-suite run); a value of another config differs by far more.
+            assert iteration.val_bpb == pytest.approx(truth, abs=1e-6), f"run {run.pk} #{iteration.index}"
         best = min(kept, key=lambda i: (i.val_bpb, i.index))
         assert (run.best_iteration, run.best_val_bpb) == (best.index, pytest.approx(best.val_bpb))
 
