@@ -109,7 +109,10 @@ def publish_run_event(run_id: int, event: RunEvent) -> None:
 
 def _send(run_id: int, event: RunEvent) -> None:
     layer = get_channel_layer()
-    if layer is None or time.monotonic() < _quiet_until[0]:
+    # Progress lines are many and the next one replaces them, so after a failure they are dropped for a
+    # while; every other event (a status, an iteration) is what a page would otherwise never learn: a run
+    # that completed in the quiet time after a Redis restart stayed "Running" on its page.
+    if layer is None or (event.get("type") == "progress" and time.monotonic() < _quiet_until[0]):
         return
     try:
         async_to_sync(layer.group_send)(run_group_name(run_id), {"type": "run.event", "event": event})
