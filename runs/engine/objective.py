@@ -56,17 +56,31 @@ def evaluate_real(
     on_progress: Callable[[dict[str, Any]], None],
 ) -> TrainingSummary:
     """A real training of ``config`` for a surrogate experiment's real confirmation (a supervised subprocess)."""
-    budget = real_budget_flops(experiment)
-    timeout = default_timeout(BudgetKind.FLOPS, budget, preset=experiment.preset)
+    return _train(config, experiment.preset, BudgetKind.FLOPS, real_budget_flops(experiment), seed,
+                  REAL_CONFIRMATION_THREADS, workdir, on_progress)
+
+
+def _train(
+    config: dict[str, Any],
+    preset: str,
+    budget_kind: str,
+    budget_value: float,
+    seed: int,
+    threads: int,
+    workdir: Path,
+    on_progress: Callable[[dict[str, Any]], None],
+) -> TrainingSummary:
+    """The real trainer as a supervised subprocess, its timeout capped by the TRAINER_TIMEOUT_SECONDS setting."""
+    timeout = default_timeout(budget_kind, budget_value, preset=preset)
     if settings.TRAINER_TIMEOUT_SECONDS:
         timeout = min(timeout, settings.TRAINER_TIMEOUT_SECONDS)
     return run_training(
         config,
-        preset=experiment.preset,
-        budget_kind=BudgetKind.FLOPS,
-        budget_value=budget,
+        preset=preset,
+        budget_kind=budget_kind,
+        budget_value=budget_value,
         seed=seed,
-        threads=REAL_CONFIRMATION_THREADS,
+        threads=threads,
         workdir=workdir,
         timeout_seconds=timeout,
         on_progress=on_progress,
@@ -108,18 +122,5 @@ def evaluate(
         summary.training_seconds = time.monotonic() - started
         summary.eval_seconds = 0.0
         return summary
-    timeout = default_timeout(experiment.budget_kind, experiment.budget_value, preset=experiment.preset)
-    if settings.TRAINER_TIMEOUT_SECONDS:
-        timeout = min(timeout, settings.TRAINER_TIMEOUT_SECONDS)
-    return run_training(
-        config,
-        preset=experiment.preset,
-        budget_kind=experiment.budget_kind,
-        budget_value=experiment.budget_value,
-        seed=seed,
-        threads=experiment.threads,
-        workdir=workdir,
-        timeout_seconds=timeout,
-        on_progress=on_progress,
-        corpus_dir=settings.TRAINER_CORPUS_DIR,
-    )
+    return _train(config, experiment.preset, experiment.budget_kind, experiment.budget_value, seed,
+                  experiment.threads, workdir, on_progress)

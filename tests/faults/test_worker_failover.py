@@ -8,6 +8,7 @@ reaper's re-enqueued step must be taken and recorded by the survivor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -46,6 +47,12 @@ def owner_of(trainer_pid: int, workers: list[ServiceProcess]) -> ServiceProcess:
     return owner[0]
 
 
+def children_of(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
 def test_a_killed_workers_step_is_retried_on_the_surviving_worker(redis_client: Any) -> None:
     experiment = make_experiment(name="failover", objective="trainer", iterations=1, budget_value=1.2e11, threads=1)
     run = experiment.runs.get()
@@ -53,9 +60,12 @@ def test_a_killed_workers_step_is_retried_on_the_surviving_worker(redis_client: 
     env = env_with(**{TEST_HOOK_ENV: "hang", "BILEVEL_TRAINER_TIMEOUT_SECONDS": str(TIMEOUT),
                       "BILEVEL_LEASE_SECONDS": str(LEASE)})
     workers = [start_worker(env, "failover-a"), start_worker(env, "failover-b")]
+    orphans: list[int] = []
     try:
         control.start_experiment(experiment)
         first_trainer = wait_until(lambda: trainers_of(run.pk), 30, "a trainer")[0]
+        # The hang hook's grandchild: no process-group kill reaches it when its worker dies, so the test does.
+        orphans = wait_until(lambda: children_of(first_trainer), 10, "the hang hook's grandchild")
         doomed = owner_of(first_trainer, workers)
         survivor = next(w for w in workers if w is not doomed)
         os.killpg(os.getpgid(doomed.process.pid), signal.SIGKILL)
@@ -74,6 +84,9 @@ def test_a_killed_workers_step_is_retried_on_the_surviving_worker(redis_client: 
     finally:
         for worker in workers:
             worker.stop()
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     run.refresh_from_db()
     assert run.status == RunStatus.COMPLETED, run.status_detail
